@@ -1,0 +1,3 @@
+from tokencodec.cli import main
+
+main()

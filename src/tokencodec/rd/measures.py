@@ -1,0 +1,64 @@
+"""Rates and distortions that carry their unit and direction in the data, not in a column name."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+Kind = Literal["rate", "distortion", "knob", "other"]
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    unit: str
+    higher_is_better: bool
+    kind: Kind
+    description: str = ""
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "name"}
+
+    @classmethod
+    def from_json(cls, name: str, data: dict) -> Measure:
+        return cls(name=name, unit=data.get("unit", ""), higher_is_better=bool(data["higher_is_better"]),
+                   kind=data.get("kind", "other"), description=data.get("description", ""))
+
+
+def _m(name: str, unit: str, higher: bool, kind: Kind, description: str) -> tuple[str, Measure]:
+    return name, Measure(name, unit, higher, kind, description)
+
+
+# Measures with a fixed meaning. Names follow CompressAI where it has one ("bpp", "psnr-rgb").
+KNOWN: dict[str, Measure] = dict([
+    _m("bpp", "bit/pixel", False, "rate", "bits of the real bitstream per image pixel"),
+    _m("bits", "bit", False, "rate", "size of the real bitstream"),
+    _m("bytes", "byte", False, "rate", "size of the real bitstream"),
+    _m("tokens", "token", False, "rate", "visual tokens reaching the LLM (or the head)"),
+    _m("tokens_avg_layers", "token", False, "rate", "visual tokens averaged over LLM layers"),
+    _m("flops", "FLOP", False, "rate", "analytic FLOPs; the convention is stated in provenance"),
+    _m("latency_s", "s", False, "rate", "measured wall-clock time"),
+    _m("encoding_time", "s", False, "rate", "encoder wall-clock time per image"),
+    _m("decoding_time", "s", False, "rate", "decoder wall-clock time per image"),
+    _m("kv_bytes", "byte", False, "rate", "KV-cache size after prefill"),
+    _m("psnr-rgb", "dB", True, "distortion", "PSNR over R, G, B, per image then averaged"),
+    _m("psnr", "dB", True, "distortion", "PSNR (CompressAI files)"),
+    _m("ssim-rgb", "", True, "distortion", "SSIM (Gaussian window 11, sigma 1.5)"),
+    _m("ms-ssim-rgb", "", True, "distortion", "MS-SSIM, 5 scales, per image then averaged"),
+    _m("ms-ssim", "", True, "distortion", "MS-SSIM (CompressAI files)"),
+    _m("accuracy", "", True, "distortion", "task accuracy (fraction correct)"),
+    _m("agreement", "", True, "distortion", "agreement with the uncompressed model"),
+    _m("top1_agreement", "", True, "distortion", "top-1 agreement with the uncompressed model"),
+    _m("top5_agreement", "", True, "distortion", "top-1 of the uncompressed model within top-5"),
+    _m("kl", "nat", False, "distortion", "KL divergence from the uncompressed model's output"),
+    _m("feature_mse", "", False, "distortion", "mean squared error of features"),
+    _m("quality", "", True, "knob", "codec quality setting"),
+    _m("keep_ratio", "", True, "knob", "fraction of visual tokens kept"),
+])
+
+
+def lookup(name: str) -> Measure:
+    """The known measure of that name, or an 'other' measure when the name is not known."""
+    if name in KNOWN:
+        return KNOWN[name]
+    return Measure(name, "", False, "other", "not a known measure; direction unknown")
