@@ -1,0 +1,1 @@
+"""Observers: human (PSNR, SSIM, MS-SSIM), machine (accuracy, agreement), and cost (tokens, FLOPs)."""
