@@ -1,0 +1,1 @@
+"""Sweeps that turn knob values into curves, and the reports made of them."""
