@@ -1,0 +1,1 @@
+"""Model code and adapters: hooks that attach token compression to real models and undo themselves."""

@@ -1,0 +1,22 @@
+"""Token-compression methods: one file each, registered in ``METHODS``.
+
+Importing this package imports every method module so that the registry is complete.
+"""
+
+from tokencodec.tokens.compress import (  # noqa: F401  (each import registers its methods)
+    dart,
+    fastv,
+    pyramiddrop,
+    sparsevlm,
+    tome,
+)
+from tokencodec.tokens.compress.base import (
+    METHODS,
+    Budget,
+    BudgetError,
+    TokenMethod,
+    get_method,
+    register_method,
+)
+
+__all__ = ["METHODS", "Budget", "BudgetError", "TokenMethod", "get_method", "register_method"]

@@ -1,0 +1,89 @@
+"""The one calling convention of token-compression methods, and their registry.
+
+Every method is a class registered with ``@register_method("name")``. It declares where it acts
+(``stage``), what guides it (``guidance``), its knob, and the signals it reads; it is called as
+``method(batch, budget) -> TokenBatch``. The signals (CLS attention, keys, text attention…) are
+put into ``batch.signals`` by the model adapter, which reads ``needs`` to know what to capture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from tokencodec.registry import Registry
+from tokencodec.tokens.batch import TokenBatch
+
+Stage = Literal["vision-encoder", "pre-llm", "llm"]
+Guidance = Literal["vision", "text"]
+Knob = Literal["keep", "r"]
+
+
+class BudgetError(ValueError):
+    """An impossible budget; the message names the allowed range."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many tokens to keep: a count (``keep``), or a fraction of N (``ratio``), or ToMe's ``r``."""
+
+    keep: int | None = None
+    ratio: float | None = None
+    r: int | None = None
+
+    def __post_init__(self) -> None:
+        given = [x for x in (self.keep, self.ratio, self.r) if x is not None]
+        if len(given) != 1:
+            raise BudgetError("give exactly one of keep (a count), ratio (a fraction in (0, 1]) or r")
+        if self.ratio is not None and not 0 < self.ratio <= 1:
+            raise BudgetError(f"keep ratio {self.ratio} is outside the allowed range (0, 1]")
+
+    def tokens(self, n: int, minimum: int = 1) -> int:
+        """The kept count for n tokens; raises BudgetError naming the range [minimum, n]."""
+        if self.r is not None:
+            raise BudgetError("this method takes a token budget (keep or ratio), not ToMe's r")
+        k = self.keep if self.keep is not None else max(minimum, round(self.ratio * n))
+        if not minimum <= k <= n:
+            raise BudgetError(f"token budget {k} is outside the allowed range [{minimum}, {n}] for {n} tokens")
+        return k
+
+
+class TokenMethod:
+    """Base class; subclasses set the class attributes and implement ``__call__``."""
+
+    name: ClassVar[str] = ""
+    stage: ClassVar[Stage] = "pre-llm"
+    guidance: ClassVar[Guidance] = "vision"
+    knob: ClassVar[Knob] = "keep"
+    needs: ClassVar[tuple[str, ...]] = ()      # signal names the adapter must supply
+    needs_cls: ClassVar[bool] = False          # see ``cls_fallback`` for encoders without CLS
+    cls_fallback: ClassVar[str] = ""           # what the method does without a CLS token
+    paper: ClassVar[str] = ""
+
+    def __init__(self, seed: int = 0, **options):
+        self.seed = seed
+        self.options = options
+
+    def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
+        raise NotImplementedError
+
+    def check_signals(self, batch: TokenBatch) -> None:
+        missing = [s for s in self.needs if s not in batch.signals]
+        if missing:
+            raise ValueError(f"method {self.name!r} needs signals {missing}; the batch has "
+                             f"{sorted(batch.signals)}. Use a model adapter that captures them.")
+
+
+METHODS: Registry[type[TokenMethod]] = Registry("token-compression method")
+
+
+def register_method(name: str):
+    def decorator(cls: type[TokenMethod]) -> type[TokenMethod]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return decorator
+
+
+def get_method(name: str, **options) -> TokenMethod:
+    return METHODS.get(name)(**options)

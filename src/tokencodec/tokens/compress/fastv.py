@@ -1,0 +1,76 @@
+"""FastV: drop image tokens inside the LLM by the attention they receive (Chen et al., ECCV 2024;
+arXiv 2403.06764).
+
+Layers 0…K−1 see every token; before layer K runs, the top-K image tokens by signal
+``text_attention`` [B, N] are kept, in raster order. The adapter computes that signal from layer
+K−1's attention probabilities, averaged over heads, over the image span.
+
+Choices the card leaves open:
+
+- **Query rows (paper vs code).** The paper averages the attention each image token receives
+  from all tokens; the official code reads only the last prompt token's row. We follow the
+  code: ``query="last"`` (default) tells the adapter to use the last prompt token; ``query="all"``
+  asks it for the paper's mean over all query rows. The method itself only ranks the signal.
+- **K.** ``layer=2`` (the paper's K and the OCR-VQA scripts); the lmms-eval KV-cache script and
+  the HF demo use 3. The adapter reads ``method.layer``.
+- **Count.** The budget is the kept count (``Budget(keep=...)``, or ``ratio`` rounded as in
+  LightCompress); the paper's R is 1 − ratio.
+- **Ties.** Broken toward the lower index (stable sort); ``torch.topk`` leaves them arbitrary.
+- **Positions.** Kept tokens keep their original raster positions, as the official code keeps
+  the original ``position_ids`` (RoPE gaps stay).
+- **Padding.** Padded slots (``mask``) rank last; if the budget exceeds an image's real count,
+  padded slots fill its row and the output mask marks them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import Tensor
+
+from tokencodec.tokens.batch import TokenBatch
+from tokencodec.tokens.compress.base import Budget, TokenMethod, register_method
+
+
+def top_k_index(scores: Tensor, k: int, mask: Tensor | None = None) -> Tensor:
+    """Indices [B, k] of the k highest scores per row, sorted ascending (raster order)."""
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -torch.inf)
+    top = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return top.sort(dim=1).values
+
+
+def keep_top_k(batch: TokenBatch, scores: Tensor, k: int) -> TokenBatch:
+    """The batch reduced to its k highest-scoring tokens per image, in raster order."""
+    out = batch.take(top_k_index(scores, k, batch.mask))
+    if out.mask is not None and bool(out.mask.all()):
+        out = replace(out, mask=None)
+    return out
+
+
+@register_method("fastv")
+class FastV(TokenMethod):
+    """Keep the top-K image tokens by ``text_attention`` [B, N] before LLM layer ``layer``."""
+
+    stage = "llm"
+    guidance = "text"
+    needs = ("text_attention",)
+    cls_fallback = "not needed: the score is the prompt's attention to the image span"
+    paper = "Chen et al., An Image is Worth 1/2 Tokens After Layer 2, ECCV 2024, arXiv 2403.06764"
+
+    layer: int = 2          # K: prune before this layer, score with layer K−1 (class default)
+    query: str = "last"     # which query rows the adapter averages: "last" (code) or "all" (paper)
+
+    def __init__(self, seed: int = 0, layer: int = layer, query: str = query, **options):
+        if query not in ("last", "all"):
+            raise ValueError(f"FastV query must be 'last' (official code) or 'all' (paper); got {query!r}")
+        if layer < 1:
+            raise ValueError(f"FastV prunes before layer K ≥ 1 (it scores with layer K−1); got {layer}")
+        super().__init__(seed=seed, layer=layer, query=query, **options)
+        self.layer, self.query = layer, query
+
+    def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
+        self.check_signals(batch)
+        k = budget.tokens(batch.num_tokens)
+        return keep_top_k(batch, batch.signals["text_attention"], k)

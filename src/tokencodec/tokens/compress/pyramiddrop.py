@@ -1,0 +1,70 @@
+"""PyramidDrop: drop image tokens stage by stage inside the LLM (Xing et al., CVPR 2025;
+arXiv 2410.17247).
+
+One call is one stage: keep the top-K current image tokens by signal ``text_attention`` [B, N],
+sorted back to raster order. The adapter computes that signal as the official ``pdrop_rank_drop``
+does: the last instruction token's query against all keys, both from the **next** layer's
+q_proj/k_proj on its ``input_layernorm`` output, with RoPE and the causal mask, softmax over all
+keys, mean over heads, then the image-span columns.
+
+Choices the card leaves open:
+
+- **Layers.** ``layers=(8, 16, 24)`` are 0-indexed: the stage runs before layer 8 (after the
+  eighth layer counting from 1) and scores with layer 8's projections, as the official
+  ``layer_list`` does. ``ratios=(0.5, 0.25, 0.125)`` are relative to the original image count;
+  :func:`stage_budgets` turns them into counts with ``int()`` as the code does (576 → 288/144/72).
+- **Positions.** The official code resets ``position_ids`` to 0…len−1; kept tokens here carry
+  their original raster positions, and ``positions="renumber"`` (default, the code) or
+  ``"original"`` tells the adapter which position ids to feed the LLM.
+- **Ties.** Broken toward the lower index (stable sort).
+- **Padding.** As in FastV: padded slots rank last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tokencodec.tokens.batch import TokenBatch
+from tokencodec.tokens.compress.base import Budget, BudgetError, TokenMethod, register_method
+from tokencodec.tokens.compress.fastv import keep_top_k
+
+
+def stage_budgets(n: int, ratios: Sequence[float]) -> list[int]:
+    """Image tokens kept after each stage, ⌊n·λ⌋ per ratio (relative to the original count n)."""
+    counts = [int(n * lam) for lam in ratios]
+    if any(not 1 <= c <= n for c in counts) or counts != sorted(counts, reverse=True):
+        raise BudgetError(f"stage ratios {tuple(ratios)} must give non-increasing counts in the allowed "
+                          f"range [1, {n}] for {n} tokens; they give {counts}")
+    return counts
+
+
+@register_method("pyramiddrop")
+class PyramidDrop(TokenMethod):
+    """One PyramidDrop stage: keep the top-K image tokens by ``text_attention`` [B, N]."""
+
+    stage = "llm"
+    guidance = "text"
+    needs = ("text_attention",)
+    cls_fallback = "not needed: the score is the last instruction token's attention"
+    paper = ("Xing et al., PyramidDrop: Accelerating Your Large Vision-Language Models via "
+             "Pyramid Visual Redundancy Reduction, CVPR 2025, arXiv 2410.17247")
+
+    # the official defaults as class info; an instance may override them
+    layers: tuple[int, ...] = (8, 16, 24)
+    ratios: tuple[float, ...] = (0.5, 0.25, 0.125)
+    positions: str = "renumber"
+
+    def __init__(self, seed: int = 0, layers: Sequence[int] = layers, ratios: Sequence[float] = ratios,
+                 positions: str = positions, **options):
+        if len(layers) != len(ratios):
+            raise ValueError(f"PyramidDrop needs one ratio per layer; got {len(layers)} layers "
+                             f"and {len(ratios)} ratios")
+        if positions not in ("renumber", "original"):
+            raise ValueError(f"positions must be 'renumber' (official code) or 'original'; got {positions!r}")
+        super().__init__(seed=seed, layers=layers, ratios=ratios, positions=positions, **options)
+        self.layers, self.ratios, self.positions = tuple(layers), tuple(ratios), positions
+
+    def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
+        self.check_signals(batch)
+        k = budget.tokens(batch.num_tokens)
+        return keep_top_k(batch, batch.signals["text_attention"], k)

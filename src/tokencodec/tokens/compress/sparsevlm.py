@@ -1,0 +1,148 @@
+"""SparseVLM: text-guided pruning with token recycling inside the LLM (Zhang et al., ICML 2025;
+arXiv 2410.04417).
+
+The adapter picks the raters once with :func:`select_raters` on the layer-0 input embeddings,
+then at each pruning layer supplies signal ``rater_attention`` [B, R, N] (that layer's
+head-averaged attention probabilities, rater rows × image columns) or an already averaged
+``text_attention`` [B, N]. One call is one pruning stage: keep the best-scored image tokens in
+raster order, then recycle part of the deleted ones: the top ⌊0.3n⌋+1 of the n deleted tokens by
+score are grouped by DPC-KNN into ⌊m/10⌋+1 clusters, each cluster becomes its plain mean, and
+these tokens are appended after the kept ones.
+
+Choices the card leaves open:
+
+- **Schedule.** The v1.5 fixed lists (``RETAIN_TOKN``) are class info: ``layers=(2, 6, 15)``,
+  ``schedule[192|128|64]`` = per-layer keep counts; the adapter passes one count per call. The
+  v1 rank-based count is not implemented.
+- **Budget and recycled tokens.** With ``count_recycled=True`` (default) the budget counts every
+  output token, recycled clusters included, so a stage returns exactly K tokens (we keep fewer by
+  score to make room). ``count_recycled=False`` is the official behaviour: K kept plus the
+  clusters (≈204 instead of 192 averaged, SparseVLM issue #33). ``recycle=False`` turns
+  recycling off.
+- **Raters.** Text tokens whose mean relevance is strictly above the mean; if none is (all
+  equal), every text token rates, where the official code would divide by zero.
+- **DPC-KNN ties.** Density ties are broken by index (the lower index counts as denser), not
+  by the official random noise, so results are deterministic; centre and top-k ties also go to
+  the lower index.
+- **Merged tokens.** Features are the plain mean (official); sizes add up and the source is
+  the union; position and per-token signals are those of the cluster's DPC centre token (the
+  official code renumbers positions contiguously, so it has no such notion).
+- **Padding.** Masked batches are refused (recycling needs the same deleted count per image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tokencodec.tokens.batch import TokenBatch
+from tokencodec.tokens.compress.base import Budget, TokenMethod, register_method
+
+
+def select_raters(visual_embeds: Tensor, text_embeds: Tensor) -> Tensor:
+    """Raters, bool [M]: text tokens whose relevance (softmax_text V·Tᵀ, mean over V) is above average."""
+    relevance = (visual_embeds @ text_embeds.T).softmax(dim=-1).mean(dim=0)     # [M], unscaled logits
+    raters = relevance > relevance.mean()
+    return raters if bool(raters.any()) else torch.ones_like(raters)
+
+
+def visual_scores(rater_attention: Tensor) -> Tensor:
+    """Image-token scores [B, N] from the raters' attention [B, R, N]: the mean over raters."""
+    return rater_attention.mean(dim=1)
+
+
+def recycle_counts(n_deleted: int) -> tuple[int, int]:
+    """(tokens recycled, clusters) for n deleted tokens: ⌊0.3n⌋+1 and ⌊m/10⌋+1, or (0, 0) for none."""
+    if n_deleted <= 0:
+        return 0, 0
+    m = n_deleted * 3 // 10 + 1
+    return m, m // 10 + 1
+
+
+def kept_count(n: int, budget: int) -> int:
+    """How many tokens to keep by score so that they plus their recycled clusters make ``budget``."""
+    fits = [k for k in range(n + 1) if k + recycle_counts(n - k)[1] == budget]   # over counts, not tokens
+    if not fits:
+        raise ValueError(f"no kept count gives {budget} tokens out of {n} with recycling")
+    return max(fits)
+
+
+def dpc_knn(x: Tensor, num_clusters: int, k: int | None = None) -> tuple[Tensor, Tensor]:
+    """Cluster x [B, m, C] by density peaks with k nearest neighbours (k defaults to num_clusters).
+
+    Returns (labels [B, m] in [0, num_clusters), centres [B, num_clusters] as indices into m).
+    """
+    b, m, c = x.shape
+    k = num_clusters if k is None else k
+    dist = torch.cdist(x, x) / c ** 0.5                                      # [B, m, m]
+    knn = dist.topk(k, dim=-1, largest=False).values
+    density = (-(knn ** 2).mean(dim=-1)).exp()                               # [B, m]
+    # j is "denser" than i if its density is higher, or equal with a lower index
+    index = torch.arange(m, device=x.device)
+    denser = (density[:, None, :] > density[:, :, None]) | (
+        (density[:, None, :] == density[:, :, None]) & (index[None, :] < index[:, None]))
+    far = dist.flatten(1).max(dim=-1).values[:, None, None]
+    delta = torch.where(denser, dist, far).min(dim=-1).values               # distance to a denser token
+    centres = (delta * density).argsort(dim=-1, descending=True, stable=True)[:, :num_clusters]
+    labels = dist.gather(1, centres[..., None].expand(-1, -1, m)).argmin(dim=1)
+    # a centre belongs to its own cluster even when another centre is as close
+    labels = labels.scatter(1, centres, torch.arange(num_clusters, device=x.device).expand(b, -1))
+    return labels, centres
+
+
+@register_method("sparsevlm")
+class SparseVLM(TokenMethod):
+    """One SparseVLM pruning stage with token recycling, scored by the raters' attention."""
+
+    stage = "llm"
+    guidance = "text"
+    needs = ("rater_attention",)        # or an already averaged "text_attention" [B, N]
+    cls_fallback = "not needed: the score is the raters' attention to the image span"
+    paper = ("Zhang et al., SparseVLM: Visual Token Sparsification for Efficient Vision-Language "
+             "Model Inference, ICML 2025, arXiv 2410.04417")
+    layers: ClassVar[tuple[int, ...]] = (2, 6, 15)
+    schedule: ClassVar[dict[int, tuple[int, ...]]] = {192: (300, 200, 110), 128: (303, 110, 36),
+                                                      64: (66, 30, 17)}
+
+    def __init__(self, seed: int = 0, recycle: bool = True, count_recycled: bool = True, **options):
+        super().__init__(seed=seed, recycle=recycle, count_recycled=count_recycled, **options)
+        self.recycle, self.count_recycled = recycle, count_recycled
+
+    def scores(self, batch: TokenBatch) -> Tensor:
+        if "rater_attention" not in batch.signals and "text_attention" in batch.signals:
+            return batch.signals["text_attention"]
+        self.check_signals(batch)
+        return visual_scores(batch.signals["rater_attention"])
+
+    def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
+        scores = self.scores(batch)
+        if batch.mask is not None:
+            raise ValueError("SparseVLM needs every slot to be a real token; this batch is padded (mask set)")
+        n = batch.num_tokens
+        exact = self.recycle and self.count_recycled
+        # the smallest exact budget is all clusters and nothing kept by score
+        k = budget.tokens(n, minimum=recycle_counts(n)[1] if exact else 1)
+        keep = kept_count(n, k) if exact else k
+        # the [B, R, N] attention is not per token along dim 1; drop it rather than carry it stale
+        batch = replace(batch, signals={s: v for s, v in batch.signals.items() if s != "rater_attention"})
+        order = scores.argsort(dim=1, descending=True, stable=True)
+        kept = order[:, :keep].sort(dim=1).values
+        m, clusters = recycle_counts(n - keep)
+        if not self.recycle or m == 0:
+            return batch.take(kept)
+        pool = order[:, keep:keep + m]                                   # best-scored deleted tokens
+        x = batch.features.gather(1, pool[..., None].expand(-1, -1, batch.features.shape[-1]))
+        labels, centres = dpc_knn(x, clusters)
+        member = F.one_hot(labels, clusters).transpose(1, 2).to(x.dtype)  # [B, clusters, m]
+        merged = member @ x / member.sum(dim=-1, keepdim=True)
+        sizes = (member @ batch.sizes.gather(1, pool)[..., None])[..., 0]
+        pool_source = batch.source.gather(1, pool[..., None].expand(-1, -1, batch.source.shape[-1]))
+        source = (member @ pool_source.to(x.dtype)) > 0
+        out = batch.take(torch.cat([kept, pool.gather(1, centres)], dim=1))
+        return replace(out, features=torch.cat([out.features[:, :keep], merged], 1),
+                       sizes=torch.cat([out.sizes[:, :keep], sizes], 1),
+                       source=torch.cat([out.source[:, :keep], source.to(out.source.dtype)], 1))
