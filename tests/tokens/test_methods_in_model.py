@@ -46,7 +46,7 @@ def case(name: str, seed: int, b: int, h: int, w: int, frac: float):
         k = 1 + round(frac * (n - 1))
         return (FastV() if name == "fastv" else PyramidDrop()), batch, Budget(keep=k), k
     if name.startswith("sparsevlm"):
-        batch = TokenBatch.from_grid(feats, (h, w), rater_attention=rand(b, 3, n).softmax(-1))
+        batch = TokenBatch.from_grid(feats, (h, w), context={"rater_attention": rand(b, 3, n).softmax(-1)})
         if name == "sparsevlm":
             lo = recycle_counts(n)[1]
             k = lo + round(frac * (n - lo))
@@ -54,7 +54,7 @@ def case(name: str, seed: int, b: int, h: int, w: int, frac: float):
         k = 1 + round(frac * (n - 1))
         return SparseVLM(count_recycled=False), batch, Budget(keep=k), k + recycle_counts(n - k)[1]
     text = {} if name == "dart-image" else {"text_keys": rand(b, 5, 4), "text_features": rand(b, 5, d)}
-    batch = TokenBatch.from_grid(feats, (h, w), keys=rand(b, n, 4), normed_features=rand(b, n, d), **text)
+    batch = TokenBatch.from_grid(feats, (h, w), keys=rand(b, n, 4), normed_features=rand(b, n, d), context=text)
     k = 1 + round(frac * (n - 1))
     return DART(pivots=2), batch, Budget(keep=k), k
 
@@ -64,7 +64,8 @@ def one_image(batch: TokenBatch, i: int) -> TokenBatch:
     return TokenBatch(features=batch.features[s], grid=batch.grid, frames=batch.frames,
                       cls=None if batch.cls is None else batch.cls[s], sizes=batch.sizes[s],
                       source=batch.source[s], positions=batch.positions[s],
-                      signals={k: v[s] for k, v in batch.signals.items()})
+                      signals={k: v[s] for k, v in batch.signals.items()},
+                      context={k: v[s] for k, v in batch.context.items()})
 
 
 def assert_same(a: TokenBatch, b: TokenBatch) -> None:
@@ -291,9 +292,9 @@ def test_dart_text_pivot_goes_first_and_budget_is_exact():
     assert dart_select(feats, keys, 3, 1, text_keys, text_feats).tolist() == [[0, 3, 5]]
     assert dart_select(feats, keys, 1, 4).tolist() == [[0]]
     batch = TokenBatch(features=feats, grid=(2, 3),
-                       signals={"keys": keys, "text_keys": text_keys, "text_features": text_feats})
+                       signals={"keys": keys}, context={"text_keys": text_keys, "text_features": text_feats})
     out = DART(pivots=1)(batch, Budget(keep=2))
-    assert out.positions.tolist() == [[0, 3]] and "text_keys" not in out.signals
+    assert out.positions.tolist() == [[0, 3]] and "text_keys" in out.context
 
 
 def test_class_info_for_adapters():

@@ -25,7 +25,8 @@ class TokenBatch:
     source: Tensor | None = None          # [B, N, N0] bool: original patches feeding each token
     positions: Tensor | None = None       # [B, N] long: raster index of each token's own patch
     mask: Tensor | None = None            # [B, N] bool, None when every slot is a real token
-    signals: dict[str, Tensor] = field(default_factory=dict)  # [B, N, ...] tensors are per token
+    signals: dict[str, Tensor] = field(default_factory=dict)  # per token: [B, N, ...], gathered by take()
+    context: dict[str, Tensor] = field(default_factory=dict)  # not per token (text keys…), never gathered
 
     def __post_init__(self) -> None:
         if self.features.dim() != 3:
@@ -38,10 +39,15 @@ class TokenBatch:
             self.positions = torch.arange(n, device=dev).expand(b, n).clone()
         if self.source is None:
             self.source = torch.eye(n, dtype=torch.bool, device=dev).expand(b, n, n).clone()
+        for name, value in self.signals.items():
+            if value.dim() < 2 or tuple(value.shape[:2]) != (b, n):
+                raise ValueError(f"signal {name!r} has shape {tuple(value.shape)}; per-token signals are "
+                                 f"[B={b}, N={n}, ...]; put other tensors in TokenBatch.context")
 
     @classmethod
     def from_grid(cls, features: Tensor, grid: tuple[int, int] | None = None, frames: int = 1,
-                  cls_token: Tensor | None = None, **signals: Tensor) -> TokenBatch:
+                  cls_token: Tensor | None = None, context: dict[str, Tensor] | None = None,
+                  **signals: Tensor) -> TokenBatch:
         """Tokens straight from an encoder, in raster order (frame, row, column)."""
         n = features.shape[1]
         if grid is None:
@@ -49,7 +55,8 @@ class TokenBatch:
             grid = (side, side)
         if grid[0] * grid[1] * frames != n:
             raise ValueError(f"grid {grid} × {frames} frame(s) does not hold {n} tokens")
-        return cls(features=features, grid=grid, frames=frames, cls=cls_token, signals=dict(signals))
+        return cls(features=features, grid=grid, frames=frames, cls=cls_token, signals=dict(signals),
+                   context=dict(context or {}))
 
     @property
     def batch_size(self) -> int:
@@ -71,8 +78,8 @@ class TokenBatch:
         return self.mask.sum(1).cpu()
 
     def is_per_token(self, name: str) -> bool:
-        s = self.signals[name]
-        return s.dim() >= 2 and s.shape[:2] == self.features.shape[:2]
+        """True for signals (always per token, checked on construction); False for context."""
+        return name in self.signals
 
     def take(self, index: Tensor) -> TokenBatch:
         """Keep the tokens at ``index`` ([B, K] long) in that order; per-token signals follow."""
@@ -80,10 +87,25 @@ class TokenBatch:
             idx = index.reshape(*index.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
             return t.gather(1, idx)
 
-        signals = {k: gather(v) if self.is_per_token(k) else v for k, v in self.signals.items()}
+        signals = {k: gather(v) for k, v in self.signals.items()}
         return replace(self, features=gather(self.features), sizes=gather(self.sizes),
                        source=gather(self.source), positions=gather(self.positions),
                        mask=None if self.mask is None else gather(self.mask), signals=signals)
+
+    def combine(self, weights: Tensor, members: Tensor, rep: Tensor) -> TokenBatch:
+        """Output tokens as linear combinations of these tokens, with honest bookkeeping.
+
+        ``weights`` [B, K, N]: features = weights @ features. ``members`` [B, K, N] bool: the tokens
+        each output draws on (its source is their union and its size their summed size, so a
+        contributor whose weight happens to be zero still counts). ``rep`` [B, K] long: the token
+        whose position and per-token signals the output inherits.
+        """
+        out = self.take(rep)
+        features = torch.bmm(weights.float(), self.features.float()).to(self.features.dtype)
+        m = members.float()
+        sizes = torch.bmm(m, self.sizes.float()[..., None]).squeeze(-1).to(self.sizes.dtype)
+        source = torch.bmm(m, self.source.float()) > 0
+        return replace(out, features=features, sizes=sizes, source=source)
 
     def original_index_map(self) -> Tensor:
         """For each original patch, the first token it feeds (−1 if dropped), [B, N0]."""

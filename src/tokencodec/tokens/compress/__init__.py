@@ -5,10 +5,15 @@ Importing this package imports every method module so that the registry is compl
 
 from tokencodec.tokens.compress import (  # noqa: F401  (each import registers its methods)
     dart,
+    divprune,
     fastv,
+    pool,
+    prumerge,
     pyramiddrop,
+    random,
     sparsevlm,
     tome,
+    visionzip,
 )
 from tokencodec.tokens.compress.base import (
     METHODS,

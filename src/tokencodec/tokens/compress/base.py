@@ -14,6 +14,21 @@ from typing import ClassVar, Literal
 from tokencodec.registry import Registry
 from tokencodec.tokens.batch import TokenBatch
 
+# The signals adapters supply, by name. Per-token signals live in ``batch.signals`` ([B, N, ...]);
+# the others in ``batch.context``.
+SIGNALS: dict[str, str] = {
+    "cls_attention": "signals [B, N]: CLS row of softmax(QKᵀ/√d_head) over the patches, summed over heads",
+    "cls_attention_single_head": "signals [B, N]: CLS row of a full-width single-head softmax(q·kᵀ/√D)",
+    "mean_attention": "signals [B, N]: attention each patch receives, mean over heads and query rows",
+    "keys": "signals [B, N, Dk]: the layer's keys averaged over heads",
+    "keys_full": "signals [B, N, D]: the layer's keys with the heads concatenated",
+    "text_attention": "signals [B, N]: text-to-image attention (FastV: the last prompt token's row)",
+    "normed_features": "signals [B, N, D]: hidden states after the LLM's final norm (DART)",
+    "rater_attention": "context [B, R, N]: attention of SparseVLM's rater text tokens over the image",
+    "text_keys": "context [B, M, Dk]: keys of the text tokens after the image (DART's text pivots)",
+    "text_features": "context [B, M, D]: normed hidden states of those text tokens (DART)",
+}
+
 Stage = Literal["vision-encoder", "pre-llm", "llm"]
 Guidance = Literal["vision", "text"]
 Knob = Literal["keep", "r"]
@@ -68,10 +83,11 @@ class TokenMethod:
         raise NotImplementedError
 
     def check_signals(self, batch: TokenBatch) -> None:
-        missing = [s for s in self.needs if s not in batch.signals]
+        missing = [s for s in self.needs if s not in batch.signals and s not in batch.context]
         if missing:
             raise ValueError(f"method {self.name!r} needs signals {missing}; the batch has "
-                             f"{sorted(batch.signals)}. Use a model adapter that captures them.")
+                             f"{sorted(batch.signals) + sorted(batch.context)}. "
+                             "Use a model adapter that captures them.")
 
 
 METHODS: Registry[type[TokenMethod]] = Registry("token-compression method")

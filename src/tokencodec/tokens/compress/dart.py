@@ -30,8 +30,6 @@ Choices the card leaves open:
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -98,9 +96,7 @@ class DART(TokenMethod):
         if batch.mask is not None:
             raise ValueError("DART needs every slot to be a real token; this batch is padded (mask set)")
         k = budget.tokens(batch.num_tokens)
-        s = batch.signals
+        s, c = batch.signals, batch.context
         index = dart_select(s.get("normed_features", batch.features), s["keys"], k, self.pivots,
-                            s.get("text_keys"), s.get("text_features"))
-        # the text signals are not per image token; drop them rather than carry them stale
-        image_signals = {n: v for n, v in s.items() if n not in ("text_keys", "text_features")}
-        return replace(batch, signals=image_signals).take(index)
+                            c.get("text_keys"), c.get("text_features"))
+        return batch.take(index)

@@ -113,10 +113,10 @@ class SparseVLM(TokenMethod):
         self.recycle, self.count_recycled = recycle, count_recycled
 
     def scores(self, batch: TokenBatch) -> Tensor:
-        if "rater_attention" not in batch.signals and "text_attention" in batch.signals:
+        if "rater_attention" not in batch.context and "text_attention" in batch.signals:
             return batch.signals["text_attention"]
         self.check_signals(batch)
-        return visual_scores(batch.signals["rater_attention"])
+        return visual_scores(batch.context["rater_attention"])
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         scores = self.scores(batch)
@@ -127,8 +127,6 @@ class SparseVLM(TokenMethod):
         # the smallest exact budget is all clusters and nothing kept by score
         k = budget.tokens(n, minimum=recycle_counts(n)[1] if exact else 1)
         keep = kept_count(n, k) if exact else k
-        # the [B, R, N] attention is not per token along dim 1; drop it rather than carry it stale
-        batch = replace(batch, signals={s: v for s, v in batch.signals.items() if s != "rater_attention"})
         order = scores.argsort(dim=1, descending=True, stable=True)
         kept = order[:, :keep].sort(dim=1).values
         m, clusters = recycle_counts(n - keep)

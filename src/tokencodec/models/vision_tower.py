@@ -1,0 +1,421 @@
+"""Adapters that attach token methods to HF CLIP and SigLIP vision towers, as context managers.
+
+Supported: ``CLIPVisionModel`` and ``SiglipVisionModel`` (and the ``*VisionTransformer`` modules
+of older transformers releases), or a LLaVA-style wrapper that holds one under ``.vision_tower``,
+``.vision_model`` or ``.model`` (LLaVA's ``CLIPVisionTower``, HF ``LlavaModel`` and
+``LlavaForConditionalGeneration``). Written against transformers 5.23, where an encoder layer is
+``layer(hidden_states, attention_mask, **kw) -> Tensor`` with submodules ``layer_norm1``,
+``self_attn`` (``q_proj``/``k_proj``/``v_proj``, ``num_heads``), ``layer_norm2`` and ``mlp``.
+
+**Layer convention.** ``layer`` indexes the encoder layers, 0-based, negative from the end;
+the features are that layer's raw output, which is ``hidden_states[layer]`` in HF's output for a
+negative index (``hidden_states[0]`` is the embedding output). LLaVA-1.5 reads
+``hidden_states[-2]``, the output of layer 22 of 24, so ``layer=-2`` is the default; attention
+signals come from the same layer (VisionZip's convention) unless ``signal_layer`` says otherwise
+(PruMerge: ``signal_layer=-1`` with ``layer=-2``).
+
+**Signals** are computed from the hooked ``q_proj``/``k_proj`` outputs of the signal layer, so they
+work with SDPA (no ``output_attentions``, no eager attention needed):
+
+- ``cls_attention`` [B, N]: CLS row over the patches of softmax(QKᵀ/√d_head), summed over heads
+  (VisionZip);
+- ``cls_attention_single_head`` [B, N]: the same row of one full-width head, softmax(q·kᵀ/√D)
+  (PruMerge);
+- ``mean_attention`` [B, N]: the attention each patch receives, averaged over heads and over all
+  query rows (CLS row included when there is one): the no-CLS fallback (EffiVLM-Bench);
+- ``keys`` [B, N, D/H]: keys averaged over heads (VisionZip, ToMe);
+- ``keys_full`` [B, N, D]: keys with the heads not split (PruMerge's similarity).
+
+SigLIP has no CLS token, so the ``cls_*`` signals do not exist there and asking for one is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from tokencodec.models.hooks import ModelPatch, PatchError
+from tokencodec.tokens.batch import TokenBatch
+from tokencodec.tokens.compress.base import Budget, TokenMethod, get_method
+
+WITH_CLS = ("CLIPVisionModel", "CLIPVisionTransformer")
+WITHOUT_CLS = ("SiglipVisionModel", "SiglipVisionTransformer")
+WRAPPER_ATTRS = ("vision_tower", "vision_model", "model")  # LLaVA-style wrappers hold the tower here
+CLS_SIGNALS = ("cls_attention", "cls_attention_single_head")
+SIGNALS = (*CLS_SIGNALS, "mean_attention", "keys", "keys_full")
+NO_CLS_FALLBACK = "mean_attention"
+
+
+# -- which module is the tower --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tower:
+    """The parts of a vision tower the adapters touch."""
+
+    model: nn.Module           # called with pixel_values; runs embeddings and every encoder layer
+    layers: nn.ModuleList
+    class_token: bool          # CLIP: a CLS token at index 0; SigLIP: none
+    patch_size: int
+
+    @property
+    def prefix(self) -> int:
+        """Tokens in front of the patches (1 for the CLS, else 0)."""
+        return int(self.class_token)
+
+    @property
+    def num_heads(self) -> int:
+        return self.layers[0].self_attn.num_heads
+
+    def index(self, layer: int) -> int:
+        n = len(self.layers)
+        if not -n <= layer < n:
+            raise IndexError(f"layer {layer} is outside the allowed range [{-n}, {n - 1}] "
+                             f"for a tower with {n} encoder layers")
+        return layer % n
+
+
+def _supported() -> str:
+    return (f"supported: {', '.join(WITH_CLS + WITHOUT_CLS)}, or a LLaVA-style wrapper holding one "
+            f"under .{', .'.join(WRAPPER_ATTRS)}")
+
+
+def resolve_tower(model: nn.Module) -> Tower:
+    """Find the CLIP/SigLIP vision model in ``model``; raise TypeError naming what is supported."""
+    found = model
+    for _ in range(4):  # wrapper → model → vision_tower → vision_model at most
+        name = type(found).__name__
+        if name in WITH_CLS + WITHOUT_CLS:
+            emb = found.embeddings
+            return Tower(model=found, layers=found.encoder.layers, class_token=name in WITH_CLS,
+                         patch_size=emb.patch_size)
+        inner = [getattr(found, a, None) for a in WRAPPER_ATTRS]
+        inner = [m for m in inner if isinstance(m, nn.Module)]
+        if not inner:
+            break
+        found = inner[0]
+    raise TypeError(f"unsupported vision model {type(model).__name__}; {_supported()}")
+
+
+# -- signals: pure functions of one layer's q_proj / k_proj outputs -------------------------------
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """[B, T, D] → [B, H, T, D/H]."""
+    b, t, d = x.shape
+    return x.view(b, t, heads, d // heads).transpose(1, 2)
+
+
+def attention_probs(q: Tensor, k: Tensor, heads: int, rows: slice = slice(None)) -> Tensor:
+    """softmax(QKᵀ/√d_head) for the query ``rows``, [B, H, R, T], in float32 like eager attention."""
+    qh, kh = split_heads(q, heads)[:, :, rows], split_heads(k, heads)
+    logits = torch.matmul(qh, kh.transpose(-1, -2)) * qh.shape[-1] ** -0.5
+    return logits.softmax(-1, dtype=torch.float32)
+
+
+def cls_attention(q: Tensor, k: Tensor, heads: int) -> Tensor:
+    """CLS row over the patches, summed over heads (VisionZip), [B, N]; only the CLS row is formed."""
+    return attention_probs(q, k, heads, slice(0, 1))[:, :, 0, 1:].sum(1)
+
+
+def cls_attention_single_head(q: Tensor, k: Tensor) -> Tensor:
+    """CLS row over the patches of one full-width head, softmax(q·kᵀ/√D) (PruMerge), [B, N]."""
+    return attention_probs(q, k, 1, slice(0, 1))[:, 0, 0, 1:]
+
+
+def mean_attention(q: Tensor, k: Tensor, heads: int, prefix: int) -> Tensor:
+    """Attention each patch receives, averaged over heads and all query rows, [B, N]."""
+    return attention_probs(q, k, heads)[..., prefix:].mean((1, 2))
+
+
+def head_mean_keys(k: Tensor, heads: int, prefix: int) -> Tensor:
+    """Patch keys averaged over heads, [B, N, D/H]."""
+    return split_heads(k, heads).mean(1)[:, prefix:]
+
+
+def check_signal_names(names: Iterable[str], tower: Tower) -> tuple[str, ...]:
+    names = tuple(names)
+    unknown = [s for s in names if s not in SIGNALS]
+    if unknown:
+        raise ValueError(f"a vision tower cannot supply signals {unknown}; it supplies {list(SIGNALS)}")
+    cls_asked = [s for s in names if s in CLS_SIGNALS]
+    if cls_asked and not tower.class_token:
+        raise ValueError(f"{type(tower.model).__name__} has no CLS token, so signals {cls_asked} are "
+                         f"unavailable; ask for {NO_CLS_FALLBACK!r} (the attention each patch receives, "
+                         "the usual no-CLS fallback) instead")
+    return names
+
+
+def compute_signals(q: Tensor | None, k: Tensor, names: Iterable[str], heads: int,
+                    class_token: bool) -> dict[str, Tensor]:
+    """The named signals over the patch tokens from one layer's q_proj and k_proj outputs [B, T, D]."""
+    prefix = int(class_token)
+    make = {
+        "cls_attention": lambda: cls_attention(q, k, heads),
+        "cls_attention_single_head": lambda: cls_attention_single_head(q, k),
+        "mean_attention": lambda: mean_attention(q, k, heads, prefix),
+        "keys": lambda: head_mean_keys(k, heads, prefix),
+        "keys_full": lambda: k[:, prefix:],
+    }
+    return {name: make[name]() for name in names}
+
+
+# -- shared base: a patch on one resolved tower ---------------------------------------------------
+
+class _TowerPatch(ModelPatch):
+    def __init__(self, model: nn.Module):
+        self.tower = resolve_tower(model)
+        super().__init__(self.tower.model)
+        self.grid: tuple[int, int] | None = None
+
+    def _install(self) -> None:
+        self.add_pre_hook(self.tower.model, self._record_grid, with_kwargs=True)
+
+    def _record_grid(self, module, args, kwargs) -> None:
+        pixels = args[0] if args else kwargs["pixel_values"]
+        p = self.tower.patch_size
+        self.grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
+
+
+def _output(out) -> Tensor:
+    return out[0] if isinstance(out, tuple) else out  # older transformers return a tuple
+
+
+# -- capture: hidden states and signals of one layer ----------------------------------------------
+
+class Captured(NamedTuple):
+    hidden: Tensor                 # [B, T, D] output of the chosen layer, CLS (if any) at index 0
+    signals: dict[str, Tensor]     # per-patch signals, see the module docstring
+
+
+class SignalCapture(_TowerPatch):
+    """While active, every forward of the tower records ``layer``'s output and the q/k of ``signal_layer``.
+
+    Hooks only read tensors, so the model's outputs are unchanged. After a forward,
+    :meth:`captured` returns the hidden states and the requested signals.
+    """
+
+    def __init__(self, model: nn.Module, layer: int = -2, signals: Sequence[str] = (),
+                 signal_layer: int | None = None):
+        super().__init__(model)
+        self.layer = self.tower.index(layer)
+        self.signal_layer = self.tower.index(layer if signal_layer is None else signal_layer)
+        self.signals = check_signal_names(signals, self.tower)
+        self._store: dict[str, Tensor] = {}
+
+    def _install(self) -> None:
+        super()._install()
+        self.add_pre_hook(self.tower.model, lambda *_: self._store.clear())  # a new forward, a new record
+        self.add_hook(self.tower.layers[self.layer], self._keeper("hidden"))
+        if self.signals:
+            attn = self.tower.layers[self.signal_layer].self_attn
+            self.add_hook(attn.k_proj, self._keeper("k"))
+            if set(self.signals) - {"keys", "keys_full"}:
+                self.add_hook(attn.q_proj, self._keeper("q"))
+
+    def _keeper(self, key: str):
+        def hook(module, args, output):
+            self._store[key] = _output(output)
+        return hook
+
+    def captured(self) -> Captured:
+        if "hidden" not in self._store:
+            raise RuntimeError("nothing captured yet: run the model inside the `with` block first")
+        s = self._store
+        signals = compute_signals(s.get("q"), s.get("k"), self.signals, self.tower.num_heads,
+                                  self.tower.class_token) if self.signals else {}
+        return Captured(s["hidden"], signals)
+
+    def run(self, pixel_values: Tensor, **forward_kwargs) -> Captured:
+        """Run the tower once (entering this context for the call if it is not active)."""
+        if not self.active:
+            with self:
+                return self.run(pixel_values, **forward_kwargs)
+        self.tower.model(pixel_values, **forward_kwargs)
+        return self.captured()
+
+
+def capture_signals(model: nn.Module, pixel_values: Tensor, layer: int = -2, signals: Sequence[str] = (),
+                    signal_layer: int | None = None, **forward_kwargs) -> Captured:
+    """Run the encoder once; return ``layer``'s hidden states [B, T, D] and the named signals [B, N, ...]."""
+    return SignalCapture(model, layer, signals, signal_layer).run(pixel_values, **forward_kwargs)
+
+
+# -- pre-LLM methods on the tower's output --------------------------------------------------------
+
+def method_signals(method: TokenMethod, tower: Tower) -> tuple[str, ...]:
+    """What to capture for ``method``; without a CLS, CLS signals become ``mean_attention``."""
+    needs = tuple(method.needs)
+    if tower.class_token or not set(needs) & set(CLS_SIGNALS):
+        return needs
+    if method.needs_cls and not method.cls_fallback:
+        raise ValueError(f"method {method.name!r} needs a CLS token and declares no fallback; "
+                         f"{type(tower.model).__name__} has none")
+    swapped = [NO_CLS_FALLBACK if s in CLS_SIGNALS else s for s in needs]
+    return tuple(dict.fromkeys(swapped))
+
+
+class VisionTokenCompressor(SignalCapture):
+    """Compress the patch tokens of ``layer`` with a "pre-llm" method, as a context manager.
+
+    Inside the block the model runs as usual (its outputs are unchanged); after every forward of
+    the tower, ``last_batch`` holds the compressed :class:`TokenBatch` of that layer's patch tokens,
+    with the CLS in ``batch.cls`` and the method's signals filled. ``compress(pixel_values)`` runs
+    the tower and returns it. ``layer=-2`` is LLaVA's ``hidden_states[-2]`` (layer 22 of 24).
+    """
+
+    def __init__(self, model: nn.Module, method: str | TokenMethod, budget: Budget | int | float,
+                 layer: int = -2, signal_layer: int | None = None):
+        method = get_method(method) if isinstance(method, str) else method
+        if method.stage != "pre-llm":
+            raise ValueError(f"method {method.name!r} acts at stage {method.stage!r}; VisionTokenCompressor "
+                             "runs 'pre-llm' methods (ToMeVisionPatch for ToMe, an LLM adapter for 'llm')")
+        super().__init__(model, layer, method_signals(method, resolve_tower(model)), signal_layer)
+        self.method = method
+        self.budget = budget if isinstance(budget, Budget) else (
+            Budget(keep=budget) if isinstance(budget, int) else Budget(ratio=budget))
+        self.last_batch: TokenBatch | None = None
+
+    def _install(self) -> None:
+        super()._install()
+        self.add_hook(self.tower.model, lambda *_: self._finish())
+
+    def token_batch(self) -> TokenBatch:
+        """The uncompressed batch of the last forward: patches, CLS apart, signals filled."""
+        hidden, signals = self.captured()
+        p = self.tower.prefix
+        cls = hidden[:, 0] if p else None
+        return TokenBatch.from_grid(hidden[:, p:], self.grid, cls_token=cls, **signals)
+
+    def _finish(self) -> None:
+        self.last_batch = self.method(self.token_batch(), self.budget)
+
+    def compress(self, pixel_values: Tensor, **forward_kwargs) -> TokenBatch:
+        """Run the tower on ``pixel_values`` and return the compressed TokenBatch."""
+        self.run(pixel_values, **forward_kwargs)
+        return self.last_batch
+
+
+# -- ToMe inside every encoder layer --------------------------------------------------------------
+
+def size_bias(size: Tensor, dtype: torch.dtype) -> Tensor:
+    """Proportional attention's additive bias log(size) on the key axis, [B, 1, 1, T]."""
+    return size[..., 0].log()[:, None, None, :].to(dtype)
+
+
+def merged_positions(merge, positions: Tensor, n0: int) -> Tensor:
+    """Carry each token's own original index [B, T, 1] through a merge; a merged token keeps its B token's.
+
+    A tokens (even slots) are shifted below zero, so under ``amax`` each B token keeps its own index
+    (the convention of ``tome.ToMe``).
+    """
+    in_a = (torch.arange(positions.shape[1], device=positions.device) % 2 == 0)[:, None]
+    kept = merge(torch.where(in_a, positions - n0, positions), mode="amax")
+    return torch.where(kept < 0, kept + n0, kept)
+
+
+class ToMeVisionPatch(_TowerPatch):
+    """ToMe (Bolya et al. 2023) inside each encoder layer, between the attention residual and the MLP.
+
+    Each layer's ``forward`` is swapped for the same block built from its own submodules plus a
+    merge of ``r[i]`` tokens (bipartite soft matching on the layer's keys averaged over heads),
+    with sizes carried across layers and proportional attention: log(size) is passed as the
+    layer's ``attention_mask``, an additive float bias [B, 1, 1, T] that eager attention adds to
+    the logits and SDPA takes as ``attn_mask``. The CLS is protected on CLIP, not on SigLIP.
+
+    ``r`` is anything ``parse_r`` takes, spread over layers 0‥``layer``; later layers do not merge,
+    so with ``layer=-2`` the final sizes and source describe LLaVA's ``hidden_states[-2]``. After a
+    forward: ``last_hidden`` (output of ``layer``), ``last_sizes`` [B, T, 1] (CLS included),
+    ``last_source`` [B, T, T0] bool (None when nothing merged), ``last_positions`` [B, T] (each
+    token's own original index; a merged token keeps its B token's), ``token_counts`` (per layer),
+    and :meth:`token_batch`. Token order after a merge is ToMe's ([unmerged A, B]), not raster order.
+    """
+
+    def __init__(self, model: nn.Module, r, layer: int = -1, prop_attn: bool = True,
+                 trace_source: bool = True):
+        from tokencodec.tokens.compress import tome  # the merge functions; imported when used
+
+        super().__init__(model)
+        self._tome = tome
+        impl = getattr(self.tower.layers[0].self_attn.config, "_attn_implementation", "eager")
+        if prop_attn and impl not in ("eager", "sdpa"):
+            raise ValueError(f"proportional attention needs an additive attention bias, which attention "
+                             f"implementation {impl!r} cannot take; call model.set_attn_implementation("
+                             "'sdpa') or 'eager', or pass prop_attn=False")
+        n = len(self.tower.layers)
+        self.layer = self.tower.index(layer)
+        self.r = tome.parse_r(self.layer + 1, r) + [0] * (n - self.layer - 1)
+        self.prop_attn, self.trace_source = prop_attn, trace_source
+        self._reset()
+
+    def _reset(self) -> None:
+        self._size: Tensor | None = None
+        self._source: Tensor | None = None
+        self._keys: Tensor | None = None
+        self._pos: Tensor | None = None
+        self.token_counts: list[int] = []
+        self.last_hidden = self.last_sizes = self.last_source = self.last_positions = None
+
+    def _install(self) -> None:
+        super()._install()
+        for i, layer in enumerate(self.tower.layers):
+            self.add_hook(layer.self_attn.k_proj, self._keep_keys)
+            self.swap(layer, "forward", self._block(i, layer))
+
+    def _keep_keys(self, module, args, output) -> None:
+        self._keys = output
+
+    def _block(self, i: int, layer: nn.Module):
+        heads = layer.self_attn.num_heads
+
+        def forward(hidden_states: Tensor, attention_mask: Tensor | None = None, **kwargs) -> Tensor:
+            if attention_mask is not None:
+                raise NotImplementedError("ToMeVisionPatch does not combine merging with an attention mask")
+            if i == 0:  # every forward enters layer 0 first
+                self._reset()
+                self._t0 = hidden_states.shape[1]
+            if self._size is None:
+                self._size = torch.ones_like(hidden_states[..., :1])
+                self._pos = torch.arange(self._t0, dtype=torch.float32, device=hidden_states.device)
+                self._pos = self._pos.expand(hidden_states.shape[0], -1)[..., None]
+            bias = size_bias(self._size, hidden_states.dtype) if self.prop_attn else None
+
+            residual = hidden_states
+            x, _ = layer.self_attn(layer.layer_norm1(hidden_states), attention_mask=bias, **kwargs)
+            x = residual + x
+            if self.r[i] > 0:
+                metric = split_heads(self._keys, heads).mean(1)
+                merge, _ = self._tome.bipartite_soft_matching(metric, self.r[i], self.tower.class_token)
+                if self.trace_source:
+                    self._source = self._tome.merge_source(merge, x, self._source)
+                x, self._size = self._tome.merge_wavg(merge, x, self._size)
+                self._pos = merged_positions(merge, self._pos, self._t0)
+            self._keys = None
+            residual = x
+            x = residual + layer.mlp(layer.layer_norm2(x))
+
+            self.token_counts.append(x.shape[1])
+            if i == self.layer:
+                self.last_hidden, self.last_sizes, self.last_source = x, self._size, self._source
+                self.last_positions = self._pos[..., 0].long()
+            return x
+
+        return forward
+
+    def token_batch(self) -> TokenBatch:
+        """The tokens of ``layer`` after the last forward: CLS apart, sizes, source, positions."""
+        if self.last_hidden is None:
+            raise RuntimeError("nothing recorded yet: run the model inside the `with` block first")
+        x, p = self.last_hidden, self.tower.prefix
+        source = self.last_source
+        if source is None:  # nothing merged
+            source = torch.eye(self._t0, dtype=torch.bool, device=x.device).expand(x.shape[0], -1, -1)
+        return TokenBatch(features=x[:, p:], grid=self.grid, cls=x[:, 0] if p else None,
+                          sizes=self.last_sizes[:, p:, 0].to(x.dtype), source=source[:, p:, p:].bool(),
+                          positions=self.last_positions[:, p:] - p)
+
+
+__all__ = ["SIGNALS", "Captured", "PatchError", "SignalCapture", "ToMeVisionPatch", "Tower",
+           "VisionTokenCompressor", "capture_signals", "compute_signals", "resolve_tower"]

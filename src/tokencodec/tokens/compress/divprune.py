@@ -1,0 +1,81 @@
+"""DivPrune: keep the most diverse tokens by greedy max–min selection ("divprune").
+
+Alvar et al., "DivPrune: Diversity-based Visual Token Pruning for Large Multimodal Models",
+CVPR 2025, arXiv 2503.02175; official code vbdi/divprune (``llava_arch.py``), which we follow:
+
+1. D = 1 − cos over the N tokens' features (the adapter passes the projected embeddings, as the
+   official ``LAYER_INDEX=0`` does); K = round(ratio·N) via ``Budget``.
+2. First token: the one whose nearest neighbour is farthest, i.e. the argmax over columns of the
+   second-smallest entry (the smallest being the token itself).
+3. Greedy max–min: repeatedly add the candidate whose minimum distance to the selected set is
+   largest. The official code recomputes that minimum over all selected rows each step (O(K²N));
+   we keep a running minimum (O(KN)), which gives the same picks.
+4. Kept indices are sorted to raster order; the positions keep the original raster indices (the
+   official code lets them become contiguous; renumbering is the adapter's business).
+
+Choices the code leaves implicit: ties go to the lowest index (``argmax``), as in the official code.
+We set the diagonal of D to exactly 0 and give already-selected tokens −inf instead of relying on
+their ≈0 score, so identical tokens can never be picked twice (the official code could re-pick one
+when every remaining distance is 0). Distances are computed in float32 whatever the feature dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tokencodec.tokens.batch import TokenBatch
+from tokencodec.tokens.compress.base import Budget, TokenMethod, register_method
+
+
+def cosine_distance(features: Tensor) -> Tensor:
+    """[B, N, N] pairwise 1 − cos, with an exact zero diagonal."""
+    x = F.normalize(features.float(), dim=-1)
+    d = 1 - x @ x.transpose(1, 2)
+    d.diagonal(dim1=1, dim2=2).zero_()
+    return d
+
+
+def divprune_select(features: Tensor, k: int) -> Tensor:
+    """Indices [B, k] of the max–min diverse subset of each image's tokens, in raster order."""
+    b, n, _ = features.shape
+    d = cosine_distance(features)
+    rows = torch.arange(b, device=features.device)
+    if n == 1:
+        first = torch.zeros(b, dtype=torch.long, device=features.device)
+    else:
+        first = d.kthvalue(2, dim=1).values.argmax(1)
+    picked = torch.empty(b, k, dtype=torch.long, device=features.device)
+    picked[:, 0] = first
+    taken = torch.zeros(b, n, dtype=torch.bool, device=features.device)
+    taken[rows, first] = True
+    nearest = d[rows, first]  # each token's distance to the selected set
+    for step in range(1, k):
+        nxt = nearest.masked_fill(taken, float("-inf")).argmax(1)
+        picked[:, step] = nxt
+        taken[rows, nxt] = True
+        nearest = torch.minimum(nearest, d[rows, nxt])
+    return picked.sort(1).values
+
+
+@register_method("divprune")
+class DivPrune(TokenMethod):
+    """Max–min diversity pruning on features (Alvar et al., CVPR 2025, arXiv 2503.02175).
+
+    Reads only the token features; see the module docstring for every choice.
+    """
+
+    stage = "pre-llm"
+    guidance = "vision"
+    knob = "keep"
+    needs = ()
+    needs_cls = False
+    cls_fallback = "not needed: DivPrune reads only the token features"
+    paper = "DivPrune (Alvar et al., CVPR 2025), arXiv 2503.02175"
+
+    def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
+        if batch.mask is not None:
+            raise ValueError("divprune expects an unpadded batch (mask is None)")
+        k = budget.tokens(batch.num_tokens)
+        return batch.take(divprune_select(batch.features, k))

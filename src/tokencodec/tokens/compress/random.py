@@ -1,0 +1,63 @@
+"""Random pruning: keep a uniformly random subset of K tokens ("random").
+
+The ``random_pre_llm`` baseline of UniPruneBench (arXiv 2511.02650): a ``randperm`` prefix of
+K = round(ratio·N) tokens (our ``Budget`` rounds; UniPruneBench truncates with int()). We sort the
+kept indices to raster order as its README and Qwen path do (its ``Random_PreLLM.py`` does not).
+
+Seeding, which no reference does: the draw for each image comes from a ``torch.Generator`` seeded
+with ``self.seed`` mixed with a hash of that image's features. So a call is deterministic for a
+seed, an image gets the same subset whatever batch it sits in, and different images still get
+different subsets (a plain per-call seed would prune every batch-1 image identically). With
+``content_seed=False`` one subset is drawn from ``self.seed`` alone and shared by every image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor
+
+from tokencodec.tokens.batch import TokenBatch
+from tokencodec.tokens.compress.base import Budget, TokenMethod, register_method
+
+
+def image_seed(seed: int, image: Tensor) -> int:
+    """A 63-bit seed from ``seed`` and the exact bytes of one image's features."""
+    data = image.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    digest = hashlib.blake2b(data, digest_size=8, key=seed.to_bytes(8, "little", signed=True)).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def random_select(n: int, k: int, generator: torch.Generator) -> Tensor:
+    """K distinct indices out of n, uniformly at random, in raster order."""
+    return torch.randperm(n, generator=generator)[:k].sort().values
+
+
+@register_method("random")
+class RandomPrune(TokenMethod):
+    """Uniformly random subset of K tokens, in raster order (UniPruneBench, arXiv 2511.02650).
+
+    Options: ``content_seed`` (default True) — see the module docstring.
+    """
+
+    stage = "pre-llm"
+    guidance = "vision"
+    knob = "keep"
+    needs = ()
+    needs_cls = False
+    cls_fallback = "not needed: no signal is read"
+    paper = "UniPruneBench random_pre_llm baseline, arXiv 2511.02650"
+
+    def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
+        if batch.mask is not None:
+            raise ValueError("random pruning expects an unpadded batch (mask is None)")
+        n = batch.num_tokens
+        k = budget.tokens(n)
+        if self.options.get("content_seed", True):
+            gens = [torch.Generator().manual_seed(image_seed(self.seed, x)) for x in batch.features]
+            index = torch.stack([random_select(n, k, g) for g in gens])
+        else:
+            shared = random_select(n, k, torch.Generator().manual_seed(self.seed))
+            index = shared.expand(batch.batch_size, k)
+        return batch.take(index.to(batch.features.device))
