@@ -27,7 +27,7 @@ def sweep(folder, tmp_path_factory):
     return out, result.output
 
 
-@pytest.mark.parametrize("command", [[], ["codecs"], ["bd"], ["plot"], ["version"]])
+@pytest.mark.parametrize("command", [[], ["codecs"], ["bd"], ["plot"], ["methods"], ["version"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
@@ -101,3 +101,21 @@ def test_parse_qualities():
 def test_list_codecs():
     result = runner.invoke(app, ["codecs", "--list"])
     assert result.exit_code == 0 and "jpeg2000" in result.output
+
+
+def test_methods_lists_every_method_with_its_properties():
+    from tokencodec.tokens.compress import METHODS
+
+    result = runner.invoke(app, ["methods"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    for name in METHODS:
+        assert f" {name} " in result.output
+    assert "arXiv 2412.04467" in result.output  # VisionZip
+
+
+def test_methods_matrix_is_markdown_with_a_row_per_method():
+    from tokencodec.tokens.compress import METHODS
+
+    lines = runner.invoke(app, ["methods", "--matrix"]).output.splitlines()
+    assert lines[0].startswith("| method | stage | CLIP tower")
+    assert len(lines) == 2 + len(METHODS)

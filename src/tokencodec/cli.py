@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -161,6 +162,28 @@ def plot(
     except _user_errors() as err:
         raise _fail(str(err)) from None
     console.print(f"wrote {path}")
+
+
+@app.command()
+def methods(
+    matrix: Annotated[bool, typer.Option("--matrix", help="print the method × adapter support matrix (Markdown)")]
+    = False,
+) -> None:
+    """List the token-compression methods: where each acts, what guides it, its knob and needs."""
+    from tokencodec.models.support import matrix_markdown
+    from tokencodec.tokens.compress import METHODS
+
+    if matrix:
+        print(matrix_markdown(), end="")
+        return
+    table = Table("method", "acts", "guided by", "knob", "needs", "without CLS", "paper")
+    for name in METHODS:
+        m = METHODS.get(name)
+        no_cls = (m.cls_fallback or "error: needs a CLS token") if m.needs_cls else "works as is"
+        arxiv = re.search(r"arXiv:? ?(\d{4}\.\d{4,5})", m.paper)
+        table.add_row(name, m.stage, m.guidance, m.knob, ", ".join(m.needs) or "features only", no_cls,
+                      f"arXiv {arxiv.group(1)}" if arxiv else m.paper[:40])
+    console.print(table)
 
 
 @app.command()

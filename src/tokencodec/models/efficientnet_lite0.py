@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from tokencodec.models.hooks import ModelPatch
 from tokencodec.tokens.batch import TokenBatch
+from tokencodec.tokens.compress import METHODS, Budget, TokenMethod, get_method
 
 # (repeats, kernel, stride, expansion, output channels) per stage, read off the state_dict's shapes
 # (it matches EfficientNet-B0's stages: 16 blocks).
@@ -196,3 +198,45 @@ def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet-1k class names in label order (WordNet lemmas, e.g. 285 → 'Egyptian cat')."""
     text = (files("tokencodec") / "data" / "imagenet_classes.txt").read_text(encoding="utf-8")
     return text.splitlines()
+
+
+class EfficientNetTokenCompression(ModelPatch):
+    """Token compression between EfficientNet-Lite0's last feature map and its classifier.
+
+    While active, ``model(x)`` extracts the ``h·w`` tokens of the final feature map, compresses
+    them with ``method`` at ``budget``, and classifies the kept tokens by size-weighted pooling
+    (:func:`classify_batch`). A CNN has no attention and no keys, so only methods that read the
+    features alone are supported (random, pooling, DivPrune); others are refused on entry.
+    ``last_batch`` holds the compressed TokenBatch of the latest forward.
+    """
+
+    def __init__(self, model: EfficientNetLite0, method: str | TokenMethod, budget: Budget, seed: int = 0):
+        super().__init__(model)
+        if not isinstance(model, EfficientNetLite0):
+            raise TypeError(f"EfficientNetTokenCompression supports EfficientNetLite0, not {type(model).__name__}")
+        self.method = get_method(method, seed=seed) if isinstance(method, str) else method
+        if not supports(type(self.method)):
+            raise ValueError(f"method {self.method.name!r} needs {list(self.method.needs) or 'a ViT'} "
+                             f"(stage {self.method.stage}); EfficientNet-Lite0 tokens have no attention or keys. "
+                             f"Supported here: {', '.join(supported_methods())}")
+        self.budget = budget
+        self.last_batch: TokenBatch | None = None
+
+    def _install(self) -> None:
+        model = self.model
+
+        def forward(x: Tensor) -> Tensor:
+            batch = self.method(image_tokens(model, x), self.budget)
+            self.last_batch = batch
+            return classify_batch(model, batch)
+
+        self.swap(model, "forward", forward)
+
+
+def supports(method_cls: type[TokenMethod]) -> bool:
+    """Methods that need nothing but the token features, acting before the head."""
+    return method_cls.stage == "pre-llm" and not method_cls.needs and not method_cls.needs_cls
+
+
+def supported_methods() -> list[str]:
+    return [n for n in METHODS.names() if supports(METHODS.get(n))]

@@ -1,0 +1,53 @@
+"""Which token-compression method runs on which model adapter: the support matrix.
+
+Each adapter states its rule as a function of the method's declared properties (stage, needs,
+CLS), so that a new method lands in the matrix without editing this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tokencodec.tokens.compress import METHODS, TokenMethod
+
+YES, FALLBACK, NO = "yes", "fallback", "—"
+
+
+def _vit(has_cls: bool) -> Callable[[type[TokenMethod]], str]:
+    def rule(m: type[TokenMethod]) -> str:
+        if m.stage == "vision-encoder":
+            return YES  # ToMeVisionPatch
+        if m.stage != "pre-llm":
+            return NO  # a bare vision tower has no LLM to prune inside
+        if m.needs_cls and not has_cls:
+            return FALLBACK if m.cls_fallback else NO
+        return YES
+
+    return rule
+
+
+def _efficientnet(m: type[TokenMethod]) -> str:
+    from tokencodec.models.efficientnet_lite0 import supports
+
+    return YES if supports(m) else NO
+
+
+ADAPTERS: dict[str, tuple[str, Callable[[type[TokenMethod]], str]]] = {
+    "CLIP tower": ("tokencodec.models.vision_tower", _vit(has_cls=True)),
+    "SigLIP tower": ("tokencodec.models.vision_tower", _vit(has_cls=False)),
+    "EfficientNet-Lite0": ("tokencodec.models.efficientnet_lite0", _efficientnet),
+}
+
+
+def support_matrix() -> dict[str, dict[str, str]]:
+    """``{method: {adapter: "yes" | "fallback" | "—"}}`` for every registered method."""
+    return {name: {adapter: rule(METHODS.get(name)) for adapter, (_, rule) in ADAPTERS.items()}
+            for name in METHODS.names()}
+
+
+def matrix_markdown() -> str:
+    adapters = list(ADAPTERS)
+    lines = ["| method | stage | " + " | ".join(adapters) + " |", "|---|---|" + "---|" * len(adapters)]
+    for name, row in support_matrix().items():
+        lines.append(f"| {name} | {METHODS.get(name).stage} | " + " | ".join(row[a] for a in adapters) + " |")
+    return "\n".join(lines) + "\n"
