@@ -187,6 +187,47 @@ def methods(
 
 
 @app.command()
+def tokens(
+    study: Annotated[Path, typer.Argument(help="a study YAML file (see studies/)")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="output folder; default results/tokens/NAME")]
+    = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="override the study's data set")] = None,
+    limit: Annotated[int | None, typer.Option(help="use only the first N images or samples")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="keep encoder outputs on disk for later runs")] = None,
+) -> None:
+    """Run a token study: methods × keep ratios on an observer → results files, plots, BD tables, HTML report."""
+    from tokencodec.bench.observers import OBSERVERS
+    from tokencodec.bench.study import StudyError, load_study
+    from tokencodec.bench.token_report import write_report
+    from tokencodec.bench.token_sweep import EncodingCache, run_token_sweep
+    from tokencodec.tokens.compress import BudgetError
+
+    start = time.perf_counter()
+    try:
+        spec = load_study(study)
+        options = {k: v for k, v in spec.observer.items() if k != "name"}
+        observer = OBSERVERS.get(spec.observer["name"])(**options)
+        data = dict(spec.data, **({"dataset": dataset} if dataset else {}), **({"limit": limit} if limit else {}))
+        samples = observer.samples(**data)
+        out = out or Path("results/tokens") / spec.name
+        console.print(f"{len(samples)} samples on [bold]{observer.name}[/], methods: "
+                      f"{', '.join(m.label for m in spec.methods)}, keep ratios {spec.keep_ratios}")
+        with Progress(TextColumn("samples"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            task = progress.add_task("samples", total=len(samples))
+            curves = run_token_sweep(observer, samples, spec.methods, spec.keep_ratios, out, seed=spec.seed,
+                                     cache=EncodingCache(observer, cache_dir),
+                                     config={"study": spec.to_json(), "data": data},
+                                     on_progress=lambda d, t: progress.update(task, completed=d))
+        paths = write_report(curves, out, f"Token study: {spec.name}", spec.anchor,
+                             spec.metrics or list(observer.measures), description=spec.description)
+    except (StudyError, BudgetError, *_user_errors()) as err:
+        raise _fail(str(err)) from None
+    console.print(f"results: {out}/<method>.json; report: {paths['html']} and {paths['markdown']} "
+                  f"({time.perf_counter() - start:.1f} s)")
+
+
+@app.command()
 def version() -> None:
     """Versions of tokencodec and of the libraries behind its numbers."""
     from tokencodec.codecs import CODECS, get_codec

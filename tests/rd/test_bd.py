@@ -105,3 +105,13 @@ def test_curve_level_api_reads_direction_from_measures():
     assert q.unit == "dB" and q.value > 0 and not math.isnan(q.value)
     with pytest.raises(KeyError, match="no measure 'accuracy'"):
         bd_rate(a, b, metric="accuracy")
+
+
+def test_points_at_the_same_rate_are_averaged():
+    tokens = np.array([4.0, 4.0, 9.0, 25.0])
+    acc = np.array([0.80, 0.90, 0.92, 0.95])  # two budgets that rounded to the same 4 tokens
+    merged = bd_quality_arrays(np.array([4.0, 9.0, 25.0]), np.array([0.85, 0.92, 0.95]),
+                               tokens, acc, linear_rate=True)
+    assert merged.value == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="2 distinct rates"):
+        bd_rate_arrays([3.0, 3.0], [0.5, 0.6], RATES, PSNR)

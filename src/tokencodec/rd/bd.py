@@ -70,8 +70,12 @@ def _prepare(rate: np.ndarray, quality: np.ndarray, higher_is_better: bool, mono
         raise ValueError(f"{label}: BD metrics need at least 2 finite points, got {len(rate)}")
     if not linear_rate and np.any(rate <= 0):
         raise ValueError(f"{label}: log-rate BD needs positive rates; use linear_rate=True for counts with 0")
-    order = np.argsort(rate, kind="stable")
-    rate, quality = rate[order], quality[order]
+    # Points measured at the same rate (e.g. two budgets that round to one token count) are one
+    # measurement of that rate: average them rather than leave the curve ambiguous.
+    rate, inverse = np.unique(rate, return_inverse=True)
+    quality = np.bincount(inverse, weights=quality) / np.bincount(inverse)
+    if len(rate) < 2:
+        raise ValueError(f"{label}: BD metrics need at least 2 distinct rates")
     if not higher_is_better:
         quality = -quality  # work with "higher is better" throughout; signs are restored at the end
     if monotonic:
