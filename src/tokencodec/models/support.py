@@ -51,3 +51,19 @@ def matrix_markdown() -> str:
     for name, row in support_matrix().items():
         lines.append(f"| {name} | {METHODS.get(name).stage} | " + " | ".join(row[a] for a in adapters) + " |")
     return "\n".join(lines) + "\n"
+
+
+def update_readme(path: str = "README.md") -> None:
+    """Rewrite the table between the README's support-matrix markers."""
+    import re
+    from pathlib import Path
+
+    readme = Path(path)
+    text = readme.read_text(encoding="utf-8")
+    block = f"<!-- support-matrix -->\n{matrix_markdown()}<!-- /support-matrix -->"
+    readme.write_text(re.sub(r"<!-- support-matrix -->\n.*?<!-- /support-matrix -->", lambda _: block, text,
+                             flags=re.S), encoding="utf-8")
+
+
+if __name__ == "__main__":  # python -m tokencodec.models.support  (updates ./README.md)
+    update_readme()

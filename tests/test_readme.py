@@ -1,0 +1,20 @@
+"""The README's generated parts stay true."""
+
+import re
+from pathlib import Path
+
+from tokencodec.models.support import matrix_markdown
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_support_matrix_in_readme_is_the_generated_one():
+    text = README.read_text(encoding="utf-8")
+    found = re.search(r"<!-- support-matrix -->\n(.*?)<!-- /support-matrix -->", text, re.S)
+    assert found, "README.md lacks the support-matrix markers"
+    assert found.group(1) == matrix_markdown(), "run: python -m tokencodec.models.support"
+
+
+def test_readme_has_the_ci_blocks():
+    text = README.read_text(encoding="utf-8")
+    assert "<!-- ci:setup -->" in text and "<!-- ci:test -->" in text
