@@ -32,9 +32,16 @@ def _efficientnet(m: type[TokenMethod]) -> str:
     return YES if supports(m) else NO
 
 
+def _qwen2_vl(m: type[TokenMethod]) -> str:
+    from tokencodec.models.qwen2_vl import support
+
+    return support(m)
+
+
 ADAPTERS: dict[str, tuple[str, Callable[[type[TokenMethod]], str]]] = {
     "CLIP tower": ("tokencodec.models.vision_tower", _vit(has_cls=True)),
     "SigLIP tower": ("tokencodec.models.vision_tower", _vit(has_cls=False)),
+    "Qwen2-VL / Qwen2.5-VL": ("tokencodec.models.qwen2_vl", _qwen2_vl),
     "EfficientNet-Lite0": ("tokencodec.models.efficientnet_lite0", _efficientnet),
 }
 
