@@ -32,6 +32,12 @@ def _efficientnet(m: type[TokenMethod]) -> str:
     return YES if supports(m) else NO
 
 
+def _llava(m: type[TokenMethod]) -> str:
+    # LLaVA-1.5 layout with its CLIP tower: every pre-LLM and in-LLM method; ToMe runs on the tower
+    # alone (ToMeVisionPatch) and is not combined with the LLM path yet.
+    return YES if m.stage in ("pre-llm", "llm") else NO
+
+
 def _qwen2_vl(m: type[TokenMethod]) -> str:
     from tokencodec.models.qwen2_vl import support
 
@@ -41,6 +47,7 @@ def _qwen2_vl(m: type[TokenMethod]) -> str:
 ADAPTERS: dict[str, tuple[str, Callable[[type[TokenMethod]], str]]] = {
     "CLIP tower": ("tokencodec.models.vision_tower", _vit(has_cls=True)),
     "SigLIP tower": ("tokencodec.models.vision_tower", _vit(has_cls=False)),
+    "LLaVA-1.5": ("tokencodec.models.llava", _llava),
     "Qwen2-VL / Qwen2.5-VL": ("tokencodec.models.qwen2_vl", _qwen2_vl),
     "EfficientNet-Lite0": ("tokencodec.models.efficientnet_lite0", _efficientnet),
 }

@@ -1,0 +1,328 @@
+"""LlavaTokenCompression on a tiny random LlavaForConditionalGeneration built from configs (offline, seeded).
+
+Tolerances: "exact" comparisons use torch.equal. Batched-vs-alone comparisons allow 1e-5: padding
+changes the shapes of the matmuls and softmaxes, hence their float32 summation order (observed
+differences are ~1e-7).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+
+from tokencodec.models.hooks import PatchError  # noqa: E402
+from tokencodec.models.llava import LlavaTokenCompression, pyramiddrop_keeps, sparsevlm_keeps  # noqa: E402
+from tokencodec.registry import UnknownNameError  # noqa: E402
+from tokencodec.tokens.batch import TokenBatch  # noqa: E402
+from tokencodec.tokens.compress.base import Budget, BudgetError, TokenMethod, get_method  # noqa: E402
+from tokencodec.tokens.compress.fastv import FastV, keep_top_k  # noqa: E402
+from tokencodec.tokens.compress.pyramiddrop import PyramidDrop  # noqa: E402
+from tokencodec.tokens.compress.sparsevlm import SparseVLM  # noqa: E402
+
+IMG = 99          # image_token_id, inside the vocabulary
+N = 16            # (32 / 8)² patches
+LAYERS = 5        # LLM layers
+PRE = ["random", "pool-avg", "pool-resize", "divprune", "visionzip", "prumerge", "prumerge+"]
+LLM = ["fastv", "sparsevlm", "pyramiddrop", "dart"]
+# the tiny LLM has 5 layers: move every in-LLM method's layers inside it
+LAYER_OPTS = {"fastv": dict(layers=2), "dart": dict(layers=2), "pyramiddrop": dict(layers=(1, 2, 3)),
+              "sparsevlm": dict(layers=(1, 2, 3))}
+P0 = [1, 5, 6] + [IMG] * N + [7, 8, 9, 10]
+P1 = [1, 5] + [IMG] * N + [7, 8]
+
+
+def make(attn: str = "eager", seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    vc = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                       num_attention_heads=4, image_size=32, patch_size=8)
+    tc = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
+                                  max_position_embeddings=256, pad_token_id=0)
+    cfg = transformers.LlavaConfig(vision_config=vc, text_config=tc, image_token_id=IMG, image_seq_length=N)
+    model = transformers.LlavaForConditionalGeneration(cfg)
+    model.set_attn_implementation(attn)
+    return model.eval()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny models: thread start-up and oversubscription cost more than the work itself
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=["eager", "sdpa"])
+def model(request):
+    return make(request.param)
+
+
+@pytest.fixture(scope="module")
+def eager():
+    return make("eager")
+
+
+def pixels(b: int = 2, seed: int = 3) -> torch.Tensor:
+    return torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def padded(side: str = "left"):
+    """Two prompts of different lengths, padded; position ids as ``generate`` makes them."""
+    width = max(len(P0), len(P1))
+    ids, mask = [], []
+    for p in (P0, P1):
+        pad = [0] * (width - len(p))
+        ids.append(pad + p if side == "left" else p + pad)
+        mask.append([0] * len(pad) + [1] * len(p) if side == "left" else [1] * len(p) + [0] * len(pad))
+    ids, mask = torch.tensor(ids), torch.tensor(mask)
+    return ids, mask, (mask.cumsum(1) - 1).clamp_min(0)
+
+
+def method_for(name: str) -> TokenMethod | str:
+    # PruMerge always merges neighbours into kept tokens; without neighbours and the extra token it is exact
+    return get_method(name, neighbours=0, extra_token=False) if name.startswith("prumerge") else name
+
+
+def hook_state(model: nn.Module) -> dict:
+    return {name: (tuple(m._forward_hooks), tuple(m._forward_pre_hooks), "forward" in vars(m))
+            for name, m in model.named_modules()}
+
+
+def logits(model, **kw) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**kw).logits
+
+
+# -- no compression: exactly the unpatched model --------------------------------------------------
+
+@pytest.mark.parametrize("name", PRE + LLM)
+def test_full_budget_equals_unpatched(model, name):
+    ids, mask, pos = padded("left")
+    kw = dict(input_ids=ids, pixel_values=pixels(), attention_mask=mask, position_ids=pos)
+    ref = logits(model, **kw)
+    with LlavaTokenCompression(model, method_for(name), Budget(ratio=1.0), **LAYER_OPTS.get(name, {})) as tc:
+        out = logits(model, **kw)
+    assert torch.equal(out, ref)
+    assert tc.tokens_per_layer == [N] * LAYERS
+
+
+def test_exit_restores_model(model):
+    ids, mask, pos = padded("right")
+    kw = dict(input_ids=ids, pixel_values=pixels(), attention_mask=mask)
+    before, ref = hook_state(model), logits(model, **kw)
+    for name in ("visionzip", "pyramiddrop"):
+        with LlavaTokenCompression(model, name, Budget(ratio=0.5), **LAYER_OPTS.get(name, {})) as tc:
+            assert hook_state(model) != before
+            with pytest.raises(PatchError):
+                tc.__enter__()
+            assert not torch.equal(logits(model, **kw)[:, -1], ref[:, -1])
+        assert hook_state(model) == before
+        assert torch.equal(logits(model, **kw), ref)
+
+
+# -- batches with padding --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("name", ["pool-avg", "divprune", "visionzip", "prumerge", *LLM])
+def test_batch_matches_single(model, name, side):
+    ids, mask, pos = padded(side)
+    px = pixels()
+    budget = Budget(ratio=0.5) if name == "pyramiddrop" else Budget(keep=4)
+    with LlavaTokenCompression(model, name, budget, **LAYER_OPTS.get(name, {})) as tc:
+        out = logits(model, input_ids=ids, pixel_values=px, attention_mask=mask, position_ids=pos)
+        index = tc.sequence_index
+        assert out.shape[1] == index.shape[1] == ids.shape[1] - N + tc.kept.num_tokens
+        for b, prompt in enumerate((P0, P1)):
+            last = int(mask[b].nonzero().max())
+            slot = int((index[b] == last).nonzero())
+            alone = logits(model, input_ids=torch.tensor([prompt]), pixel_values=px[b:b + 1])[0, -1]
+            torch.testing.assert_close(out[b, slot], alone, atol=1e-5, rtol=0)
+
+
+# -- generate() with the KV cache ------------------------------------------------------------------
+
+def test_generate_fastv_full_budget_same_tokens(model):
+    ids, mask, _ = padded("left")
+    kw = dict(input_ids=ids, pixel_values=pixels(), attention_mask=mask, max_new_tokens=5, do_sample=False)
+    with torch.no_grad():
+        ref = model.generate(**kw)
+        with LlavaTokenCompression(model, "fastv", Budget(ratio=1.0), layers=2):
+            out = model.generate(**kw)
+    assert torch.equal(out, ref)
+
+
+class FixedFastV(FastV):
+    """FastV whose choice does not depend on the prompt's last token: the even patches."""
+
+    def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
+        self.check_signals(batch)     # the adapter still computed the signal
+        return keep_top_k(batch, -(batch.positions % 2).float(), budget.tokens(batch.num_tokens))
+
+
+class FixedPyramidDrop(PyramidDrop):
+    def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
+        self.check_signals(batch)
+        return keep_top_k(batch, -(batch.positions % 2).float(), budget.tokens(batch.num_tokens))
+
+
+def greedy_without_cache(model, ids, mask, px, steps: int) -> torch.Tensor:
+    """Re-run the whole (re-pruned) prompt each step: the reference for cached decoding."""
+    for _ in range(steps):
+        pos = (mask.cumsum(1) - 1).clamp_min(0)
+        with torch.no_grad():
+            out = model(input_ids=ids, pixel_values=px, attention_mask=mask, position_ids=pos, use_cache=False)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+    return ids
+
+
+@pytest.mark.parametrize("case", ["visionzip", "fixed-fastv", "fixed-pyramiddrop-renumber", "prumerge-adaptive"])
+def test_generate_after_pruning_uses_pruned_cache(model, case):
+    ids, mask, _ = padded("left")
+    px = pixels(seed=6 if case == "prumerge-adaptive" else 3)    # seed 6: the two images keep 2 and 3 tokens
+    method, opts, budget = {
+        "visionzip": ("visionzip", {}, Budget(keep=6)),
+        "fixed-fastv": (FixedFastV(), dict(layers=2), Budget(keep=6)),
+        "fixed-pyramiddrop-renumber": (FixedPyramidDrop(), dict(layers=(1, 3)), Budget(ratio=0.5)),
+        "prumerge-adaptive": (get_method("prumerge", adaptive=True), {}, Budget(ratio=1.0)),
+    }[case]
+    with LlavaTokenCompression(model, method, budget, **opts) as tc:
+        with torch.no_grad():
+            out = model(input_ids=ids, pixel_values=px, attention_mask=mask, use_cache=True)
+        if case == "prumerge-adaptive":       # padded slots inside the span, masked out
+            assert tc.kept.mask is not None and tc.kept.counts().tolist() == [2, 3]
+        lengths = [layer.keys.shape[-2] for layer in out.past_key_values.layers]
+        s_in = ids.shape[1] if tc.method.stage == "llm" else tc.sequence_index.shape[1]
+        expected = [s_in - (tc.tokens_per_layer[0] - k) for k in tc.tokens_per_layer]
+        assert lengths == expected
+        assert lengths[-1] < ids.shape[1]
+        with torch.no_grad():
+            cached = model.generate(input_ids=ids, pixel_values=px, attention_mask=mask, max_new_tokens=5,
+                                    do_sample=False)
+        reference = greedy_without_cache(model, ids, mask, px, 5)
+    assert torch.equal(cached, reference)
+
+
+# -- counts, schedules, positions ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", PRE)
+def test_pre_llm_kept_count(name):
+    model = make("sdpa")
+    ids, mask, pos = padded("left")
+    with LlavaTokenCompression(model, name, Budget(keep=4)) as tc:
+        out = logits(model, input_ids=ids, pixel_values=pixels(), attention_mask=mask, position_ids=pos)
+    assert tc.kept.num_tokens == 4 and out.shape[1] == ids.shape[1] - N + 4
+    assert tc.tokens_per_layer == [4] * LAYERS and tc.stage_keep == (4,)
+
+
+def test_tokens_per_layer_schedules(eager):
+    ids, mask, pos = padded("left")
+    kw = dict(input_ids=ids, pixel_values=pixels(), attention_mask=mask, position_ids=pos)
+    cases = [("fastv", Budget(keep=5), dict(layers=2), [N, N, 5, 5, 5]),
+             ("dart", Budget(keep=6), dict(layers=3), [N, N, N, 6, 6]),
+             ("pyramiddrop", Budget(ratio=0.5), dict(layers=(1, 2, 3)), [N, 8, 4, 2, 2]),
+             ("sparsevlm", Budget(keep=4), dict(layers=(0, 1, 2)), [N, 9, 3, 1, 1])]
+    for name, budget, opts, expected in cases:
+        with LlavaTokenCompression(eager, name, budget, **opts) as tc:
+            logits(eager, **kw)
+        assert tc.tokens_per_layer == expected, name
+        assert [r.kept.num_tokens for r in tc.stages] == list(tc.stage_keep)
+        assert tc.kept.num_tokens == expected[-1]
+
+
+def test_budget_mappings():
+    assert pyramiddrop_keeps(Budget(ratio=0.5), 576, 3) == (288, 144, 72)           # the official ratios
+    for preset, keeps in SparseVLM.schedule.items():
+        assert sparsevlm_keeps(Budget(keep=preset), 576, SparseVLM.schedule, 3) == keeps
+    assert sparsevlm_keeps(Budget(ratio=1.0), 576, SparseVLM.schedule, 3) == (576, 576, 576)
+
+
+def test_fastv_signal_equals_eager_attention(eager):
+    ids, mask, pos = padded("left")
+    kw = dict(input_ids=ids, pixel_values=pixels(), attention_mask=mask, position_ids=pos)
+    with torch.no_grad():
+        attn = eager(**kw, output_attentions=True).attentions[1]       # layer K−1 for K=2, [B, H, S, S]
+    starts = (ids == IMG).int().argmax(1)
+    for query in ("last", "all"):
+        with LlavaTokenCompression(eager, "fastv", Budget(ratio=1.0), layers=2, query=query) as tc:
+            logits(eager, **kw)
+        got = tc.stages[0].signals["text_attention"]
+        for b in range(2):
+            cols = attn[b, :, :, starts[b]:starts[b] + N].mean(0)          # [S, N], head mean
+            rows = mask[b].bool()
+            want = cols[-1] if query == "last" else cols[rows].mean(0)
+            torch.testing.assert_close(got[b], want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fastv", "visionzip", "pyramiddrop"])
+def test_pruning_changes_output_and_positions(eager, name):
+    ids, mask, pos = padded("left")
+    kw = dict(input_ids=ids, pixel_values=pixels(), attention_mask=mask, position_ids=pos)
+    ref = logits(eager, **kw)
+    seen = {}
+    layer = 2 if name == "fastv" else 1 if name == "pyramiddrop" else 0
+    budget = Budget(ratio=0.5) if name == "pyramiddrop" else Budget(keep=4)
+    with LlavaTokenCompression(eager, name, budget, **LAYER_OPTS.get(name, {})) as tc:
+        # registered after the adapter's hook, so it sees the pruned kwargs
+        handle = eager.model.language_model.layers[layer].register_forward_pre_hook(
+            lambda m, a, k: seen.update(pos=k["position_ids"]), with_kwargs=True)
+        out = logits(eager, **kw)
+        handle.remove()
+    assert not torch.allclose(out[:, -1], ref[:, -1], atol=1e-3)
+    starts = (ids == IMG).int().argmax(1)
+    kept = tc.stages[0].kept if tc.stages else tc.kept
+    k = kept.num_tokens
+    span = seen["pos"][torch.arange(2)[:, None], starts[:, None] + torch.arange(k)]
+    image_start = pos.gather(1, starts[:, None])
+    assert torch.equal(kept.positions, kept.positions.sort(1).values)
+    assert not torch.equal(kept.positions, torch.arange(k).expand(2, k))        # really pruned
+    if name == "pyramiddrop":      # the official code renumbers
+        assert tc.positions == "renumber" and torch.equal(span, image_start + torch.arange(k))
+    else:                          # original positions, RoPE gaps kept
+        assert torch.equal(span, image_start + kept.positions)
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+def test_errors(eager):
+    with pytest.raises(UnknownNameError, match="known: .*fastv"):
+        LlavaTokenCompression(eager, "no-such-method", Budget(keep=4))
+    for name in ("fastv", "visionzip"):
+        with pytest.raises(BudgetError, match=r"\[1, 16\]"):
+            LlavaTokenCompression(eager, name, Budget(keep=17), **LAYER_OPTS.get(name, {}))
+    with pytest.raises(ValueError, match="allowed range"):
+        LlavaTokenCompression(eager, "fastv", Budget(keep=4), layers=LAYERS)
+    with pytest.raises(TypeError, match="LlavaForConditionalGeneration"):
+        LlavaTokenCompression(eager.model.language_model, "fastv", Budget(keep=4))
+
+
+class NeedsCls(TokenMethod):
+    name = "needs-cls"
+    stage = "pre-llm"
+    needs = ("cls_attention",)
+    needs_cls = True
+    cls_fallback = ""
+
+    def __call__(self, batch, budget):
+        return batch
+
+
+def test_cls_method_on_siglip_tower():
+    vc = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, image_size=32, patch_size=8)
+    tc = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
+    cfg = transformers.LlavaConfig(vision_config=vc, text_config=tc, image_token_id=IMG, image_seq_length=N,
+                                   vision_feature_select_strategy="full")
+    model = transformers.LlavaForConditionalGeneration(cfg).eval()
+    with pytest.raises(ValueError, match="needs a CLS token"):
+        LlavaTokenCompression(model, NeedsCls(), Budget(keep=4))
+    # a method with a fallback runs on the SigLIP tower
+    ids = torch.tensor([P0])
+    with LlavaTokenCompression(model, "visionzip", Budget(keep=4)) as tc:
+        out = logits(model, input_ids=ids, pixel_values=pixels(1))
+    assert out.shape[1] == len(P0) - N + 4 and tc.kept.num_tokens == 4
