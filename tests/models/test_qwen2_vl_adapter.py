@@ -81,13 +81,6 @@ B = sample(4, 4, 5, 2, seed=2)   # 4 merged tokens on a 2×2 grid
 C = sample(6, 4, 2, 3, seed=3)   # 6 merged tokens on a 3×2 grid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models: thread start-up and oversubscription cost more than the work itself
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -41,13 +41,6 @@ def pixels(b: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models: thread start-up and oversubscription cost more than the work itself
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def hook_state(model: nn.Module) -> dict:

@@ -84,17 +84,6 @@ from tokencodec.models import llm_pruning as lp
 from tokencodec.models.hooks import ModelPatch
 from tokencodec.models.vision_tower import SignalCapture, method_signals, resolve_tower
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress import (  # noqa: F401  (each import registers its methods)
-    dart,
-    divprune,
-    fastv,
-    pool,
-    prumerge,
-    pyramiddrop,
-    sparsevlm,
-    visionzip,
-)
-from tokencodec.tokens.compress import random as _random  # noqa: F401
 from tokencodec.tokens.compress.base import Budget, BudgetError, TokenMethod, get_method
 from tokencodec.tokens.compress.pyramiddrop import stage_budgets
 from tokencodec.tokens.compress.sparsevlm import recycle_counts, select_raters
