@@ -51,6 +51,12 @@ class Observer(ABC):
     def cost(self, batch: TokenBatch) -> dict[str, float]:
         return {"tokens": float(batch.counts().float().mean())}
 
+    def run(self, sample: Sample, method, budget, encoded: Encoded) -> dict[str, float]:
+        """Rates and distortions of one (sample, method, budget). The default compresses the cached
+        tokens; observers whose methods act inside the model (in-LLM pruning) override it."""
+        batch = method(encoded.tokens, budget)
+        return {**self.cost(batch), **self.judge(sample, batch, encoded.reference)}
+
     def supports(self, method_cls) -> bool:
         return True
 

@@ -107,11 +107,10 @@ def run_token_sweep(observer: Observer, samples: Sequence[Sample], specs: Sequen
             records = []
             for spec, ratio in todo:
                 t0 = time.perf_counter()
-                batch = methods[spec.label](encoded.tokens, Budget(ratio=ratio))
-                judged = observer.judge(sample, batch, encoded.reference)
+                measured = observer.run(sample, methods[spec.label], Budget(ratio=ratio), encoded)
                 records.append({"method": spec.label, "keep_ratio": ratio, "sample": sample.id,
                                 "sample_digest": sample.digest, "config": ids[spec.label],
-                                **observer.cost(batch), **judged, "latency_s": time.perf_counter() - t0})
+                                **measured, "latency_s": time.perf_counter() - t0})
             store.append(records)
         done = i + 1
         if on_progress:
