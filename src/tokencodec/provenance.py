@@ -28,16 +28,25 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return None
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True)
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip()
+
+
+def _git_commit() -> str | None:
+    return _git("rev-parse", "HEAD") or None
+
+
+def _git_dirty() -> bool | None:
+    """Whether the source tree had uncommitted changes (None outside a git checkout)."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
 
 
 def provenance(config: dict[str, Any] | None = None, libraries: dict[str, str] | None = None,
@@ -50,6 +59,7 @@ def provenance(config: dict[str, Any] | None = None, libraries: dict[str, str] |
     return {
         "tokencodec": __version__,
         "git_commit": _git_commit(),
+        "git_dirty": _git_dirty(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
