@@ -19,7 +19,7 @@ from tokencodec.models.vision_tower import (  # noqa: E402
     resolve_tower,
 )
 from tokencodec.tokens.batch import TokenBatch  # noqa: E402
-from tokencodec.tokens.compress.base import METHODS, Budget, TokenMethod  # noqa: E402
+from tokencodec.tokens.compress.base import Budget, TokenMethod  # noqa: E402
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
              image_size=32, patch_size=8)
@@ -62,6 +62,7 @@ def same(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> bool:
 class TopKCls(TokenMethod):
     """Test-only pre-llm method: keep the top-k patches by CLS attention, in raster order."""
 
+    name = "_test_topk_cls"  # passed as an instance: the shared registry stays untouched
     stage = "pre-llm"
     needs = ("cls_attention",)
     needs_cls = True
@@ -73,9 +74,6 @@ class TopKCls(TokenMethod):
         return batch.take(idx.sort(1).values)
 
 
-if "_test_topk_cls" not in METHODS:
-    TopKCls.name = "_test_topk_cls"
-    METHODS.register("_test_topk_cls")(TopKCls)
 
 
 # -- hooks base -----------------------------------------------------------------------------------
@@ -133,8 +131,8 @@ def test_llava_style_wrapper_resolves_to_the_inner_model():
     tower = resolve_tower(LlavaStyleTower(model))
     assert tower.model is model and tower.class_token and tower.patch_size == 8
     assert not resolve_tower(make("siglip")).class_token
-    a = VisionTokenCompressor(LlavaStyleTower(model), "_test_topk_cls", 5).compress(pixels())
-    b = VisionTokenCompressor(model, "_test_topk_cls", 5).compress(pixels())
+    a = VisionTokenCompressor(LlavaStyleTower(model), TopKCls(), 5).compress(pixels())
+    b = VisionTokenCompressor(model, TopKCls(), 5).compress(pixels())
     assert torch.equal(a.features, b.features)
 
 
@@ -194,7 +192,7 @@ def test_compressor_with_full_budget_is_exact_and_leaves_the_model_unchanged(att
     with torch.no_grad():
         hs = model(x, output_hidden_states=True).hidden_states[-2]
     before = hook_state(model)  # HF installs its own capture hooks on first use; they stay
-    with torch.no_grad(), VisionTokenCompressor(model, "_test_topk_cls", Budget(keep=N)) as comp:
+    with torch.no_grad(), VisionTokenCompressor(model, TopKCls(), Budget(keep=N)) as comp:
         assert same(outputs(model, x), ref)  # model runs as usual
         batch = comp.last_batch
         assert torch.equal(comp.compress(x).features, batch.features)
@@ -207,7 +205,7 @@ def test_compressor_with_full_budget_is_exact_and_leaves_the_model_unchanged(att
 def test_fresh_model_has_no_hooks_after_exit():
     model, x = make(), pixels()
     ref = outputs(model, x)
-    with VisionTokenCompressor(model, "_test_topk_cls", 4) as comp:
+    with VisionTokenCompressor(model, TopKCls(), 4) as comp:
         comp.compress(x)
     with pytest.raises(RuntimeError), ToMeVisionPatch(model, r=2):
         outputs(model, x)
@@ -220,8 +218,8 @@ def test_fresh_model_has_no_hooks_after_exit():
 def test_compressor_keeps_top_k_and_batches_like_single_images():
     model, x = make(), pixels(3)
     with torch.no_grad():
-        batch = VisionTokenCompressor(model, "_test_topk_cls", 0.25).compress(x)
-        alone = [VisionTokenCompressor(model, "_test_topk_cls", 0.25).compress(x[i:i + 1]) for i in range(3)]
+        batch = VisionTokenCompressor(model, TopKCls(), 0.25).compress(x)
+        alone = [VisionTokenCompressor(model, TopKCls(), 0.25).compress(x[i:i + 1]) for i in range(3)]
     assert batch.features.shape == (3, 4, 32)
     for i, one in enumerate(alone):
         # batched and single matmuls may round differently in the last bit
@@ -236,7 +234,7 @@ def test_compressor_refuses_other_stages_and_cls_methods_without_fallback():
     with pytest.raises(ValueError, match="stage 'vision-encoder'"):
         VisionTokenCompressor(make(), "tome", 4)
     with pytest.raises(ValueError, match="needs a CLS token and declares no fallback"):
-        VisionTokenCompressor(make("siglip"), "_test_topk_cls", 4)
+        VisionTokenCompressor(make("siglip"), TopKCls(), 4)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tokencodec.tokens.compress.visionzip") is None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,3 +144,108 @@ class EfficientNetObserver(Observer):
             "top5_agreement": float((logits.topk(5, -1).indices == top[:, None]).any(-1).float().mean()),
             "kl": float((log_p.exp() * (log_p - log_q)).sum(-1).mean()),
         }
+
+
+def scaled_layers(layers: Sequence[int], depth: int, reference_depth: int = 32) -> list[int]:
+    """Map a method's LLaVA-1.5 layers (of 32) onto an LLM of ``depth`` layers: same relative depth,
+    at least layer 1 (layer 0 must see every token to score them), strictly increasing, < depth."""
+    out: list[int] = []
+    for layer in layers:
+        k = max(1, round(layer * depth / reference_depth), (out[-1] + 1) if out else 1)
+        if k < depth:
+            out.append(k)
+    if not out:
+        raise ValueError(f"an LLM of {depth} layers is too shallow for pruning at layers {list(layers)}")
+    return out
+
+
+@OBSERVERS.register("diagnostic-mllm")
+class DiagnosticObserver(Observer):
+    """The diagnostic MLLM (LLaVA layout, trained here on the procedural VQA task).
+
+    Every method runs through the real :class:`~tokencodec.models.llava.LlavaTokenCompression`
+    adapter, so in-LLM methods work too; only the uncompressed reference answer is cached (the
+    vision tower runs again for each method, which keeps the measured path the adapter's own).
+    In-LLM methods' layers are mapped from LLaVA-1.5's 32 layers to this LLM's depth at the same
+    relative depth (:func:`scaled_layers`). Distortions: ``accuracy`` (against the ground truth),
+    ``agreement`` (same answer as the uncompressed model), ``object_recall`` and
+    ``relevant_recall`` (fraction of the patches holding any object / the objects the answer depends
+    on that some kept token stands for). Rates: visual tokens reaching the LLM's last layer,
+    visual tokens averaged over layers, and analytic prefill FLOPs (vision + projector + LLM,
+    convention ``macs2``).
+    """
+
+    name = "diagnostic-mllm"
+    measures = ("accuracy", "agreement", "object_recall", "relevant_recall")
+    rates = ("tokens", "tokens_avg_layers", "flops")
+
+    def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa"):
+        from tokencodec.metrics.cost import MLLMShape
+        from tokencodec.models.diagnostic import WEIGHTS_DIR, DiagnosticMLLM
+
+        self.mllm = DiagnosticMLLM.from_pretrained(weights, attn_implementation=attn_implementation)
+        self.shape = MLLMShape.from_config(self.mllm.model.config)
+        self.depth = self.mllm.model.config.text_config.num_hidden_layers
+        folder = WEIGHTS_DIR if weights is None else weights
+        with open(f"{folder}/model.safetensors", "rb") as f:
+            self.weights_id = hashlib.sha256(f.read()).hexdigest()[:12]
+
+    def cache_key(self) -> str:
+        return f"{self.name}-{self.weights_id}"
+
+    def samples(self, split: str = "test", n: int = 700, seed: int = 0, types: list[str] | None = None,
+                limit: int | None = None) -> list[Sample]:
+        from tokencodec.data.vqa import VQADataset
+
+        data = VQADataset(split, min(n, limit) if limit else n, seed, types)
+        return [Sample(f"{split}/{s.index}/{s.qtype}", _digest(s.image, s.question), s) for s in data]
+
+    def supports(self, method_cls) -> bool:
+        return method_cls.stage in ("pre-llm", "llm")
+
+    @torch.inference_mode()
+    def encode(self, sample: Sample) -> Encoded:
+        logits = self.mllm.answer_logits([sample.payload.image], [sample.payload.question])
+        return Encoded(None, logits[0])
+
+    def _adapter_options(self, method) -> dict[str, Any]:
+        if method.stage != "llm":
+            return {}
+        layers = getattr(method, "layers", None) or (getattr(method, "layer", None),)
+        return {"layers": scaled_layers([k for k in layers if k is not None], self.depth)}
+
+    @torch.inference_mode()
+    def run(self, sample: Sample, method, budget, encoded: Encoded) -> dict[str, float]:
+        from tokencodec.metrics.cost import prefill_flops, tokens_per_layer_summary
+        from tokencodec.models.llava import LlavaTokenCompression
+
+        s = sample.payload
+        kw = self.mllm.inputs([s.image], [s.question])
+        last = int(kw.pop("last")[0])
+        with LlavaTokenCompression(self.mllm.model, method, budget, **self._adapter_options(method)) as patch:
+            logits = self.mllm.model(**kw).logits
+        slot = int((patch.sequence_index[0] == last).nonzero()[0, 0])  # logits are shorter after pruning
+        answer = logits[0, slot, self.mllm.answer_ids].float()
+        pred = int(answer.argmax())
+        covered = patch.kept.source[0].any(0).reshape(s.object_mask.shape).numpy()
+        per_layer = patch.tokens_per_layer
+        image_slots = int((kw["input_ids"][0] == self.mllm.model.config.image_token_id).sum())
+        text_tokens = int(kw["attention_mask"][0].sum()) - image_slots
+        summary = tokens_per_layer_summary(per_layer)
+        return {
+            "tokens": float(per_layer[-1]),
+            "tokens_avg_layers": float(summary.avg),
+            "flops": float(prefill_flops(self.shape, per_layer, text_tokens).total),
+            "accuracy": float(self.mllm.answers[pred] == s.answer),
+            "agreement": float(pred == int(encoded.reference.argmax())),
+            "object_recall": _recall(covered, s.object_mask),
+            "relevant_recall": _recall(covered, s.relevant_mask),
+        }
+
+    def judge(self, sample, batch, reference):  # run() does the judging inside the model
+        raise NotImplementedError
+
+
+def _recall(covered: np.ndarray, wanted: np.ndarray) -> float:
+    total = int(wanted.sum())
+    return float((covered & wanted).sum() / total) if total else 1.0

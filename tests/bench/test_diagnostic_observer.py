@@ -1,0 +1,49 @@
+"""The diagnostic-MLLM observer runs pre-LLM and in-LLM methods through the LLaVA adapter."""
+
+import pytest
+import torch
+
+from tokencodec.bench.observers import DiagnosticObserver, scaled_layers
+from tokencodec.bench.token_sweep import MethodSpec, run_token_sweep
+
+
+@pytest.fixture(scope="module")
+def observer(tmp_path_factory):
+    from tokencodec.models.diagnostic import DiagnosticMLLM, build_diagnostic_model, build_tokenizer
+
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("tiny-diagnostic")
+    tokenizer = build_tokenizer()
+    model = build_diagnostic_model(tokenizer, vision_hidden=32, vision_layers=2, vision_intermediate=64,
+                                   text_hidden=32, text_layers=4, text_intermediate=64)
+    DiagnosticMLLM(model, tokenizer).save_pretrained(folder)  # random weights: fidelity, not accuracy, is tested
+    return DiagnosticObserver(weights=str(folder))
+
+
+def test_scaled_layers():
+    assert scaled_layers([2], 32) == [2]
+    assert scaled_layers([2, 6, 15], 4) == [1, 2, 3]   # SparseVLM on a 4-layer LLM
+    assert scaled_layers([8, 16, 24], 4) == [1, 2, 3]  # PyramidDrop
+    with pytest.raises(ValueError, match="too shallow"):
+        scaled_layers([2], 1)
+
+
+def test_sweep_over_pre_llm_and_in_llm_methods(observer, tmp_path):
+    samples = observer.samples("test", n=7)  # one sample of each question type
+    assert len({s.payload.qtype for s in samples}) == 7
+    specs = [MethodSpec("random"), MethodSpec("visionzip"), MethodSpec("fastv"), MethodSpec("pyramiddrop")]
+    curves = run_token_sweep(observer, samples, specs, [1.0, 0.25], tmp_path)
+    for name, curve in curves.items():
+        full, small = curve.points
+        assert full["agreement"] == 1.0 and full["object_recall"] == 1.0, name  # all tokens: the same answers
+        assert full["tokens"] == 64 and full["tokens_avg_layers"] == 64
+        assert small["flops"] < full["flops"], name
+    assert curves["random"].points[1]["tokens"] == 16
+    fastv = curves["fastv"].points[1]
+    assert fastv["tokens"] == 16 and 16 < fastv["tokens_avg_layers"] < 64  # layer 0 sees all 64
+    assert curves["random"].points[1]["object_recall"] < 1.0  # a quarter of the patches loses objects
+
+
+def test_efficientnet_only_methods_are_refused_on_the_mllm(observer, tmp_path):
+    with pytest.raises(ValueError, match="does not run on observer 'diagnostic-mllm'"):
+        run_token_sweep(observer, observer.samples("test", n=1), [MethodSpec("tome")], [0.5], tmp_path)
