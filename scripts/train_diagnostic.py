@@ -51,9 +51,9 @@ PATCH_CLASSES = {(c, s, z): k + 1 for k, (c, s, z) in
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=1300)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--min-lr", type=float, default=5e-5)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -61,7 +61,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--patch-weight", type=float, default=0.5, help="weight of the per-patch object loss")
     p.add_argument("--questions", type=int, default=1,
                    help="questions per training image, asked in one sequence (q1 a1 q2 a2 …); loss at each answer")
-    p.add_argument("--attn-weight", type=float, default=1.0,
+    p.add_argument("--attn-weight", type=float, default=0.0,
                    help="weight of the attention loss: at --attn-layer, heads [0, --attn-heads) of the answer "
                         "position put their image attention on the patches of the objects the answer depends on")
     p.add_argument("--attn-layer", type=int, default=2)
@@ -73,7 +73,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--init-seed", type=int, default=0)
     p.add_argument("--order-seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=int, default=2,
                    help="CPU threads (1 is fastest on a 2-core machine shared with other jobs)")
     p.add_argument("--max-minutes", type=float, default=24.0, help="stop early (and say so) past this wall time")
     p.add_argument("--device", default="auto")
@@ -121,7 +121,6 @@ def main(argv=None) -> int:
           f"(+{parameter_count(aux):,} auxiliary, not saved), vocabulary: {tok.get_vocab_size()}")
 
     qmark = tok.token_to_id("?")
-    image_cols = torch.arange(1, 1 + N_IMAGE_TOKENS, device=device)  # prompt: <s>, 64 × <image>, question
     if a.attn_weight > 0:
         model.set_attn_implementation("eager")  # attention weights for the attention loss
     pooled: dict = {}
@@ -149,7 +148,10 @@ def main(argv=None) -> int:
         for s in batch:
             qa = [(s.question, s.answer, s.relevant_mask)]
             qa += [(q, ans, rel) for q, ans, _, rel in more_questions(s, a.questions - 1, qa_rng)]
-            texts.append(build_prompt(" ".join(f"{q} {ans}" for q, ans, _ in qa)))
+            # the prompt is built from the first question alone (it is repeated before the image);
+            # its answer and any extra question-answer pairs follow
+            texts.append(build_prompt(qa[0][0]) + " " + " ".join(f"{ans}" if i == 0 else f"{q} {ans}"
+                                                                   for i, (q, ans, _) in enumerate(qa)))
             target += [mllm.answers.index(ans) for _, ans, _ in qa]
             relevant += [rel.reshape(-1) for _, _, rel in qa]
         relevant = torch.from_numpy(np.stack(relevant)).float().to(device)
@@ -173,7 +175,10 @@ def main(argv=None) -> int:
         logits = out.logits[at_answer][:, mllm.answer_ids.to(device)]
         attn_loss = torch.zeros((), device=device)
         if a.attn_weight > 0:
-            att = out.attentions[a.attn_layer][:, :a.attn_heads].mean(1)[at_answer][:, image_cols]  # Nq × 64
+            rows = out.attentions[a.attn_layer][:, :a.attn_heads].mean(1)[at_answer]  # Nq × S
+            owner = at_answer.nonzero()[:, 0]  # the sample each answer row belongs to
+            # the image span sits after the repeated question, at a different offset in each sample
+            att = rows[ids[owner] == model.config.image_token_id].view(len(owner), N_IMAGE_TOKENS)  # Nq × 64
             has = relevant.sum(-1) > 0
             mass = (att * relevant).sum(-1) / att.sum(-1).clamp_min(1e-9)
             attn_loss = -torch.log(mass[has] + 1e-6).mean()

@@ -23,9 +23,9 @@ from tokencodec.models.diagnostic import (  # noqa: E402
 
 # Measured on VQADataset("test", 200, seed=0) with the shipped weights (see MODEL_CARD.md); the
 # assertion leaves a small margin for numerical differences across platforms. The shipped model does
-# NOT meet the 0.90 target (it sits on a prior-level plateau, 0.373 on 2,100 test samples): raise this
+# NOT meet the 0.90 target (0.509 on 350 test samples after 600 steps on 2 CPU cores): raise this
 # figure when a retrained model is shipped.
-MEASURED_ACCURACY = 0.40
+MEASURED_ACCURACY = 0.515
 MARGIN = 0.02
 
 shipped = pytest.mark.skipif(not (WEIGHTS_DIR / "model.safetensors").is_file(),

@@ -75,8 +75,15 @@ def build_tokenizer(words: Iterable[str] | None = None):
 
 
 def build_prompt(question: str, n_image_tokens: int = N_IMAGE_TOKENS) -> str:
-    """``<s><image>…<image> question`` (the answer is predicted after the question's last token)."""
-    return BOS + IMAGE * n_image_tokens + " " + question
+    """``<s> question <image>…<image> question ?`` (the answer is predicted after the final ``?``).
+
+    The question is given before the image as well as after it. In a causal LM the image tokens can
+    then read the question and mark the objects it names, so the answer position needs one lookup
+    instead of two; the layout stays LLaVA's (text after the image, where text-guided pruning
+    methods look). The first copy drops its ``?`` so that the answer position is unique.
+    """
+    head = question.rstrip().removesuffix("?").rstrip()
+    return BOS + head + " " + IMAGE * n_image_tokens + " " + question
 
 
 def preprocess(images: np.ndarray | Sequence[np.ndarray] | Tensor) -> Tensor:
