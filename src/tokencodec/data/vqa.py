@@ -361,7 +361,31 @@ def _split_id(split: str) -> int:
     return SPLIT_IDS[split]
 
 
-class VQADataset(Sequence):
+class _SeededSamples(Sequence):
+    """Sample ``i`` is made from its own seed, so any index is reproducible on its own."""
+
+    n: int
+
+    def _make(self, i: int):
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self._make(i)
+
+    def __iter__(self) -> Iterator:
+        return (self[i] for i in range(self.n))
+
+
+class VQADataset(_SeededSamples):
     """``n`` deterministic samples of ``split``; question types cycle so each gets n / 7 samples.
 
     ``types`` restricts the question types (default: all of :data:`QUESTION_TYPES`).
@@ -375,21 +399,9 @@ class VQADataset(Sequence):
         if bad:
             raise VQAError(f"unknown question types {bad}; expected a subset of {QUESTION_TYPES}")
 
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.n))]
-        if i < 0:
-            i += self.n
-        if not 0 <= i < self.n:
-            raise IndexError(i)
+    def _make(self, i: int) -> VQASample:
         rng = np.random.default_rng((self.seed, self._sid, i))
         return make_sample(rng, self.types[i % len(self.types)], i, self.split)
-
-    def __iter__(self) -> Iterator[VQASample]:
-        return (self[i] for i in range(self.n))
 
 
 # -- video -----------------------------------------------------------------------------------------
@@ -433,7 +445,7 @@ def make_video_sample(rng: np.random.Generator, qtype: str, frames: int = 4, ind
                        np.stack(masks), np.stack(rel), index, split)
 
 
-class VideoVQADataset(Sequence):
+class VideoVQADataset(_SeededSamples):
     """``n`` deterministic video samples (T = ``frames``), seeded like :class:`VQADataset`."""
 
     def __init__(self, split: str = "train", n: int = 100, seed: int = 0, frames: int = 4):
@@ -442,16 +454,7 @@ class VideoVQADataset(Sequence):
         self.split, self.n, self.seed, self.frames = split, int(n), int(seed), int(frames)
         self._sid = _split_id(split)
 
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.n))]
-        if i < 0:
-            i += self.n
-        if not 0 <= i < self.n:
-            raise IndexError(i)
+    def _make(self, i: int) -> VideoSample:
         rng = np.random.default_rng((self.seed, 100 + self._sid, i))
         qtype = VIDEO_QUESTION_TYPES[i % len(VIDEO_QUESTION_TYPES)]
         return make_video_sample(rng, qtype, self.frames, i, self.split)
