@@ -82,6 +82,12 @@ class TokenMethod:
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         raise NotImplementedError
 
+    def check_unpadded(self, batch: TokenBatch) -> None:
+        """Refuse a padded batch (one whose images keep different counts): this method needs real tokens only."""
+        if batch.mask is not None:
+            raise ValueError(f"method {self.name!r} needs every slot to be a real token; this batch is padded "
+                             "(mask set, e.g. by adaptive PruMerge); compress its images one at a time")
+
     def check_signals(self, batch: TokenBatch) -> None:
         missing = [s for s in self.needs if s not in batch.signals and s not in batch.context]
         if missing:

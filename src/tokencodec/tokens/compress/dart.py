@@ -93,8 +93,7 @@ class DART(TokenMethod):
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         self.check_signals(batch)
-        if batch.mask is not None:
-            raise ValueError("DART needs every slot to be a real token; this batch is padded (mask set)")
+        self.check_unpadded(batch)
         k = budget.tokens(batch.num_tokens)
         s, c = batch.signals, batch.context
         index = dart_select(s.get("normed_features", batch.features), s["keys"], k, self.pivots,

@@ -75,7 +75,6 @@ class DivPrune(TokenMethod):
     paper = "DivPrune (Alvar et al., CVPR 2025), arXiv 2503.02175"
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
-        if batch.mask is not None:
-            raise ValueError("divprune expects an unpadded batch (mask is None)")
+        self.check_unpadded(batch)
         k = budget.tokens(batch.num_tokens)
         return batch.take(divprune_select(batch.features, k))

@@ -155,8 +155,7 @@ class PruMerge(TokenMethod):
     paper = "LLaVA-PruMerge (Shang et al., ICCV 2025), arXiv 2403.15388"
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
-        if batch.mask is not None:
-            raise ValueError(f"{self.name} expects an unpadded batch (mask is None)")
+        self.check_unpadded(batch)
         attention = guiding_attention(batch, self.name)
         if "keys" not in batch.signals:
             raise ValueError(f"{self.name} needs signal 'keys'; the batch has {sorted(batch.signals)}")

@@ -50,8 +50,7 @@ class RandomPrune(TokenMethod):
     paper = "UniPruneBench random_pre_llm baseline, arXiv 2511.02650"
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
-        if batch.mask is not None:
-            raise ValueError("random pruning expects an unpadded batch (mask is None)")
+        self.check_unpadded(batch)
         n = batch.num_tokens
         k = budget.tokens(n)
         if self.options.get("content_seed", True):

@@ -120,8 +120,7 @@ class SparseVLM(TokenMethod):
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         scores = self.scores(batch)
-        if batch.mask is not None:
-            raise ValueError("SparseVLM needs every slot to be a real token; this batch is padded (mask set)")
+        self.check_unpadded(batch)
         n = batch.num_tokens
         exact = self.recycle and self.count_recycled
         # the smallest exact budget is all clusters and nothing kept by score

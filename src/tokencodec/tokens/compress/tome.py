@@ -142,8 +142,7 @@ class ToMe(TokenMethod):
             given = budget.r if budget.r is not None else budget
             raise BudgetError(f"ToMe takes Budget(r=...) with r in the allowed range [0, {n // 2}] "
                               f"for {n} tokens; got {given}")
-        if batch.mask is not None:
-            raise ValueError("ToMe needs every slot to be a real token; this batch is padded (mask set)")
+        self.check_unpadded(batch)
         if budget.r == 0:
             return batch
         merge, rep = self.plan(batch.signals["keys"], budget.r, has_cls=batch.cls is not None)

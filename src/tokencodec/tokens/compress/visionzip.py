@@ -119,8 +119,7 @@ class VisionZip(TokenMethod):
     paper = "VisionZip (Yang et al., CVPR 2025), arXiv 2412.04467"
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
-        if batch.mask is not None:
-            raise ValueError("visionzip expects an unpadded batch (mask is None)")
+        self.check_unpadded(batch)
         merge = self.options.get("merge", "add")
         if merge not in ("add", "mean"):
             raise ValueError(f"merge must be 'add' (official) or 'mean', not {merge!r}")
