@@ -221,7 +221,8 @@ def tokens(
                                      on_progress=lambda d, t: progress.update(task, completed=d))
         paths = write_report(curves, out, f"Token study: {spec.name}", spec.anchor,
                              spec.metrics or list(observer.measures), description=spec.description,
-                             rates=[r for r in ("tokens", "flops") if r in observer.rates])
+                             rates=[r for r in ("tokens", "flops") if r in observer.rates],
+                             group_of=observer.group)
     except (StudyError, BudgetError, *_user_errors()) as err:
         raise _fail(str(err)) from None
     console.print(f"results: {out}/<method>.json; report: {paths['html']} and {paths['markdown']} "

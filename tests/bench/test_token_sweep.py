@@ -7,7 +7,7 @@ import torch
 
 from tokencodec.bench.observers import EfficientNetObserver, Encoded, Observer, Sample
 from tokencodec.bench.study import StudyError, load_study
-from tokencodec.bench.token_report import write_report
+from tokencodec.bench.token_report import group_table, write_report
 from tokencodec.bench.token_sweep import EncodingCache, MethodSpec, run_token_sweep
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress import BudgetError
@@ -138,7 +138,26 @@ def report(tmp_path_factory):
     obs = LinearObserver()
     curves = run_token_sweep(obs, obs.samples(4), [MethodSpec("random"), MethodSpec("divprune"),
                                                     MethodSpec("pool-avg")], [1.0, 0.5, 0.25, 0.125], out)
-    return write_report(curves, out, "Tiny study", "random", ["agreement", "kl"], description="test")
+    return write_report(curves, out, "Tiny study", "random", ["agreement", "kl"], description="test",
+                        group_of=_parity)
+
+
+def _parity(sample_id: str) -> str:
+    return "even" if int(sample_id[1:]) % 2 == 0 else "odd"
+
+
+def test_group_table_averages_per_item_values_within_each_group(tmp_path):
+    obs = LinearObserver()
+    curves = run_token_sweep(obs, obs.samples(4), [MethodSpec("random")], [1.0, 0.25], tmp_path)
+    header, rows = group_table(curves, "kl", _parity)
+    assert header == ["method", "keep ratio", "even", "odd"]
+    items = curves["random"].per_item
+    for k, row in enumerate(rows):
+        assert row[:2] == ["random", ["1", "0.25"][k]]
+        even = (items["s0"]["kl"][k] + items["s2"]["kl"][k]) / 2
+        odd = (items["s1"]["kl"][k] + items["s3"]["kl"][k]) / 2
+        assert float(row[2]) == pytest.approx(even, abs=1e-3) and float(row[3]) == pytest.approx(odd, abs=1e-3)
+    assert float(rows[1][2]) > 0  # pruning to 25 % changes the output: the table is not a copy of the full point
 
 
 def test_report_files(report):
@@ -146,6 +165,7 @@ def test_report_files(report):
     assert "## BD metrics against the anchor" in md and "| divprune | agreement |" in md
     page = report["html"].read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
+    assert "## agreement per group" in md and "| method | keep ratio | even | odd |" in md
     assert "src=\"http" not in page and "href=" not in page  # self-contained
     assert report["agreement_vs_tokens"].read_bytes()[:4] == b"\x89PNG"
 
@@ -161,7 +181,7 @@ def test_html_report_renders_in_headless_chromium(report, tmp_path):
              "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
     url = report["html"].resolve().as_uri()
     dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-    assert "<h1>Tiny study</h1>" in dom and dom.count("<table>") == 2 and dom.count("<img") == 2
+    assert "<h1>Tiny study</h1>" in dom and dom.count("<table>") == 3 and dom.count("<img") == 2
     shot = tmp_path / "page.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2000", url],
                    capture_output=True, timeout=120)

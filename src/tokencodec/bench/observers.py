@@ -65,6 +65,10 @@ class Observer(ABC):
         """Identifies the model and its configuration, for the encoding cache."""
         return self.name
 
+    def group(self, sample_id: str) -> str | None:
+        """The subgroup a sample is reported in (e.g. its question type); ``None``: no per-group tables."""
+        return None
+
 
 OBSERVERS: Registry[type[Observer]] = Registry("observer")
 
@@ -203,6 +207,9 @@ class DiagnosticObserver(Observer):
     def supports(self, method_cls) -> bool:
         return method_cls.stage in ("pre-llm", "llm")
 
+    def group(self, sample_id: str) -> str:
+        return sample_id.rsplit("/", 1)[-1]  # ids are split/index/question-type
+
     @torch.inference_mode()
     def encode(self, sample: Sample) -> Encoded:
         logits = self.mllm.answer_logits([sample.payload.image], [sample.payload.question])
@@ -212,7 +219,10 @@ class DiagnosticObserver(Observer):
         if method.stage != "llm":
             return {}
         layers = getattr(method, "layers", None) or (getattr(method, "layer", None),)
-        return {"layers": scaled_layers([k for k in layers if k is not None], self.depth)}
+        layers = [k for k in layers if k is not None]
+        if method.name == "sparsevlm":  # its layers are where it scores; it prunes the layer after each
+            return {"layers": [k - 1 for k in scaled_layers([k + 1 for k in layers], self.depth)]}
+        return {"layers": scaled_layers(layers, self.depth)}
 
     @torch.inference_mode()
     def run(self, sample: Sample, method, budget, encoded: Encoded) -> dict[str, float]:

@@ -7,7 +7,8 @@ import base64
 import html
 import io
 import warnings
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -58,6 +59,21 @@ def value_table(curves: Mapping[str, Curve], columns: Sequence[str]) -> tuple[li
     return header, rows
 
 
+def group_table(curves: Mapping[str, Curve], metric: str, group_of: Callable[[str], str | None]
+                ) -> tuple[list[str], list[list[str]]]:
+    """Mean ``metric`` per group of samples (from each curve's per-item values), one row per operating point."""
+    groups = sorted({g for c in curves.values() for sid in c.per_item if (g := group_of(sid)) is not None})
+    rows = []
+    for name, curve in curves.items():
+        for k, p in enumerate(curve.points):
+            sums: dict[str, list[float]] = defaultdict(list)
+            for sid, values in curve.per_item.items():
+                if (g := group_of(sid)) is not None and metric in values:
+                    sums[g].append(values[metric][k])
+            rows.append([name, f"{p.knob:g}", *(_fmt(sum(sums[g]) / len(sums[g])) if sums[g] else "" for g in groups)])
+    return ["method", "keep ratio", *groups], rows
+
+
 def _bd_table(rows) -> tuple[list[str], list[list[str]]]:
     header = ["method", "metric", "BD-quality", "overlap (tokens)", "BD-token-rate", "overlap (metric)"]
     body = [[n, m, "no overlap" if q.value is None else f"{q.value:+.4f}", f"{q.overlap:.0%}",
@@ -95,8 +111,12 @@ def _html_table(header, rows) -> str:
 
 
 def write_report(curves: Mapping[str, Curve], out_dir: str | Path, title: str, anchor: str,
-                 metrics: Sequence[str], rates: Sequence[str] = ("tokens",), description: str = "") -> dict[str, Path]:
-    """Write ``report.md``, ``report.html`` and one PNG per (rate, metric); returns their paths."""
+                 metrics: Sequence[str], rates: Sequence[str] = ("tokens",), description: str = "",
+                 group_of: Callable[[str], str | None] | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and one PNG per (rate, metric); returns their paths.
+
+    ``group_of`` maps a sample id to its group (e.g. a question type): the report then adds a table of
+    the first metric per group and operating point."""
     out_dir = Path(out_dir)
     any_curve = next(iter(curves.values()))
     rates = [r for r in rates if r in any_curve.measures]
@@ -110,11 +130,16 @@ def write_report(curves: Mapping[str, Curve], out_dir: str | Path, title: str, a
             plots[(rate, metric)] = (path, png)
     values = value_table(curves, [*rates, *metrics, "latency_s"])
     bd = _bd_table(bd_rows(curves, anchor, metrics))
+    grouped = group_table(curves, metrics[0], group_of) if group_of else None
+    if grouped and len(grouped[0]) == 2:  # no sample has a group
+        grouped = None
+    group_title = f"{metrics[0]} per group" if grouped else ""
     prov = any_curve.provenance
     versions = ", ".join(f"{k} {v}" for k, v in sorted(prov.get("packages", {}).items()))
     md = [f"# {title}\n", description + "\n" if description else "",
           f"Anchor for BD metrics: **{anchor}**. {BD_NOTE}\n", "## BD metrics against the anchor\n", _md_table(*bd),
           "\n## Values per keep ratio\n", _md_table(*values),
+          *((f"\n## {group_title}\n", _md_table(*grouped)) if grouped else ()),
           "\n## Plots\n", *(f"![{m} vs {r}]({p.name})\n" for (r, m), (p, _) in plots.items()),
           f"\n## Provenance\n\ntokencodec {prov.get('tokencodec')} (commit {prov.get('git_commit')}), "
           f"{prov.get('date')}; seed {prov.get('seed')}; {versions}\n"]
@@ -128,6 +153,7 @@ td:first-child,th:first-child{{text-align:left}}figure{{display:inline-block;mar
 <h1>{html.escape(title)}</h1><p>{html.escape(description)}</p>
 <h2>BD metrics against {html.escape(anchor)}</h2><p>{html.escape(BD_NOTE)}</p>{_html_table(*bd)}
 <h2>Plots</h2>{images}<h2>Values per keep ratio</h2>{_html_table(*values)}
+{f"<h2>{html.escape(group_title)}</h2>{_html_table(*grouped)}" if grouped else ""}
 <h2>Provenance</h2><p>tokencodec {html.escape(str(prov.get('tokencodec')))} (commit
 {html.escape(str(prov.get('git_commit')))}), {html.escape(str(prov.get('date')))}; seed
 {html.escape(str(prov.get('seed')))}; {html.escape(versions)}</p></body></html>
