@@ -229,6 +229,7 @@ def test_tokens_per_layer_schedules(eager):
 
 def test_budget_mappings():
     assert pyramiddrop_keeps(Budget(ratio=0.5), 576, 3) == (288, 144, 72)           # the official ratios
+    assert pyramiddrop_keeps(Budget(ratio=0.125), 64, 3) == (8, 1, 1)               # never below one token
     for preset, keeps in SparseVLM.schedule.items():
         assert sparsevlm_keeps(Budget(keep=preset), 576, SparseVLM.schedule, 3) == keeps
     assert sparsevlm_keeps(Budget(ratio=1.0), 576, SparseVLM.schedule, 3) == (576, 576, 576)

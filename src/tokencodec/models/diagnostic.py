@@ -46,8 +46,8 @@ TOKENIZER_FILE = "tokenizer.json"
 
 DEFAULT_CONFIG: dict = dict(
     vision_hidden=64, vision_layers=3, vision_heads=4, vision_intermediate=256,
-    text_hidden=96, text_layers=4, text_heads=2, text_intermediate=256,
-    vision_feature_layer=-2, attn_implementation="sdpa",
+    text_hidden=96, text_layers=4, text_heads=4, text_intermediate=256,
+    vision_feature_layer=-2, attn_implementation="sdpa", text_init_std=0.1,
 )
 
 
@@ -112,13 +112,15 @@ def _vocab_of(vocab) -> dict[str, int]:
 
 def build_diagnostic_model(vocab=None, *, vision_hidden: int = 64, vision_layers: int = 3, vision_heads: int = 4,
                            vision_intermediate: int = 256, text_hidden: int = 96, text_layers: int = 4,
-                           text_heads: int = 2, text_intermediate: int = 256, vision_feature_layer: int = -2,
-                           attn_implementation: str = "sdpa", seed: int | None = 0):
+                           text_heads: int = 4, text_intermediate: int = 256, vision_feature_layer: int = -2,
+                           attn_implementation: str = "sdpa", text_init_std: float = 0.1, seed: int | None = 0):
     """A randomly initialised ``LlavaForConditionalGeneration`` for the diagnostic task.
 
     ``vocab``: the tokenizer (or its ``{token: id}`` dict); ``None`` builds :func:`build_tokenizer`.
     It must hold ``<pad>``, ``<s>`` and ``<image>``. ``attn_implementation``: ``"sdpa"`` or
-    ``"eager"`` (eager returns attention weights). ``seed`` fixes the initialisation.
+    ``"eager"`` (eager returns attention weights). ``text_init_std``: the LM's ``initializer_range``
+    (Llama's 0.02 is made for wide models; at width 96 it leaves attention logits near zero and training
+    stalls). ``seed`` fixes the initialisation.
     """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
@@ -132,7 +134,7 @@ def build_diagnostic_model(vocab=None, *, vision_hidden: int = 64, vision_layers
     text = LlamaConfig(vocab_size=max(v.values()) + 1, hidden_size=text_hidden, intermediate_size=text_intermediate,
                        num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_heads,
                        max_position_embeddings=256, pad_token_id=v[PAD], bos_token_id=v[BOS], eos_token_id=v[PAD],
-                       tie_word_embeddings=False)
+                       tie_word_embeddings=False, initializer_range=text_init_std)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=v[IMAGE],
                          image_seq_length=N_IMAGE_TOKENS, vision_feature_layer=vision_feature_layer,
                          vision_feature_select_strategy="default", projector_hidden_act="gelu")
