@@ -7,7 +7,7 @@ import torch
 
 from tokencodec.bench.observers import EfficientNetObserver, Encoded, Observer, Sample
 from tokencodec.bench.study import StudyError, load_study
-from tokencodec.bench.token_report import group_table, write_report
+from tokencodec.bench.token_report import group_table, retention_table, write_report
 from tokencodec.bench.token_sweep import EncodingCache, MethodSpec, run_token_sweep
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress import BudgetError
@@ -166,6 +166,8 @@ def test_report_files(report):
     page = report["html"].read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
     assert "## agreement per group" in md and "| method | keep ratio | even | odd |" in md
+    assert "## agreement as a share of the uncompressed model's" in md
+    assert "| random | 1.000 |" in md  # the anchor at keep 1 is the uncompressed model
     assert "src=\"http" not in page and "href=" not in page  # self-contained
     assert report["agreement_vs_tokens"].read_bytes()[:4] == b"\x89PNG"
 
@@ -181,8 +183,20 @@ def test_html_report_renders_in_headless_chromium(report, tmp_path):
              "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
     url = report["html"].resolve().as_uri()
     dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-    assert "<h1>Tiny study</h1>" in dom and dom.count("<table>") == 3 and dom.count("<img") == 2
+    assert "<h1>Tiny study</h1>" in dom and dom.count("<table>") == 4 and dom.count("<img") == 2
     shot = tmp_path / "page.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2000", url],
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20_000  # a rendered page with plots, not a blank one
+
+
+def test_retention_table_divides_by_the_uncompressed_value(tmp_path):
+    obs = LinearObserver()
+    curves = run_token_sweep(obs, obs.samples(4), [MethodSpec("random"), MethodSpec("divprune")], [1.0, 0.25],
+                             tmp_path)
+    header, rows = retention_table(curves, "agreement", "random")
+    assert header == ["method", "keep 1", "keep 0.25"]
+    full = curves["random"].points[0]["agreement"]
+    assert rows[1] == ["divprune", f"{curves['divprune'].points[0]['agreement'] / full:.3f}",
+                       f"{curves['divprune'].points[1]['agreement'] / full:.3f}"]
+    assert retention_table(curves, "kl", "random") is None  # lower is better: no share of it is "kept"
