@@ -11,8 +11,8 @@ CLS attention of the last tower layer is meaningful), ``--patch-weight`` × cros
 patch's object class from the features the LLM reads, and ``--rel-weight`` × BCE of "is this patch
 one the question is about?" from the LM's hidden state of each image token (the question is also
 given before the image, so image tokens can read it). AdamW, linear warm-up then cosine decay,
-gradient clipping at 1. Uses CUDA when available, else the CPU (``--threads``, default 1: the
-defaults reproduce the shipped model bit for bit on one thread).
+gradient clipping at 1. Uses CUDA when available, else the CPU (``--threads``, default 1). The
+defaults are the shipped model's recipe.
 
 What made it learn: the LM's initialisation. Llama's ``initializer_range`` 0.02 suits wide models;
 at width 96 it leaves attention logits near zero and the answer loss sat at the answer prior for
@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import random
+import re
 import shlex
 import sys
 import time
@@ -57,6 +58,30 @@ PATCH_CLASSES = {(c, s, z): k + 1 for k, (c, s, z) in
                  enumerate((c, s, z) for c in COLOURS for s in SHAPES for z in ("small", "large"))}
 
 
+PAIR_QUESTION = re.compile(r"^is the (\w+ \w+) (?:left of|right of|above|below|larger than) the (\w+ \w+)\?$")
+COLOUR_COMPARISON = re.compile(r"^are there more (\w+) objects than (\w+) objects\?$")
+
+
+def relevance_roles(sample) -> np.ndarray:
+    """64 × 2 targets of the relevance loss: channel 0 the patches of the (first) object(s) the question
+    names, channel 1 those of the second one in relations and comparisons (their order is what the
+    answer hangs on; one channel for both would leave "left of" and "right of" alike)."""
+    out = np.zeros((GRID, GRID, 2), dtype=np.float32)
+    if m := PAIR_QUESTION.match(sample.question):
+        picks = [lambda o, n=n: o.name() == n for n in m.groups()]
+    elif m := COLOUR_COMPARISON.match(sample.question):
+        picks = [lambda o, c=c: o.colour == c for c in m.groups()]
+    else:
+        out[..., 0] = sample.relevant_mask
+        return out.reshape(N_IMAGE_TOKENS, 2)
+    for channel, pick in enumerate(picks):
+        for o in sample.objects:
+            if pick(o):
+                for r, c in o.cells:
+                    out[r, c, channel] = 1.0
+    return out.reshape(N_IMAGE_TOKENS, 2)
+
+
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
@@ -77,7 +102,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--rel-weight", type=float, default=5.0,
                    help="weight of the relevance loss: a linear head on the LM's hidden state of each image token "
                         "(after --rel-layer layers) predicts whether that patch belongs to an object the question "
-                        "is about (BCE on the sample's relevant_mask; the head is not saved)")
+                        "is about (BCE on the sample's relevant patches; the head is not saved)")
+    p.add_argument("--rel-roles", action="store_true",
+                   help="two relevance channels: the first and the second object named in relations and comparisons")
     p.add_argument("--rel-layer", type=int, default=2)
     p.add_argument("--attn-heads", type=int, default=1)
     p.add_argument("--types", nargs="+", default=None, help="train and validate on these question types only")
@@ -129,7 +156,8 @@ def main(argv=None) -> int:
     dv = model.config.vision_config.hidden_size
     aux = torch.nn.ModuleDict({"cls": torch.nn.Linear(dv, len(PAIRS)),
                                "patch": torch.nn.Linear(dv, len(PATCH_CLASSES) + 1),
-                               "rel": torch.nn.Linear(model.config.text_config.hidden_size, 1)}).to(device)
+                               "rel": torch.nn.Linear(model.config.text_config.hidden_size,
+                                                      2 if a.rel_roles else 1)}).to(device)
     mllm = DiagnosticMLLM(model, tok)
     n_params = parameter_count(model)
     print("config:", json.dumps(vars(a), default=str))
@@ -203,8 +231,9 @@ def main(argv=None) -> int:
             # hop 1 of every question: each image token, having read the question before the image, says
             # whether its patch is one the question names (only the first question precedes the image)
             h = out.hidden_states[a.rel_layer][ids == model.config.image_token_id].view(len(batch), N_IMAGE_TOKENS, -1)
-            first = relevant.view(len(batch), a.questions, N_IMAGE_TOKENS)[:, 0]
-            rel_loss = F.binary_cross_entropy_with_logits(aux["rel"](h).squeeze(-1), first)
+            roles = torch.from_numpy(np.stack([relevance_roles(s) for s in batch])).float().to(device)  # B × 64 × 2
+            target_rel = roles if a.rel_roles else roles.amax(-1, keepdim=True)  # one channel: relevant_mask
+            rel_loss = F.binary_cross_entropy_with_logits(aux["rel"](h), target_rel)
         loss = F.cross_entropy(logits, target)
         aux_loss = F.binary_cross_entropy_with_logits(aux["cls"](pooled["cls"]), present)
         patch_loss = F.cross_entropy(aux["patch"](pooled["patch"]).flatten(0, 1), cells.flatten())
@@ -264,7 +293,8 @@ toolkit's offline observer for token-compression studies; it knows nothing but t
   attention loss (LM layer {a.attn_layer}, heads 0–{a.attn_heads - 1}: the answer position's image attention
   is pulled onto the patches of the objects the answer depends on) + {a.rel_weight} × relevance loss (a
   training-only head on the LM's hidden state of each image token after layer {a.rel_layer} says whether its
-  patch belongs to an object the question is about); seeds: data
+  patch belongs to an object the question is about{'; two channels, first and second object named'
+  if a.rel_roles else ''}); seeds: data
   {a.data_seed}, init {a.init_seed}, order {a.order_seed}{' (stopped early at --max-minutes)' if stopped else ''}.
 - Wall time: {minutes:.1f} min on {device} ({a.threads} CPU threads).
 

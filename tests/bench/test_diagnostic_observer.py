@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tokencodec.bench.observers import DiagnosticObserver, scaled_layers
+from tokencodec.bench.token_report import write_report
 from tokencodec.bench.token_sweep import MethodSpec, run_token_sweep
 from tokencodec.tokens.compress import METHODS
 
@@ -47,6 +48,12 @@ def test_sweep_over_pre_llm_and_in_llm_methods(observer, tmp_path):
     assert curves["random"].points[1]["tokens"] == 16
     fastv = curves["fastv"].points[1]
     assert fastv["tokens"] == 16 and 16 < fastv["tokens_avg_layers"] < 64  # layer 0 sees all 64
+    assert curves["random"].measures["object_recall"].higher_is_better  # a known measure, for BD fits
+    md = write_report(curves, tmp_path / "report", "t", "random", ["accuracy", "object_recall"],
+                      rates=["tokens", "flops"], group_of=observer.group)["markdown"].read_text()
+    assert "## BD metrics against the anchor, flops as the rate" in md and "| fastv | accuracy |" in md
+    assert "## accuracy per group" in md  # question types are the columns
+    assert "| method | keep ratio | colour | compare | count | exist | relation | shape | small_colour |" in md
     assert curves["random"].points[1]["object_recall"] < 1.0  # a quarter of the patches loses objects
 
 

@@ -23,7 +23,9 @@ from tokencodec.rd.curve import Curve  # noqa: E402
 BD_NOTE = ("BD-quality: mean difference of the metric (method − anchor) over the shared range of token counts, "
            "with a linear token axis. BD-token-rate: mean token difference at equal metric over the shared metric "
            "range, as a % of the anchor's mean token count there. Both use PCHIP on monotonic (isotonic) fits of "
-           "each curve, because accuracies on finite test sets are noisy.")
+           "each curve, because accuracies on finite test sets are noisy. Where the observer measures FLOPs, the "
+           "same metrics follow with FLOPs as the rate: the fair axis for in-LLM methods, whose token count at "
+           "the last layer hides the full-length layers before it.")
 
 
 def bd_rows(curves: Mapping[str, Curve], anchor: str, metrics: Sequence[str], rate: str = "tokens"
@@ -90,8 +92,9 @@ def retention_table(curves: Mapping[str, Curve], metric: str, anchor: str
     return ["method", *(f"keep {r:g}" for r in ratios)], rows
 
 
-def _bd_table(rows) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "metric", "BD-quality", "overlap (tokens)", "BD-token-rate", "overlap (metric)"]
+def _bd_table(rows, rate: str = "tokens") -> tuple[list[str], list[list[str]]]:
+    name = "BD-token-rate" if rate == "tokens" else f"BD-rate ({rate})"
+    header = ["method", "metric", "BD-quality", f"overlap ({rate})", name, "overlap (metric)"]
     body = [[n, m, "no overlap" if q.value is None else f"{q.value:+.4f}", f"{q.overlap:.0%}",
              "no overlap" if r.value is None else f"{r.value:+.1f} %", f"{r.overlap:.0%}"] for n, m, q, r in rows]
     return header, body
@@ -146,6 +149,7 @@ def write_report(curves: Mapping[str, Curve], out_dir: str | Path, title: str, a
             plots[(rate, metric)] = (path, png)
     values = value_table(curves, [*rates, *metrics, "latency_s"])
     bd = _bd_table(bd_rows(curves, anchor, metrics))
+    bd_more = {r: _bd_table(bd_rows(curves, anchor, metrics, rate=r), r) for r in rates if r != "tokens"}
     grouped = group_table(curves, metrics[0], group_of) if group_of else None
     if grouped and len(grouped[0]) == 2:  # no sample has a group
         grouped = None
@@ -158,6 +162,8 @@ def write_report(curves: Mapping[str, Curve], out_dir: str | Path, title: str, a
     versions = ", ".join(f"{k} {v}" for k, v in sorted(prov.get("packages", {}).items()))
     md = [f"# {title}\n", description + "\n" if description else "",
           f"Anchor for BD metrics: **{anchor}**. {BD_NOTE}\n", "## BD metrics against the anchor\n", _md_table(*bd),
+          *(part for r, t in bd_more.items() for part in (f"\n## BD metrics against the anchor, {r} as the rate\n",
+                                                          _md_table(*t))),
           *((f"\n## {kept_title}\n\n{kept_note}\n\n", _md_table(*kept)) if kept else ()),
           "\n## Values per keep ratio\n", _md_table(*values),
           *((f"\n## {group_title}\n", _md_table(*grouped)) if grouped else ()),
@@ -173,6 +179,8 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;paddi
 td:first-child,th:first-child{{text-align:left}}figure{{display:inline-block;margin:0.5em}}</style></head><body>
 <h1>{html.escape(title)}</h1><p>{html.escape(description)}</p>
 <h2>BD metrics against {html.escape(anchor)}</h2><p>{html.escape(BD_NOTE)}</p>{_html_table(*bd)}
+{"".join(f"<h2>BD metrics against {html.escape(anchor)}, {html.escape(r)} as the rate</h2>{_html_table(*t)}"
+         for r, t in bd_more.items())}
 {f"<h2>{html.escape(kept_title)}</h2><p>{html.escape(kept_note)}</p>{_html_table(*kept)}" if kept else ""}
 <h2>Plots</h2>{images}<h2>Values per keep ratio</h2>{_html_table(*values)}
 {f"<h2>{html.escape(group_title)}</h2>{_html_table(*grouped)}" if grouped else ""}
