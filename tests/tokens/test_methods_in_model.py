@@ -210,8 +210,10 @@ def test_fastv_ranks_padded_slots_last():
 
 def test_pyramiddrop_stages():
     assert stage_budgets(576, (0.5, 0.25, 0.125)) == [288, 144, 72]
-    with pytest.raises(BudgetError):
-        stage_budgets(8, (0.5, 0.75))
+    assert stage_budgets(64, (0.125, 0.125 ** 2, 0.125 ** 3)) == [8, 1, 1]  # never below one token
+    for bad in ((0.5, 0.75), (0.5, 0.0), (1.5,)):
+        with pytest.raises(BudgetError, match="allowed range"):
+            stage_budgets(8, bad)
     method = PyramidDrop()
     assert method.layers == (8, 16, 24) and method.ratios == (0.5, 0.25, 0.125)
     assert method.positions == "renumber"

@@ -242,29 +242,31 @@ def _unique(objects: Sequence[SceneObject], pred) -> list[int]:
     return [i for i, o in enumerate(objects) if pred(o)]
 
 
+def _pick_unique(objects: Sequence[SceneObject], values: Sequence[str], matches, rng: np.random.Generator
+                 ) -> tuple[str, int] | None:
+    """A value (drawn uniformly) that exactly one object matches, and that object's index; None if none."""
+    unique = [v for v in values if len(_unique(objects, lambda o, v=v: matches(o, v))) == 1]
+    if not unique:
+        return None
+    v = unique[rng.integers(len(unique))]
+    (i,) = _unique(objects, lambda o: matches(o, v))
+    return v, i
+
+
 def _ask(qtype: str, objects: list[SceneObject], rng: np.random.Generator) -> tuple[str, str, list[int]] | None:
     """(question, answer, indices of relevant objects), or None if the scene cannot host the type."""
-    if qtype == "colour":
-        shapes = [s for s in SHAPES if len(_unique(objects, lambda o, s=s: o.shape == s)) == 1]
-        if not shapes:
+    if qtype in ("colour", "small_colour"):
+        small = qtype == "small_colour"
+        picked = _pick_unique(objects, SHAPES, lambda o, s: o.shape == s and (o.size == "small" or not small), rng)
+        if picked is None:
             return None
-        s = shapes[rng.integers(len(shapes))]
-        (i,) = _unique(objects, lambda o: o.shape == s)
-        return f"what colour is the {s}?", objects[i].colour, [i]
-    if qtype == "small_colour":
-        shapes = [s for s in SHAPES
-                  if len(_unique(objects, lambda o, s=s: o.shape == s and o.size == "small")) == 1]
-        if not shapes:
-            return None
-        s = shapes[rng.integers(len(shapes))]
-        (i,) = _unique(objects, lambda o: o.shape == s and o.size == "small")
-        return f"what colour is the small {s}?", objects[i].colour, [i]
+        s, i = picked
+        return f"what colour is the {'small ' if small else ''}{s}?", objects[i].colour, [i]
     if qtype == "shape":
-        colours = [c for c in COLOURS if len(_unique(objects, lambda o, c=c: o.colour == c)) == 1]
-        if not colours:
+        picked = _pick_unique(objects, tuple(COLOURS), lambda o, c: o.colour == c, rng)
+        if picked is None:
             return None
-        c = colours[rng.integers(len(colours))]
-        (i,) = _unique(objects, lambda o: o.colour == c)
+        c, i = picked
         return f"what shape is the {c} object?", objects[i].shape, [i]
     if qtype == "count":
         kind = rng.integers(3)

@@ -85,6 +85,7 @@ from tokencodec.models.hooks import ModelPatch
 from tokencodec.models.vision_tower import SignalCapture, method_signals, resolve_tower
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, BudgetError, TokenMethod, get_method
+from tokencodec.tokens.compress.pyramiddrop import stage_budgets
 from tokencodec.tokens.compress.sparsevlm import recycle_counts, select_raters
 
 SUPPORTED = ("LlavaForConditionalGeneration", "LlavaModel")
@@ -99,7 +100,7 @@ def pyramiddrop_keeps(budget: Budget, n: int, stages: int) -> tuple[int, ...]:
     """Stage s (from 0) keeps ⌊n·λ^(s+1)⌋ with λ = K/n (λ = 0.5 reproduces the official 0.5/0.25/0.125),
     and at least one token: on short token sequences at small λ the geometric schedule would reach 0."""
     lam = budget.tokens(n) / n
-    return tuple(max(1, int(n * lam ** (s + 1))) for s in range(stages))
+    return tuple(stage_budgets(n, [lam ** (s + 1) for s in range(stages)]))
 
 
 def sparsevlm_keeps(budget: Budget, n: int, schedule: dict[int, Sequence[int]], stages: int,

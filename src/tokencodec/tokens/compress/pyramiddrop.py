@@ -13,6 +13,8 @@ Choices the card leaves open:
   eighth layer counting from 1) and scores with layer 8's projections, as the official
   ``layer_list`` does. ``ratios=(0.5, 0.25, 0.125)`` are relative to the original image count;
   :func:`stage_budgets` turns them into counts with ``int()`` as the code does (576 → 288/144/72).
+  The LLaVA adapter derives the stage ratios from the budget (λ, λ², λ³ with λ = K/N; λ = 0.5 is the
+  default above) unless it is given explicit counts (``stage_keep``).
 - **Positions.** The official code resets ``position_ids`` to 0…len−1; kept tokens here carry
   their original raster positions, and ``positions="renumber"`` (default, the code) or
   ``"original"`` tells the adapter which position ids to feed the LLM.
@@ -30,12 +32,11 @@ from tokencodec.tokens.compress.fastv import keep_top_k
 
 
 def stage_budgets(n: int, ratios: Sequence[float]) -> list[int]:
-    """Image tokens kept after each stage, ⌊n·λ⌋ per ratio (relative to the original count n)."""
-    counts = [int(n * lam) for lam in ratios]
-    if any(not 1 <= c <= n for c in counts) or counts != sorted(counts, reverse=True):
-        raise BudgetError(f"stage ratios {tuple(ratios)} must give non-increasing counts in the allowed "
-                          f"range [1, {n}] for {n} tokens; they give {counts}")
-    return counts
+    """Image tokens kept after each stage, ⌊n·λ⌋ per ratio (relative to the original count n), and at
+    least one: on short token sequences a late stage's ⌊n·λ⌋ would otherwise reach 0."""
+    if any(not 0 < lam <= 1 for lam in ratios) or list(ratios) != sorted(ratios, reverse=True):
+        raise BudgetError(f"stage ratios {tuple(ratios)} must be non-increasing and in the allowed range (0, 1]")
+    return [max(1, int(n * lam)) for lam in ratios]
 
 
 @register_method("pyramiddrop")
