@@ -40,6 +40,8 @@ def cosine_distance(features: Tensor) -> Tensor:
 def divprune_select(features: Tensor, k: int) -> Tensor:
     """Indices [B, k] of the max–min diverse subset of each image's tokens, in raster order."""
     b, n, _ = features.shape
+    if k >= n:  # every token is picked: the greedy loop would only reorder them into raster order
+        return torch.arange(n, device=features.device).expand(b, n).clone()
     d = cosine_distance(features)
     rows = torch.arange(b, device=features.device)
     if n == 1:
