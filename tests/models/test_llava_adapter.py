@@ -13,6 +13,7 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
+from tokencodec.models.hf_compat import cache_of  # noqa: E402
 from tokencodec.models.hooks import PatchError  # noqa: E402
 from tokencodec.models.llava import LlavaTokenCompression, pyramiddrop_keeps, sparsevlm_keeps  # noqa: E402
 from tokencodec.registry import UnknownNameError  # noqa: E402
@@ -188,7 +189,7 @@ def test_generate_after_pruning_uses_pruned_cache(model, case):
             out = model(input_ids=ids, pixel_values=px, attention_mask=mask, use_cache=True)
         if case == "prumerge-adaptive":       # padded slots inside the span, masked out
             assert tc.kept.mask is not None and tc.kept.counts().tolist() == [2, 3]
-        lengths = [layer.keys.shape[-2] for layer in out.past_key_values.layers]
+        lengths = [layer.keys.shape[-2] for layer in cache_of(out).layers]
         s_in = ids.shape[1] if tc.method.stage == "llm" else tc.sequence_index.shape[1]
         expected = [s_in - (tc.tokens_per_layer[0] - k) for k in tc.tokens_per_layer]
         assert lengths == expected

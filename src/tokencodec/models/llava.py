@@ -81,6 +81,7 @@ import torch
 from torch import Tensor, nn
 
 from tokencodec.models import llm_pruning as lp
+from tokencodec.models.hf_compat import cache_from, cache_of
 from tokencodec.models.hooks import ModelPatch
 from tokencodec.models.vision_tower import SignalCapture, method_signals, resolve_tower
 from tokencodec.tokens.batch import TokenBatch
@@ -352,7 +353,7 @@ class LlavaTokenCompression(ModelPatch):
     # -- language model input -------------------------------------------------------------------
     def _on_lm(self, module, args, kwargs):
         embeds = kwargs.get("inputs_embeds")
-        cache = kwargs.get("past_key_values")
+        cache = cache_from(kwargs)
         mask, pos = kwargs.get("attention_mask"), kwargs.get("position_ids")
         if self._pending is not None:
             start, self._pending = self._pending, None
@@ -424,7 +425,7 @@ class LlavaTokenCompression(ModelPatch):
         if run is None:
             return None
         if run.phase == "prefill":
-            run.phase, run.cache = "decode", getattr(output, "past_key_values", None)
+            run.phase, run.cache = "decode", cache_of(output)
             self._finish(run)
         return None
 

@@ -80,6 +80,7 @@ import torch
 from torch import Tensor, nn
 
 import tokencodec.tokens.compress  # noqa: F401  (fills METHODS)
+from tokencodec.models.hf_compat import cache_from
 from tokencodec.models.hooks import ModelPatch
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, TokenMethod, get_method
@@ -317,7 +318,7 @@ class Qwen2VLTokenCompression(ModelPatch):
             raise NotImplementedError("mm_encoder_outputs must come from get_image_features run under this patch "
                                       "(as generate() does); features encoded elsewhere, or copied by beam "
                                       "search / num_return_sequences > 1, cannot be pruned")
-        cache = kwargs.get("past_key_values")
+        cache = cache_from(kwargs)
         past = cache.get_seq_length() if cache is not None else 0
         if past == 0:  # a new sequence
             self._prompt, self._phase = None, None
@@ -407,7 +408,7 @@ class Qwen2VLTokenCompression(ModelPatch):
             if mask is None and (p.gather >= 0).all():
                 return None
             if mask is None:  # generate() drops an all-ones mask; the pruned rows may still need padding
-                cache = kwargs.get("past_key_values")
+                cache = cache_from(kwargs)
                 past = cache.get_seq_length() if cache is not None else 0
                 full = p.full_len + past - p.gather.shape[1] + kwargs["inputs_embeds"].shape[1]
                 mask = torch.ones(p.gather.shape[0], full, dtype=torch.long, device=p.gather.device)

@@ -5,7 +5,8 @@ K = round(ratio·N) tokens (our ``Budget`` rounds; UniPruneBench truncates with 
 kept indices to raster order as its README and Qwen path do (its ``Random_PreLLM.py`` does not).
 
 Seeding, which no reference does: the draw for each image comes from a ``torch.Generator`` seeded
-with ``self.seed`` mixed with a hash of that image's features. So a call is deterministic for a
+with ``self.seed`` mixed with a hash of that image's features (each token's strongest channel,
+which survives the last-bit noise of batched computation). So a call is deterministic for a
 seed, an image gets the same subset whatever batch it sits in, and different images still get
 different subsets (a plain per-call seed would prune every batch-1 image identically). With
 ``content_seed=False`` one subset is drawn from ``self.seed`` alone and shared by every image.
@@ -23,8 +24,14 @@ from tokencodec.tokens.compress.base import Budget, TokenMethod, register_method
 
 
 def image_seed(seed: int, image: Tensor) -> int:
-    """A 63-bit seed from ``seed`` and the exact bytes of one image's features."""
-    data = image.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    """A 63-bit seed from ``seed`` and one image's features [N, D].
+
+    It hashes each token's strongest channel (argmax over D), not the raw bytes: the same image
+    computed alone or inside a padded batch differs in the last bits of its features (other
+    matmul blocking), which would change a byte hash and so the subset; an argmax changes only
+    when two channels tie to within that noise.
+    """
+    data = image.detach().float().argmax(-1).cpu().to(torch.int64).numpy().tobytes()
     digest = hashlib.blake2b(data, digest_size=8, key=seed.to_bytes(8, "little", signed=True)).digest()
     return int.from_bytes(digest, "little") >> 1
 
