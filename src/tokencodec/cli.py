@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -16,102 +17,156 @@ from rich.table import Table
 
 from tokencodec import __version__
 
+# rich_markup_mode=None: click's plain help (TEXT, INTEGER; flags without a type), which reads like any CLI
 app = typer.Typer(help="tokencodec: one rate-distortion toolkit for pixel codecs and visual tokens.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 console = Console()
+EXIT_USER, EXIT_FAILED, EXIT_NO_OVERLAP = 2, 1, 3
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from tokencodec.bench.codec_sweep import SweepError
+    """Errors that mean bad input (one line, exit code 2); anything else is a bug and keeps its traceback."""
+    from tokencodec.bench.study import StudyError
     from tokencodec.codecs import CodecError
     from tokencodec.data import DatasetError, ImageReadError
+    from tokencodec.observers import ObserverOptionError
+    from tokencodec.pipeline import PipelineError
     from tokencodec.rd.results import ResultsFileError
     from tokencodec.registry import UnknownNameError
+    from tokencodec.tokens.compress import BudgetError
 
-    return (SweepError, CodecError, DatasetError, ImageReadError, ResultsFileError, UnknownNameError,
-            KeyError, ValueError)
+    errors: list[type[BaseException]] = [StudyError, CodecError, DatasetError, ImageReadError, ResultsFileError,
+                                         UnknownNameError, PipelineError, BudgetError, ObserverOptionError]
+    try:
+        from tokencodec.tokens.compress.base import MethodOptionError
+        errors.append(MethodOptionError)
+    except ImportError:
+        pass
+    try:
+        from tokencodec.rd.comparable import DataMismatchError
+        errors.append(DataMismatchError)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def parse_qualities(text: str | None) -> list[int] | None:
-    """"5,10,20" or a range "5:95:5" (inclusive)."""
+    """"5,10,20" or an inclusive range "5:95:5"; reversed, empty or malformed ranges are refused."""
     if not text:
         return None
+    usage = "use a list such as 5,50,95 or an increasing range start:stop[:step] such as 5:95:5"
     try:
         if ":" in text:
             start, stop, *step = (int(x) for x in text.split(":"))
+            if len(step) > 1 or (step and step[0] < 1) or stop < start:
+                raise ValueError
             return list(range(start, stop + 1, step[0] if step else 1))
-        return [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in text.split(",") if x.strip()]
+        if not values:
+            raise ValueError
+        return values
     except ValueError:
-        raise _fail(f"--qualities {text!r}: use a list such as 5,50,95 or a range such as 5:95:5") from None
+        raise _fail(f"--qualities {text!r}: {usage}") from None
+
+
+def _print_table(header: list[str], rows: list[list[str]], title: str = "") -> None:
+    """A rich table on a terminal; complete tab-separated lines when piped (nothing cut at 80 columns)."""
+    if console.is_terminal:
+        table = Table(*header, title=title or None)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    if title:
+        print(f"# {title}")
+    for line in [header, *rows]:
+        print("\t".join(line))
+
+
+def _progress(label: str) -> Progress:
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
 
 
 @app.command()
 def codecs(
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="embedded, kodak, or a folder of images")]
+    dataset: Annotated[str, typer.Option("--dataset", "-d", metavar="NAME|DIR",
+            help="embedded, kodak, or a folder of images")]
     = "embedded",
-    codec: Annotated[list[str] | None, typer.Option("--codec", "-c", help="codec to run (repeat); default all")]
+    codec: Annotated[list[str] | None, typer.Option("--codec", "-c", metavar="CODEC",
+            help="codec to run (repeat); default all")]
     = None,
-    qualities: Annotated[str | None, typer.Option("--qualities", "-q",
+    qualities: Annotated[str | None, typer.Option("--qualities", "-q", metavar="LIST|RANGE",
                          help="qualities for every codec: 5,50,95 or 5:95:5; default each codec's own")] = None,
-    anchor: Annotated[str, typer.Option(help="anchor codec of the BD-rate table")] = "jpeg",
-    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("results/codecs"),
-    workers: Annotated[int, typer.Option("--workers", "-j", help="parallel processes")] = os.cpu_count() or 1,
-    limit: Annotated[int | None, typer.Option(help="use only the first N images")] = None,
+    anchor: Annotated[str, typer.Option(metavar="CODEC", help="anchor codec of the BD-rate table")] = "jpeg",
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="output folder")] = Path("results/codecs"),
+    workers: Annotated[int, typer.Option("--workers", "-j", min=1, metavar="N",
+            help="parallel processes")] = os.cpu_count() or 1,
+    limit: Annotated[int | None, typer.Option(min=1, metavar="N", help="use only the first N images")] = None,
     list_codecs: Annotated[bool, typer.Option("--list", help="list the codecs and their quality ranges")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="with --list: print JSON")] = False,
 ) -> None:
-    """Benchmark pixel codecs: RD curves (results JSON per codec), an RD plot and a BD-rate table."""
-    from tokencodec.bench.codec_sweep import plan_sweep, run_codec_sweep
-    from tokencodec.bench.plot import plot_rd
-    from tokencodec.bench.report import bd_table, to_csv, to_markdown
+    """Benchmark pixel codecs on human metrics: RD curves (results JSON per codec), an RD plot, BD-rate tables."""
+    from tokencodec.bench.engine import SweepError, run_sweep
+    from tokencodec.bench.executors import make_executor
     from tokencodec.codecs import CODECS, get_codec
-    from tokencodec.data import load_dataset
-    from tokencodec.io import write_text_atomic
+    from tokencodec.observers import ObserverSpec, observer_for
+    from tokencodec.pipeline import PipelineSpec
 
     if list_codecs:
-        table = Table("codec", "quality range", "meaning", "default qualities", "libraries")
+        rows = []
         for name in CODECS:
             c = get_codec(name)
-            table.add_row(name, f"{c.quality_range[0]}–{c.quality_range[1]}", c.quality_meaning,
-                          ",".join(map(str, c.default_qualities)),
-                          ", ".join(f"{k} {v}" for k, v in c.versions().items()))
-        console.print(table)
+            rows.append({"codec": name, "quality_range": list(c.quality_range), "meaning": c.quality_meaning,
+                         "default_qualities": list(c.default_qualities), "libraries": c.versions()})
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        _print_table(["codec", "quality range", "meaning", "default qualities", "libraries"],
+                     [[r["codec"], "{}-{}".format(*r["quality_range"]), r["meaning"],
+                       ",".join(map(str, r["default_qualities"])),
+                       ", ".join(f"{k} {v}" for k, v in r["libraries"].items())] for r in rows])
         return
     names = codec or CODECS.names()
     start = time.perf_counter()
     try:
-        plans = plan_sweep(names, parse_qualities(qualities))
+        chosen = parse_qualities(qualities)
+        specs = [PipelineSpec(codec=n, qualities=tuple(chosen or get_codec(n).default_qualities)) for n in names
+                 if n in CODECS or _unknown_codec(n)]
+        for spec in specs:
+            spec.check()  # every codec and quality before any image is read
         if anchor not in names:
             raise _fail(f"anchor {anchor!r} is not among the codecs run: {', '.join(names)}")
-        items = load_dataset(dataset, limit)
-        console.print(f"{len(items)} images from [bold]{dataset}[/], codecs: {', '.join(names)}")
-        with Progress(TextColumn("coding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=False) as progress:
-            task = progress.add_task("coding", total=None)
-            curves = run_codec_sweep(items, plans, out, workers=workers,
-                                     config={"dataset": dataset, "limit": limit},
-                                     on_progress=lambda d, t: progress.update(task, completed=d, total=t))
-        rows = bd_table(curves, anchor)
+        observer = ObserverSpec("human")
+        data = {"dataset": dataset, **({"limit": limit} if limit else {})}
+        samples = observer_for(observer).samples(**data)
+        console.print(f"{len(samples)} images from [bold]{dataset}[/], codecs: {', '.join(names)}")
+        executor = make_executor("process" if workers > 1 and len(samples) > 1 else "serial", workers)
+        with _progress("images") as progress:
+            task = progress.add_task("images", total=None)
+            curves = run_sweep(observer, samples, specs, out, executor=executor, data=data,
+                               config={"dataset": dataset, "limit": limit},
+                               on_progress=lambda d, t: progress.update(task, completed=d, total=t))
+        from tokencodec.bench.report import write_codec_report
+
+        paths = write_codec_report(curves, out, anchor)
+    except SweepError as err:
+        console.print(f"[bold red]failed:[/] {err}", highlight=False)
+        raise typer.Exit(code=EXIT_FAILED) from None
     except _user_errors() as err:
         raise _fail(str(err)) from None
-    plot_rd(list(curves.values()), out / "rd.png", title=f"{dataset} ({len(items)} images)")
-    write_text_atomic(out / "bd.md", to_markdown(rows))
-    write_text_atomic(out / "bd.csv", to_csv(rows))
-    _print_bd(rows, f"BD against {anchor} (PCHIP)")
-    console.print(f"results: {out}/<codec>.json, plot: {out / 'rd.png'}, BD table: {out / 'bd.md'}, "
-                  f"{out / 'bd.csv'}  ({time.perf_counter() - start:.1f} s)")
+    console.print(f"results: {out}/<codec>.json; report: {', '.join(str(p) for p in paths.values())} "
+                  f"({time.perf_counter() - start:.1f} s)")
 
 
-def _print_bd(rows, title: str) -> None:
-    table = Table("test", "metric", "BD-rate", "BD-quality", "overlap", "status", title=title)
-    for row in rows:
-        table.add_row(row.test, row.metric, str(row.bd_rate), str(row.bd_quality),
-                      f"{row.bd_rate.overlap:.0%}", row.bd_rate.status)
-    console.print(table)
+def _unknown_codec(name: str) -> bool:
+    from tokencodec.codecs import CODECS
+
+    raise _fail(f"unknown codec {name!r}; known: {', '.join(CODECS.names())}")
 
 
 @app.command()
@@ -168,65 +223,75 @@ def plot(
 def methods(
     matrix: Annotated[bool, typer.Option("--matrix", help="print the method × adapter support matrix (Markdown)")]
     = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """List the token-compression methods: where each acts, what guides it, its knob and needs."""
-    from tokencodec.models.support import matrix_markdown
+    from tokencodec.models.support import matrix_markdown, support_matrix
     from tokencodec.tokens.compress import METHODS
 
     if matrix:
-        print(matrix_markdown(), end="")
+        print(json.dumps(support_matrix(), indent=2) if as_json else matrix_markdown(), end="\n" if as_json else "")
         return
-    table = Table("method", "acts", "guided by", "knob", "needs", "without CLS", "paper")
+    rows = []
     for name in METHODS:
         m = METHODS.get(name)
         no_cls = (m.cls_fallback or "error: needs a CLS token") if m.needs_cls else "works as is"
         arxiv = re.search(r"arXiv:? ?(\d{4}\.\d{4,5})", m.paper)
-        table.add_row(name, m.stage, m.guidance, m.knob, ", ".join(m.needs) or "features only", no_cls,
-                      f"arXiv {arxiv.group(1)}" if arxiv else m.paper[:40])
-    console.print(table)
+        rows.append({"method": name, "stage": m.stage, "guidance": m.guidance, "knob": m.knob,
+                     "needs": list(m.needs), "without_cls": no_cls, "paper": m.paper,
+                     "arxiv": arxiv.group(1) if arxiv else None})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    _print_table(["method", "acts", "guided by", "knob", "needs", "without CLS", "paper"],
+                 [[r["method"], r["stage"], r["guidance"], r["knob"], ", ".join(r["needs"]) or "features only",
+                   r["without_cls"], f"arXiv {r['arxiv']}" if r["arxiv"] else r["paper"]] for r in rows])
 
 
 @app.command()
-def tokens(
-    study: Annotated[Path, typer.Argument(help="a study YAML file (see studies/)")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="output folder; default results/tokens/NAME")]
+def study(
+    study_file: Annotated[Path, typer.Argument(metavar="STUDY", help="a study YAML file (see studies/)")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR",
+            help="output folder; default results/studies/NAME")]
     = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="override the study's data set")] = None,
-    limit: Annotated[int | None, typer.Option(help="use only the first N images or samples")] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="keep encoder outputs on disk for later runs")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", metavar="NAME|DIR",
+            help="override the study's data set")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, metavar="N",
+            help="use only the first N images or samples")] = None,
+    executor: Annotated[str, typer.Option(metavar="NAME", help="serial, process or ray")] = "serial",
+    workers: Annotated[int, typer.Option("--workers", "-j", min=1, metavar="N", help="processes or Ray workers")] = 2,
+    address: Annotated[str | None, typer.Option(metavar="HOST:PORT",
+            help="Ray: join the cluster at this address (default: local)")]
+    = None,
+    cache_dir: Annotated[Path | None, typer.Option(metavar="DIR",
+            help="keep per-sample encodings on disk for later runs")] = None,
 ) -> None:
-    """Run a token study: methods × keep ratios on an observer → results files, plots, BD tables, HTML report."""
-    from tokencodec.bench.observers import OBSERVERS
-    from tokencodec.bench.study import StudyError, load_study
-    from tokencodec.bench.token_report import write_report
-    from tokencodec.bench.token_sweep import EncodingCache, run_token_sweep
-    from tokencodec.tokens.compress import BudgetError
+    """Run a study: pipelines (codecs, token methods, chains) × knobs judged by one observer → results, report."""
+    from tokencodec.bench.engine import SweepError
+    from tokencodec.bench.executors import make_executor
+    from tokencodec.bench.study import load_study, run_study
 
-    start = time.perf_counter()
     try:
-        spec = load_study(study)
-        options = {k: v for k, v in spec.observer.items() if k != "name"}
-        observer = OBSERVERS.get(spec.observer["name"])(**options)
-        data = dict(spec.data, **({"dataset": dataset} if dataset else {}), **({"limit": limit} if limit else {}))
-        samples = observer.samples(**data)
-        out = out or Path("results/tokens") / spec.name
-        console.print(f"{len(samples)} samples on [bold]{observer.name}[/], methods: "
-                      f"{', '.join(m.label for m in spec.methods)}, keep ratios {spec.keep_ratios}")
-        with Progress(TextColumn("samples"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
-            task = progress.add_task("samples", total=len(samples))
-            curves = run_token_sweep(observer, samples, spec.methods, spec.keep_ratios, out, seed=spec.seed,
-                                     cache=EncodingCache(observer, cache_dir),
-                                     config={"study": spec.to_json(), "data": data},
-                                     on_progress=lambda d, t: progress.update(task, completed=d))
-        paths = write_report(curves, out, f"Token study: {spec.name}", spec.anchor,
-                             spec.metrics or list(observer.measures), description=spec.description,
-                             rates=[r for r in ("tokens", "flops") if r in observer.rates],
-                             group_of=observer.group)
-    except (StudyError, BudgetError, *_user_errors()) as err:
+        spec = load_study(study_file)
+        overrides = {**({"dataset": dataset} if dataset else {}), **({"limit": limit} if limit else {})}
+        runner = make_executor(executor, workers, address)
+        labels = ", ".join(p.label for p in spec.pipelines)
+        console.print(f"study [bold]{spec.name}[/] on {spec.observer.name}: {labels}")
+        with _progress("samples") as progress:
+            task = progress.add_task("samples", total=None)
+            result = run_study(spec, out, executor=runner, cache_dir=cache_dir, data_overrides=overrides,
+                               on_progress=lambda d, t: progress.update(task, completed=d, total=t))
+    except SweepError as err:
+        console.print(f"[bold red]failed:[/] {err}", highlight=False)
+        raise typer.Exit(code=EXIT_FAILED) from None
+    except (ImportError, *_user_errors()) as err:
         raise _fail(str(err)) from None
-    console.print(f"results: {out}/<method>.json; report: {paths['html']} and {paths['markdown']} "
-                  f"({time.perf_counter() - start:.1f} s)")
+    paths = result["paths"]
+    console.print(f"{result['samples']} samples; results: {result['out']}/<pipeline>.json; report: "
+                  f"{paths.get('html')} and {paths.get('markdown')} ({result['seconds']:.1f} s)")
+
+
+app.command("tokens", help="Alias of 'study' (kept for older scripts).")(study)
 
 
 @app.command()
@@ -235,12 +300,15 @@ def version() -> None:
     from tokencodec.codecs import CODECS, get_codec
     from tokencodec.provenance import package_versions
 
-    console.print(f"tokencodec {__version__}")
+    console.print(f"tokencodec {__version__}", highlight=False)
     for name, v in package_versions().items():
-        console.print(f"  {name} {v}")
+        console.print(f"  {name} {v}", highlight=False)
     for name in CODECS:
         for lib, v in get_codec(name).versions().items():
-            console.print(f"  {lib} {v} ({name})")
+            v = str(v)
+            if v.lower().startswith(lib.lower()):  # some bindings prefix the library name ("libjxl 0.11.2")
+                v = v[len(lib):].strip()
+            console.print(f"  {lib} {v} ({name})", highlight=False)
 
 
 def main() -> None:  # python -m tokencodec

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# System packages the test suite needs, on Debian or Ubuntu: Chromium, which the HTML-report test opens
+# headless. Run once per machine (root, or a user with sudo). Elsewhere, install any Chromium and put it
+# on PATH as `chromium`.
+set -euo pipefail
+packages=(chromium)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "system packages present: ${packages[*]}"
+  exit 0
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,246 @@
+"""The one sweep engine: observer × samples × pipelines × knobs → one RD curve per pipeline.
+
+Work is cut into jobs, one per sample holding every (pipeline, knob) point still missing for it, so
+the part of the model that does not depend on the pipeline (``Observer.prepare``: the uncompressed
+reference and the encoder's tokens) runs once per sample and every budget reuses it. Records are
+content-keyed (pipeline, knob, sample digest, configuration id) and appended to ``points.jsonl`` as
+each job finishes, whatever the executor; a rerun computes only what is missing. Each job runs with
+one torch thread, so serial, process-pool and Ray runs give identical numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokencodec.bench.executors import Executor, SerialExecutor
+from tokencodec.bench.store import RecordStore
+from tokencodec.observers.base import Observer, Prepared, Sample
+from tokencodec.observers.registry import ObserverSpec, observer_for
+from tokencodec.pipeline import PipelineError, PipelineSpec, run_point
+from tokencodec.provenance import provenance
+from tokencodec.rd.curve import Curve, OperatingPoint
+from tokencodec.rd.measures import lookup
+from tokencodec.rd.results import save_curve
+
+KEY_FIELDS = ("pipeline", "knob", "sample_digest", "config")
+TIMINGS = ("latency_s", "encoding_time", "decoding_time")
+CODEC_RATES = ("bytes", "bits", "bpp", "encoding_time", "decoding_time")
+
+
+class SweepError(RuntimeError):
+    """A point that failed; the message names the pipeline, the sample and the knob."""
+
+
+class UnavailableMeasureWarning(UserWarning):
+    """Some samples cannot have a measure (an image too small for MS-SSIM); the mean leaves them out."""
+
+
+@dataclass(frozen=True)
+class Job:
+    sample: Sample
+    todo: tuple[tuple[int, str], ...]   # (pipeline index, knob as JSON)
+
+
+class PreparedCache:
+    """Per-sample preparations: in memory, and on disk when a folder is given (torch.save)."""
+
+    def __init__(self, folder: str | Path | None = None):
+        self.folder = Path(folder) if folder else None
+        self.memory: dict[str, Prepared] = {}
+        self.misses = 0
+
+    def get(self, observer: Observer, sample: Sample) -> Prepared:
+        import torch
+
+        key = f"{observer.key()}-{sample.digest}"
+        if key in self.memory:
+            return self.memory[key]
+        path = self.folder / f"{key}.pt" if self.folder else None
+        if path is not None and path.exists():
+            prepared = torch.load(path, weights_only=False)
+        else:
+            self.misses += 1
+            prepared = observer.prepare(sample)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{id(self)}.tmp")
+                torch.save(prepared, tmp)
+                tmp.replace(path)
+        self.memory[key] = prepared
+        return prepared
+
+
+_CACHES: dict[str | None, PreparedCache] = {}
+
+
+def _cache(folder: str | None) -> PreparedCache:
+    if folder not in _CACHES:
+        _CACHES[folder] = PreparedCache(folder)
+    return _CACHES[folder]
+
+
+def run_job(observer: Observer | ObserverSpec, specs: Sequence[PipelineSpec], ids: Sequence[str], seed: int,
+            cache_dir: str | None, job: Job) -> tuple[list[dict[str, Any]], str | None]:
+    """The records of one job, and the error that stopped it (records before it are kept)."""
+    import torch
+
+    from tokencodec.tokens.compress import get_method
+
+    obs = observer_for(observer) if isinstance(observer, ObserverSpec) else observer
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    records: list[dict[str, Any]] = []
+    try:
+        cache = _cache(cache_dir)
+        prepared = cache.get(obs, job.sample)
+        methods: dict[int, Any] = {}
+        for i, knob_json in job.todo:
+            spec, knob = specs[i], json.loads(knob_json)
+            if spec.method and i not in methods:
+                methods[i] = get_method(spec.method, seed=seed, **spec.options)
+            try:
+                measured = run_point(obs, job.sample, spec, knob, prepared, methods.get(i))
+            except Exception as err:  # a failing point is reported with its coordinates; finished ones stay
+                if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                    raise
+                return records, f"{spec.label} on sample {job.sample.id!r} at {knob}: {type(err).__name__}: {err}"
+            records.append({"pipeline": spec.label, "knob": knob, "sample": job.sample.id,
+                            "sample_digest": job.sample.digest, "config": ids[i], **measured})
+    finally:
+        torch.set_num_threads(threads)
+    return records, None
+
+
+def data_identity(spec: dict[str, Any], samples: Sequence[Sample]) -> dict[str, Any]:
+    """What the curves were measured on, for the comparability checks of ``bd``, ``plot`` and reports."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(f"{s.id}\0{s.digest}\n".encode())
+    return {"spec": dict(spec), "items": [s.id for s in samples], "fingerprint": h.hexdigest()[:16]}
+
+
+def run_sweep(observer: Observer | ObserverSpec, samples: Sequence[Sample], specs: Sequence[PipelineSpec],
+              out_dir: str | Path, *, seed: int = 0, executor: Executor | None = None,
+              cache_dir: str | Path | None = None, data: dict[str, Any] | None = None,
+              config: dict[str, Any] | None = None,
+              on_progress: Callable[[int, int], None] | None = None) -> dict[str, Curve]:
+    """Run what is missing, then write ``<out_dir>/<label>.json`` for each pipeline; returns the curves."""
+    executor = executor or SerialExecutor()
+    obs = observer_for(observer) if isinstance(observer, ObserverSpec) else observer
+    if not isinstance(observer, ObserverSpec) and not isinstance(executor, SerialExecutor):
+        raise ValueError(f"the {executor.name} executor builds the observer in each worker: pass an ObserverSpec")
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise PipelineError(f"two pipelines share a label: {labels}; give one a 'name'")
+    for spec in specs:
+        spec.check(obs.runner)
+    if not samples:
+        raise PipelineError("no samples to run on")
+    out_dir = Path(out_dir)
+    required = (*obs.rates, "latency_s")
+    store = RecordStore(out_dir / "points.jsonl", KEY_FIELDS, required=required)
+    ids = [spec.config_id(obs.key(), seed) for spec in specs]
+    jobs = []
+    for sample in samples:
+        todo = tuple((i, json.dumps(k, sort_keys=True)) for i, spec in enumerate(specs) for k in spec.points()
+                     if (spec.label, k, sample.digest, ids[i]) not in store)
+        if todo:
+            jobs.append(Job(sample, todo))
+    total, done, errors = len(jobs), 0, []
+    if on_progress:
+        on_progress(0, total)
+
+    def finish(_: int, result: tuple[list[dict[str, Any]], str | None]) -> bool:
+        nonlocal done
+        records, error = result
+        store.append(records)  # on disk before the next job's result is looked at
+        done += 1
+        if on_progress:
+            on_progress(done, total)
+        if error:
+            errors.append(error)
+        return not errors
+
+    work = functools.partial(run_job, observer if isinstance(observer, ObserverSpec) else obs, tuple(specs), ids,
+                             seed, str(cache_dir) if cache_dir else None)
+    executor.run(work, jobs, finish)
+    if errors:
+        raise SweepError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+    identity = data_identity(data or {}, samples)
+    base = dict(config or {}, observer=_observer_json(observer, obs), data=identity, **executor.describe())
+    curves = {spec.label: build_curve(obs, spec, ids[i], samples, store, base, seed) for i, spec in enumerate(specs)}
+    for label, curve in curves.items():
+        save_curve(curve, out_dir / f"{file_name(label)}.json")
+    return curves
+
+
+def _observer_json(observer, obs: Observer) -> dict[str, Any]:
+    spec = observer if isinstance(observer, ObserverSpec) else ObserverSpec(obs.name or type(obs).__name__)
+    return {"name": spec.name, "options": spec.options, "key": obs.key()}
+
+
+def file_name(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_+.@" else "_" for c in label)
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def build_curve(observer: Observer, spec: PipelineSpec, cid: str, samples: Sequence[Sample], store: RecordStore,
+                config: dict[str, Any], seed: int) -> Curve:
+    """Per sample, then the mean over samples at each knob (CompressAI's averaging)."""
+    from tokencodec.codecs import get_codec
+    from tokencodec.tokens.compress import get_method
+
+    names = [*(CODEC_RATES if spec.codec else ()), *observer.rates, "latency_s", *observer.measures]
+    names = list(dict.fromkeys(names))
+    per_item: dict[str, dict[str, list[float]]] = {s.id: {m: [] for m in names} for s in samples}
+    unavailable = {s.id: why for s in samples if (why := observer.task.unavailable(s))}
+    points = []
+    for knob in spec.points():
+        values: dict[str, list[float]] = {m: [] for m in names}
+        for s in samples:
+            record = store.get((spec.label, knob, s.digest, cid))
+            for m in names:
+                v = record.get(m, math.nan)
+                values[m].append(v)
+                per_item[s.id][m].append(v)
+        points.append(OperatingPoint({m: _mean(v) for m, v in values.items()}, knob=knob[spec.knob]))
+    for metric in {m for why in unavailable.values() for m in why}:
+        warnings.warn(f"{spec.label}: {metric} is unavailable for {sum(metric in w for w in unavailable.values())} "
+                      f"of {len(samples)} samples (e.g. {next(w[metric] for w in unavailable.values() if metric in w)})"
+                      "; their mean leaves them out", UnavailableMeasureWarning, stacklevel=2)
+    libraries: dict[str, str] = {}
+    extra: dict[str, Any] = {"pipeline": spec.to_json(), "averaging": "per sample, then mean over samples"}
+    if spec.codec:
+        codec = get_codec(spec.codec)
+        libraries = codec.versions()
+        extra["codec"] = {"name": spec.codec, "settings": codec.settings(), "quality_meaning": codec.quality_meaning}
+    if spec.method:
+        method = get_method(spec.method, seed=seed, **spec.options)
+        extra["method"] = method.describe() if hasattr(method, "describe") else {
+            "name": spec.method, "options": spec.options, "stage": method.stage, "paper": method.paper}
+    if unavailable:
+        extra["unavailable"] = unavailable
+    what = " then ".join(x for x in (spec.codec, spec.method) if x)
+    return Curve(
+        name=spec.label, points=points, knob=spec.knob, measures={m: lookup(m) for m in names},
+        description=f"{what} judged by {observer.name}, {len(samples)} samples; latency_s is the pipeline plus the "
+                    "model after the compression point (the cached preparation is not timed)",
+        per_item=per_item, provenance=provenance(config={**config, **extra}, libraries=libraries, seed=seed))
+
+
+__all__ = ["Job", "KEY_FIELDS", "PreparedCache", "SweepError", "build_curve", "data_identity", "file_name",
+           "run_job", "run_sweep"]

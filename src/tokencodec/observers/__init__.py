@@ -1,0 +1,12 @@
+"""Observers: a task (samples, ground truth, scoring) judged through a runner (a model or the eye).
+
+Any observer judges any pipeline: pixel codecs hand decoded pixels to the runner, token methods act
+inside it. Importing this package registers every observer in ``OBSERVERS``.
+"""
+
+from tokencodec.observers import diagnostic, efficientnet, human  # noqa: F401  (fill the registry)
+from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
+from tokencodec.observers.registry import OBSERVERS, ObserverOptionError, ObserverSpec, observer_for, register_observer
+
+__all__ = ["OBSERVERS", "Observer", "ObserverOptionError", "ObserverSpec", "Prepared", "Runner", "Sample", "Task",
+           "content_digest", "observer_for", "register_observer"]

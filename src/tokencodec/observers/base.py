@@ -1,0 +1,122 @@
+"""Observers judge what a pipeline delivers. An observer is a **task** (its samples, their ground
+truth, how an output is scored) and a **runner** (the model, or the eye, that turns pixels into an
+output, with an optional token method acting inside it). Keeping the two apart is what lets any
+observer judge any pipeline: a pixel codec hands the runner decoded pixels, a token method acts
+inside the runner, and the task scores the output the same way in both cases.
+
+The expensive part that does not depend on the pipeline (the uncompressed reference output, and
+the encoder's tokens of the original pixels) is ``prepare``-d once per sample and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str                 # unique within a data set (a relative path, "test/3/colour", …)
+    digest: str             # content hash: records and cached encodings never outlive the content
+    image: np.ndarray       # H×W×3 uint8: what a pixel codec codes
+    payload: Any = None     # the task's own data (question, answer, masks…)
+
+
+def content_digest(array: np.ndarray, *extra: Any) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(array).tobytes())
+    h.update(repr((array.shape, str(array.dtype), *extra)).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Prepared:
+    """What a runner computes once per sample on the original pixels."""
+
+    reference: Any              # the uncompressed output (what ``agreement`` compares with)
+    tokens: Any = None          # the encoder's tokens, reused by pre-LLM methods when pixels are unchanged
+
+
+class Task(ABC):
+    """Samples, their ground truth, and the scoring of an output."""
+
+    measures: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def samples(self, **data: Any) -> list[Sample]: ...
+
+    @abstractmethod
+    def score(self, sample: Sample, output: Any, reference: Any) -> dict[str, float]:
+        """Distortions of one output; a measure that cannot be computed on this sample is left out."""
+
+    def unavailable(self, sample: Sample) -> dict[str, str]:
+        """Measures this sample cannot have, with the reason (e.g. an image too small for MS-SSIM)."""
+        return {}
+
+    def group(self, sample_id: str) -> str | None:
+        """The subgroup a sample is reported in (e.g. a question type); None: no per-group tables."""
+        return None
+
+
+class Runner(ABC):
+    """Turns pixels into an output, optionally with a token method acting inside the model."""
+
+    rates: ClassVar[tuple[str, ...]] = ()          # rates ``run`` reports (tokens, flops…)
+    stages: ClassVar[tuple[str, ...]] = ()         # method stages this runner can run
+
+    def key(self) -> str:
+        """Identifies the model and its configuration (for caches and record keys)."""
+        return type(self).__name__
+
+    @abstractmethod
+    def prepare(self, sample: Sample) -> Prepared: ...
+
+    @abstractmethod
+    def run(self, sample: Sample, image: np.ndarray, method, budget, prepared: Prepared,
+            pixels_changed: bool) -> tuple[Any, dict[str, float]]:
+        """(output, rates) for ``image`` (decoded pixels when a codec ran before) with ``method`` at
+        ``budget`` (both None: no token compression)."""
+
+    def supports(self, method_cls) -> str | None:
+        """None when the method can run here, else why not."""
+        if method_cls.stage in self.stages:
+            return None
+        return (f"it acts at stage {method_cls.stage!r}; this observer runs "
+                + (", ".join(repr(s) for s in self.stages) or "no token methods"))
+
+
+class Observer:
+    """A task judged through a runner; registered by name in ``OBSERVERS``."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, task: Task, runner: Runner):
+        self.task, self.runner = task, runner
+
+    @property
+    def measures(self) -> tuple[str, ...]:
+        return self.task.measures
+
+    @property
+    def rates(self) -> tuple[str, ...]:
+        return self.runner.rates
+
+    def key(self) -> str:
+        return f"{self.name}-{self.runner.key()}"
+
+    def samples(self, **data: Any) -> list[Sample]:
+        return self.task.samples(**data)
+
+    def prepare(self, sample: Sample) -> Prepared:
+        return self.runner.prepare(sample)
+
+    def observe(self, sample: Sample, image: np.ndarray, method, budget, prepared: Prepared,
+                pixels_changed: bool) -> dict[str, float]:
+        output, rates = self.runner.run(sample, image, method, budget, prepared, pixels_changed)
+        return {**rates, **self.task.score(sample, output, prepared.reference)}
+
+    def group(self, sample_id: str) -> str | None:
+        return self.task.group(sample_id)

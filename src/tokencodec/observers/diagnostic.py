@@ -1,0 +1,141 @@
+"""The diagnostic MLLM as a machine observer: procedural VQA (64×64 scenes, one-word answers)
+answered by a LLaVA-layout model trained here (see its MODEL_CARD.md).
+
+Every token method runs through the real LLaVA adapter, so in-LLM methods work too; their layers,
+given for LLaVA-1.5's 32-layer LLM, are mapped to this LLM's depth at the same relative depth
+(:func:`scaled_layers`). When a pixel codec ran first, the model sees the decoded 64×64 image.
+Distortions: ``accuracy`` (ground truth), ``agreement`` (same answer as the uncompressed model on
+the original image), ``object_recall`` / ``relevant_recall`` (share of the patches holding any
+object / the objects the answer depends on that some kept token stands for). Rates: visual tokens
+at the LLM's last layer, visual tokens averaged over layers, analytic prefill FLOPs (``macs2``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tokencodec.metrics.machine import recall
+from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
+from tokencodec.observers.registry import register_observer
+
+
+def scaled_layers(layers: Sequence[int], depth: int, reference_depth: int = 32) -> list[int]:
+    """Map a method's LLaVA-1.5 layers (of 32) onto an LLM of ``depth`` layers: same relative depth,
+    at least layer 1 (layer 0 must see every token to score them), strictly increasing, < depth."""
+    out: list[int] = []
+    for layer in layers:
+        k = max(1, round(layer * depth / reference_depth), (out[-1] + 1) if out else 1)
+        if k < depth:
+            out.append(k)
+    if not out:
+        raise ValueError(f"an LLM of {depth} layers is too shallow for pruning at layers {list(layers)}")
+    return out
+
+
+@dataclass
+class Answer:
+    logits: torch.Tensor            # over the answer vocabulary
+    covered: np.ndarray | None      # patches some kept token stands for (None: every patch)
+
+
+class VQATask(Task):
+    measures = ("accuracy", "agreement", "object_recall", "relevant_recall")
+
+    def __init__(self, answers: Sequence[str]):
+        self.answers = list(answers)
+
+    def samples(self, split: str = "test", n: int = 700, seed: int = 0, types: list[str] | None = None,
+                limit: int | None = None) -> list[Sample]:
+        from tokencodec.data.vqa import VQADataset
+
+        data = VQADataset(split, min(n, limit) if limit else n, seed, types)
+        return [Sample(f"{split}/{s.index}/{s.qtype}", content_digest(s.image, s.question), s.image, s) for s in data]
+
+    def score(self, sample, output: Answer, reference) -> dict[str, float]:
+        s = sample.payload
+        pred = int(output.logits.argmax())
+        covered = output.covered if output.covered is not None else np.ones_like(s.object_mask)
+        return {"accuracy": float(self.answers[pred] == s.answer),
+                "agreement": float(pred == int(reference.argmax())),
+                "object_recall": recall(covered, s.object_mask),
+                "relevant_recall": recall(covered, s.relevant_mask)}
+
+    def group(self, sample_id: str) -> str:
+        return sample_id.rsplit("/", 1)[-1]  # ids are split/index/question-type
+
+
+class DiagnosticRunner(Runner):
+    rates = ("tokens", "tokens_avg_layers", "flops")
+    stages = ("pre-llm", "llm")
+
+    def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa"):
+        from tokencodec.metrics.cost import MLLMShape
+        from tokencodec.models.diagnostic import WEIGHTS_DIR, DiagnosticMLLM
+
+        self.mllm = DiagnosticMLLM.from_pretrained(weights, attn_implementation=attn_implementation)
+        self.shape = MLLMShape.from_config(self.mllm.model.config)
+        self.depth = self.mllm.model.config.text_config.num_hidden_layers
+        folder = WEIGHTS_DIR if weights is None else weights
+        with open(f"{folder}/model.safetensors", "rb") as f:
+            self.weights_id = hashlib.sha256(f.read()).hexdigest()[:12]
+
+    def key(self) -> str:
+        return f"diagnostic-mllm-{self.weights_id}"
+
+    @torch.inference_mode()
+    def prepare(self, sample: Sample) -> Prepared:
+        logits = self.mllm.answer_logits([sample.image], [sample.payload.question])
+        return Prepared(reference=logits[0])
+
+    def _adapter_options(self, method) -> dict[str, Any]:
+        if method.stage != "llm":
+            return {}
+        layers = getattr(method, "layers", None) or (getattr(method, "layer", None),)
+        layers = [k for k in layers if k is not None]
+        if method.name == "sparsevlm":  # its layers are where it scores; it prunes the layer after each
+            return {"layers": [k - 1 for k in scaled_layers([k + 1 for k in layers], self.depth)]}
+        return {"layers": scaled_layers(layers, self.depth)}
+
+    @torch.inference_mode()
+    def run(self, sample, image, method, budget, prepared, pixels_changed):
+        from tokencodec.metrics.cost import prefill_flops, tokens_per_layer_summary
+        from tokencodec.models.llava import LlavaTokenCompression
+
+        s = sample.payload
+        kw = self.mllm.inputs([image], [s.question])
+        last = int(kw.pop("last")[0])
+        image_slots = int((kw["input_ids"][0] == self.mllm.model.config.image_token_id).sum())
+        text_tokens = int(kw["attention_mask"][0].sum()) - image_slots
+        if method is None:
+            logits = self.mllm.model(**kw).logits
+            answer, covered, per_layer = logits[0, last, self.mllm.answer_ids].float(), None, [image_slots] * self.depth
+        else:
+            with LlavaTokenCompression(self.mllm.model, method, budget, **self._adapter_options(method)) as patch:
+                logits = self.mllm.model(**kw).logits
+            slot = int((patch.sequence_index[0] == last).nonzero()[0, 0])  # logits are shorter after pruning
+            answer = logits[0, slot, self.mllm.answer_ids].float()
+            covered = patch.kept.source[0].any(0).reshape(s.object_mask.shape).numpy()
+            per_layer = patch.tokens_per_layer
+        summary = tokens_per_layer_summary(per_layer)
+        return Answer(answer, covered), {
+            "tokens": float(per_layer[-1]), "tokens_avg_layers": float(summary.avg),
+            "flops": float(prefill_flops(self.shape, per_layer, text_tokens).total)}
+
+
+@register_observer("diagnostic-mllm")
+class DiagnosticObserver(Observer):
+    """The diagnostic MLLM on its VQA test questions (see the module docstring)."""
+
+    task_class = VQATask
+    runner_stages = ("pre-llm", "llm")
+    runner_rates = ("tokens", "tokens_avg_layers", "flops")
+
+    def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa"):
+        runner = DiagnosticRunner(weights, attn_implementation)
+        super().__init__(VQATask(runner.mllm.answers), runner)

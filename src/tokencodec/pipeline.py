@@ -1,0 +1,148 @@
+"""Pipelines: a chain of modules, each with a knob, between the data and an observer.
+
+A module is a pixel codec at a quality (encode → real bytes → decode) or a token method at a
+keep ratio (acting inside the observer's model); a chain "codec, then token method" is allowed.
+Each module adds its rates to the operating point: a codec its ``bytes``, ``bits``, ``bpp`` and
+coding times; the token method's rates (tokens, tokens averaged over layers, FLOPs) come from the
+observer's runner, which is where the tokens exist.
+
+A :class:`PipelineSpec` sweeps one knob: a codec's qualities, or a method's keep ratios; a chain
+fixes the method's keep ratio (one spec per ratio) and sweeps the codec's qualities. So each spec
+is one RD curve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tokencodec.observers.base import Observer, Prepared, Sample
+
+
+class PipelineError(ValueError):
+    """A pipeline that cannot run: unknown module, knob out of range, or a module the observer cannot judge."""
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    codec: str | None = None
+    qualities: tuple[int, ...] = ()
+    method: str | None = None
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+    keep_ratios: tuple[float, ...] = ()
+    name: str | None = None               # label override
+
+    @property
+    def knob(self) -> str:
+        return "quality" if self.codec else "keep_ratio"
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        method = None
+        if self.method:
+            opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+            method = self.method + (f"({opts})" if opts else "")
+        if self.codec and method:
+            return f"{self.codec}+{method}@{self.keep_ratios[0]:g}"
+        return self.codec or method or "?"
+
+    def points(self) -> list[dict[str, float]]:
+        """The knob settings of this curve, from highest rate to lowest."""
+        if self.codec:
+            extra = {"keep_ratio": self.keep_ratios[0]} if self.method else {}
+            return [{"quality": int(q), **extra} for q in sorted(set(self.qualities), reverse=True)]
+        return [{"keep_ratio": float(r)} for r in sorted(set(self.keep_ratios), reverse=True)]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.codec:
+            out.update(codec=self.codec, qualities=sorted(set(self.qualities), reverse=True))
+        if self.method:
+            out.update(method=self.method, options=dict(self.options), keep_ratios=list(self.keep_ratios))
+        if self.name:
+            out["name"] = self.name
+        return out
+
+    def check(self, observer_runner=None) -> None:
+        """Refuse unknown codecs/methods/options and knobs out of range, before any work."""
+        from tokencodec.codecs import CODECS, CodecError, get_codec
+        from tokencodec.tokens.compress import METHODS, Budget, BudgetError, get_method
+
+        if not self.codec and not self.method:
+            raise PipelineError("a pipeline needs a codec, a method, or both")
+        if self.codec:
+            if self.codec not in CODECS:
+                raise PipelineError(f"unknown codec {self.codec!r}; known: {', '.join(CODECS.names())}")
+            if not self.qualities:
+                raise PipelineError(f"codec {self.codec!r}: give qualities (a non-empty list)")
+            codec = get_codec(self.codec)
+            try:
+                for q in self.qualities:
+                    codec.check_quality(q)
+            except CodecError as err:
+                raise PipelineError(str(err)) from None
+        if self.method:
+            if self.method not in METHODS:
+                raise PipelineError(f"unknown token method {self.method!r}; known: {', '.join(METHODS.names())}")
+            if not self.keep_ratios:
+                raise PipelineError(f"method {self.method!r}: give keep_ratios (a non-empty list in (0, 1])")
+            if self.codec and len(self.keep_ratios) != 1:
+                raise PipelineError(f"{self.codec} then {self.method}: a chain sweeps the codec's qualities at ONE "
+                                    f"keep ratio; got {list(self.keep_ratios)} (write one pipeline per ratio)")
+            try:
+                for r in self.keep_ratios:
+                    Budget(ratio=r)
+                get_method(self.method, **self.options)
+            except (BudgetError, ValueError, TypeError) as err:
+                raise PipelineError(f"method {self.method!r}: {err}") from None
+            if observer_runner is not None:
+                why = observer_runner.supports(METHODS.get(self.method))
+                if why:
+                    raise PipelineError(f"method {self.method!r} cannot run on this observer: {why}")
+
+    def config_id(self, observer_key: str, seed: int) -> str:
+        """Identifies everything that changes a record except the knob and the sample."""
+        from tokencodec.codecs import get_codec
+
+        settings = get_codec(self.codec).settings() if self.codec else None
+        text = json.dumps([observer_key, self.codec, settings, self.method, self.options, seed],
+                          sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_point(observer: Observer, sample: Sample, spec: PipelineSpec, knob: dict[str, float],
+              prepared: Prepared, method=None) -> dict[str, float]:
+    """Rates and distortions of one sample through the pipeline at one knob setting."""
+    from tokencodec.codecs import get_codec
+    from tokencodec.tokens.compress import Budget
+
+    rates: dict[str, float] = {}
+    image, changed = sample.image, False
+    t0 = time.perf_counter()
+    if spec.codec:
+        codec = get_codec(spec.codec)
+        t_enc = time.perf_counter()
+        data = codec.encode(sample.image, int(knob["quality"]))
+        t_dec = time.perf_counter()
+        image = codec.decode(data)
+        t_end = time.perf_counter()
+        h, w, _ = sample.image.shape
+        if image.shape != sample.image.shape:
+            raise PipelineError(f"{spec.codec} on {sample.id!r} at quality {knob['quality']}: decoded shape "
+                                f"{image.shape} differs from {sample.image.shape}")
+        rates.update(bytes=float(len(data)), bits=8.0 * len(data), bpp=8.0 * len(data) / (h * w),
+                     encoding_time=t_dec - t_enc, decoding_time=t_end - t_dec)
+        changed = not np.array_equal(image, sample.image)
+    budget = Budget(ratio=knob["keep_ratio"]) if spec.method else None
+    measured = observer.observe(sample, image, method, budget, prepared, changed)
+    return {**rates, **measured, "latency_s": time.perf_counter() - t0}
+
+
+__all__ = ["PipelineError", "PipelineSpec", "run_point"]
