@@ -4,8 +4,9 @@
     python benchmarks/token_sweep_cache.py --method pool-avg --samples 40
 
 Baseline: one evaluation of every sample with all tokens (encoder, then head), as a user would run
-the model once. Sweep: ``run_token_sweep`` over the same samples with 8 keep ratios, starting from
-an empty cache, so each sample is encoded once and the 8 budgets reuse it. The two are run
+the model once. Sweep: the sweep engine (``run_sweep``) over the same samples with 8 keep ratios,
+starting from an empty preparation cache, so each sample is encoded once and the 8 budgets reuse
+it. Both run with one torch thread (the engine runs every job on one thread). They are run
 alternately ``--rounds`` times; the ratio of medians is printed (target: ≤ 1.5).
 """
 
@@ -18,10 +19,11 @@ import time
 
 import torch
 
-from tokencodec.bench.observers import EfficientNetObserver
-from tokencodec.bench.token_sweep import EncodingCache, MethodSpec, run_token_sweep
+import tokencodec.bench.engine as engine
+from tokencodec.observers import ObserverSpec, observer_for
+from tokencodec.pipeline import PipelineSpec
 
-RATIOS = [1.0, 0.75, 0.5, 0.375, 0.25, 0.125, 0.0625, 0.03125]  # 8 budgets
+RATIOS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125, 0.0625, 0.03125)  # 8 budgets
 
 
 def main() -> None:
@@ -29,25 +31,23 @@ def main() -> None:
     parser.add_argument("--method", default="divprune")
     parser.add_argument("--samples", type=int, default=20, help="embedded photos, whole and 4 corner crops")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores); use 1 on "
-                        "a loaded machine, where waiting OpenMP threads stall")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)
 
-    observer = EfficientNetObserver()
-    samples = observer.samples("embedded", crops=4)[: args.samples]
+    observer = observer_for(ObserverSpec("efficientnet-lite0"))
+    samples = observer.samples(dataset="embedded", crops=4)[: args.samples]
     print(f"observer {observer.name}, {len(samples)} samples, method {args.method}, {len(RATIOS)} budgets "
-          f"{RATIOS}, {torch.get_num_threads()} threads")
+          f"{list(RATIOS)}, 1 torch thread")
 
     def full_evaluation() -> None:
         for s in samples:
-            encoded = observer.encode(s)  # the encoder and the head on all tokens
-            observer.judge(s, encoded.tokens, encoded.reference)
+            prepared = observer.prepare(s)  # the encoder, and the head on all tokens
+            observer.observe(s, s.image, None, None, prepared, pixels_changed=False)
 
     def sweep() -> None:
+        engine._CACHES.clear()  # every round starts from an empty cache
         with tempfile.TemporaryDirectory() as out:
-            run_token_sweep(observer, samples, [MethodSpec(args.method)], RATIOS, out, cache=EncodingCache(observer))
+            engine.run_sweep(observer, samples, [PipelineSpec(method=args.method, keep_ratios=RATIOS)], out)
 
     full_evaluation()  # warm-up: weights in cache, kernels chosen
     times: dict[str, list[float]] = {"full": [], "sweep": []}

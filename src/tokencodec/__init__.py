@@ -10,3 +10,14 @@ try:
     __version__ = version("tokencodec")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
+
+
+def compress(model, method, budget, **options):
+    """The token-compression adapter for ``model`` (picked from its class), as a context manager.
+
+    ``with tokencodec.compress(model, "divprune", Budget(ratio=0.25)) as patch: model(...)``; see
+    :mod:`tokencodec.models.adapters`. Imported lazily so that ``import tokencodec`` stays light.
+    """
+    from tokencodec.models.adapters import compress as _compress
+
+    return _compress(model, method, budget, **options)

@@ -109,7 +109,8 @@ def parse_study(raw: Any, source: str = "<study>") -> Study:
             if isinstance(m, str):
                 entries.append({"method": m, "keep_ratios": raw["keep_ratios"]})
             elif isinstance(m, dict) and "name" in m and set(m) <= {"name", "options"}:
-                entries.append({"method": m["name"], "options": m.get("options") or {}, "keep_ratios": raw["keep_ratios"]})
+                entries.append({"method": m["name"], "options": m.get("options") or {},
+                                "keep_ratios": raw["keep_ratios"]})
             else:
                 raise StudyError(f"{source}: a method is a name or {{name: ..., options: {{...}}}}, got {m!r}")
     if not entries:
@@ -135,25 +136,22 @@ def check_study(study: Study, source: str = "<study>") -> type:
         study.observer.check_data(study.data)
     except (UnknownNameError, ObserverOptionError) as err:
         raise StudyError(f"{source}: {err}") from None
-    runner_stages = getattr(cls, "runner_stages", None)
+    from tokencodec.tokens.compress import METHODS
+
     for i, p in enumerate(study.pipelines):
         try:
             p.check()
         except PipelineError as err:
             raise StudyError(f"{source}: pipelines[{i}]: {err}") from None
-        if p.method and runner_stages is not None:
-            from tokencodec.tokens.compress import METHODS
-
-            stage = METHODS.get(p.method).stage
-            if stage not in runner_stages:
-                raise StudyError(f"{source}: pipelines[{i}]: method {p.method!r} acts at stage {stage!r}; observer "
-                                 f"{study.observer.name!r} runs {', '.join(runner_stages) or 'no token methods'}")
+        why = cls.method_support(METHODS.get(p.method)) if p.method else None
+        if why:
+            raise StudyError(f"{source}: pipelines[{i}]: method {p.method!r} cannot run on this observer: {why}")
     labels = [p.label for p in study.pipelines]
     if len(set(labels)) != len(labels):
         raise StudyError(f"{source}: two pipelines share a label ({labels}); give one a 'name'")
     if study.anchor not in labels:
         raise StudyError(f"{source}: anchor {study.anchor!r} is not among the pipelines {labels}")
-    known = set(cls.task_class.measures) | set(getattr(cls, "runner_rates", ()))
+    known = set(cls.task_class.measures) | set(cls.runner_rates)
     known |= {"bpp", "bits", "bytes"} if any(p.codec for p in study.pipelines) else set()
     bad = [m for m in study.metrics if m not in known]
     if bad:

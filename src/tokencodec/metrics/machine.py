@@ -9,7 +9,6 @@ can leave accuracy unchanged while the model's answers move.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import Tensor
 
 

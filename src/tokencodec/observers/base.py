@@ -92,6 +92,17 @@ class Observer:
     """A task judged through a runner; registered by name in ``OBSERVERS``."""
 
     name: ClassVar[str] = ""
+    task_class: ClassVar[type[Task] | None] = None     # for checks made before any model is loaded
+    runner_stages: ClassVar[tuple[str, ...]] = ()
+    runner_rates: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def method_support(cls, method_cls) -> str | None:
+        """None when the method can run on this observer, else why not (checked without a model)."""
+        if method_cls.stage in cls.runner_stages:
+            return None
+        return (f"it acts at stage {method_cls.stage!r}; observer {cls.name!r} runs "
+                + (", ".join(repr(s) for s in cls.runner_stages) or "no token methods"))
 
     def __init__(self, task: Task, runner: Runner):
         self.task, self.runner = task, runner

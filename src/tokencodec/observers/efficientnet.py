@@ -63,11 +63,7 @@ class EfficientNetRunner(Runner):
         return f"efficientnet-lite0-{self.size}"
 
     def supports(self, method_cls) -> str | None:
-        from tokencodec.models.efficientnet_lite0 import supports
-
-        if supports(method_cls):
-            return None
-        return f"it acts at stage {method_cls.stage!r} or needs signals {list(method_cls.needs)} a CNN has not"
+        return EfficientNetObserver.method_support(method_cls)
 
     @torch.inference_mode()
     def _tokens(self, image: np.ndarray):
@@ -99,6 +95,15 @@ class EfficientNetObserver(Observer):
     task_class = ClassifierAgreement
     runner_stages = ("pre-llm",)
     runner_rates = ("tokens",)
+
+    @classmethod
+    def method_support(cls, method_cls) -> str | None:
+        from tokencodec.models.efficientnet_lite0 import supports
+
+        if supports(method_cls):
+            return None
+        return (f"it acts at stage {method_cls.stage!r} or needs signals {list(method_cls.needs)} that a CNN "
+                "feature map does not have")
 
     def __init__(self, size: int = 224, weights: str | None = None):
         super().__init__(ClassifierAgreement(), EfficientNetRunner(size, weights))

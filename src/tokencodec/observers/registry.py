@@ -48,6 +48,10 @@ class ObserverSpec:
 
     def check_data(self, data: dict[str, Any]) -> None:
         cls = self.check()
+        for key in ("limit", "n"):
+            value = data.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ObserverOptionError(f"data of observer {self.name!r}: {key}={value!r}; allowed: an integer >= 1")
         task_cls = getattr(cls, "task_class", None)
         if task_cls is not None:
             _check_kwargs(task_cls.samples, data, f"data of observer {self.name!r}")

@@ -1,0 +1,93 @@
+"""The observers: the diagnostic MLLM runs pre-LLM and in-LLM methods through the LLaVA adapter and
+judges decoded pixels; EfficientNet-Lite0 judges real photos; every observer takes every codec."""
+
+import pytest
+import torch
+
+from tokencodec.bench.engine import run_sweep
+from tokencodec.observers import OBSERVERS, ObserverSpec, observer_for
+from tokencodec.observers.diagnostic import DiagnosticObserver, scaled_layers
+from tokencodec.pipeline import PipelineError, PipelineSpec
+from tokencodec.tokens.compress import METHODS
+
+
+@pytest.fixture(scope="module")
+def diagnostic(tmp_path_factory):
+    from tokencodec.models.diagnostic import DiagnosticMLLM, build_diagnostic_model, build_tokenizer
+
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("tiny-diagnostic")
+    tokenizer = build_tokenizer()
+    model = build_diagnostic_model(tokenizer, vision_hidden=32, vision_layers=2, vision_intermediate=64,
+                                   text_hidden=32, text_layers=4, text_intermediate=64)
+    DiagnosticMLLM(model, tokenizer).save_pretrained(folder)  # random weights: fidelity, not accuracy, is tested
+    return DiagnosticObserver(weights=str(folder))
+
+
+def test_scaled_layers():
+    assert scaled_layers([2], 32) == [2]
+    assert scaled_layers([2, 6, 15], 4) == [1, 2, 3]   # SparseVLM on a 4-layer LLM
+    assert scaled_layers([8, 16, 24], 4) == [1, 2, 3]  # PyramidDrop
+    with pytest.raises(ValueError, match="too shallow"):
+        scaled_layers([2], 1)
+
+
+def test_every_method_the_mllm_takes_runs_through_the_llava_adapter(diagnostic, tmp_path):
+    samples = diagnostic.samples(split="test", n=7)  # one sample of each question type
+    assert len({s.payload.qtype for s in samples}) == 7
+    names = [n for n in METHODS if DiagnosticObserver.method_support(METHODS.get(n)) is None]
+    assert {"sparsevlm", "dart", "prumerge+", "pool-resize", "fastv"} <= set(names) and "tome" not in names
+    curves = run_sweep(diagnostic, samples, [PipelineSpec(method=n, keep_ratios=(1.0, 0.25)) for n in names], tmp_path)
+    assert {diagnostic.group(s.id) for s in samples} == {s.payload.qtype for s in samples}
+    for name, curve in curves.items():
+        full, small = curve.points
+        assert full["object_recall"] == 1.0, name
+        if not name.startswith("prumerge"):  # PruMerge merges neighbours into kept tokens even at keep 100 %
+            assert full["agreement"] == 1.0, name  # all tokens: the same answers
+        assert full["tokens"] == 64 and full["tokens_avg_layers"] == 64
+        assert small["flops"] < full["flops"], name
+    assert curves["random"].points[1]["tokens"] == 16
+    fastv = curves["fastv"].points[1]
+    assert fastv["tokens"] == 16 and 16 < fastv["tokens_avg_layers"] < 64  # layer 0 sees all 64
+    assert curves["random"].points[1]["object_recall"] < 1.0  # a quarter of the patches loses objects
+
+
+def test_the_mllm_judges_decoded_pixels_of_every_codec(diagnostic, tmp_path):
+    from tokencodec.codecs import CODECS, get_codec
+
+    samples = diagnostic.samples(split="test", n=3)
+    specs = [PipelineSpec(codec=c, qualities=(get_codec(c).quality_range[0], get_codec(c).quality_range[1]))
+             for c in CODECS]
+    curves = run_sweep(diagnostic, samples, specs, tmp_path)
+    for name, curve in curves.items():
+        best, worst = curve.points  # highest quality first
+        assert worst["bpp"] < best["bpp"], name
+        assert best["tokens"] == 64 and best["object_recall"] == 1.0  # no token method: every patch is seen
+    assert set(curves["jpeg"].measures) >= {"bpp", "bits", "bytes", "accuracy", "agreement", "flops"}
+
+
+def test_methods_an_observer_cannot_run_are_refused(diagnostic, tmp_path):
+    with pytest.raises(PipelineError, match="stage 'vision-encoder'"):
+        run_sweep(diagnostic, diagnostic.samples(split="test", n=1), [PipelineSpec(method="tome", keep_ratios=(0.5,))],
+                  tmp_path)
+    human = observer_for(ObserverSpec("human"))
+    with pytest.raises(PipelineError, match="no token methods"):
+        run_sweep(human, human.samples(dataset="embedded", limit=1), [PipelineSpec(method="random",
+                                                                                   keep_ratios=(0.5,))], tmp_path)
+
+
+def test_efficientnet_observer_on_real_photos(tmp_path):
+    obs = observer_for(ObserverSpec("efficientnet-lite0"))
+    samples = obs.samples(dataset="embedded", limit=2, crops=1)
+    assert [s.id for s in samples] == ["astronaut/full", "astronaut/tl", "chelsea/full", "chelsea/tl"]
+    curves = run_sweep(obs, samples, [PipelineSpec(method="random", keep_ratios=(1.0, 0.125)),
+                                      PipelineSpec(codec="jpeg", qualities=(95, 5))], tmp_path)
+    full = curves["random"].points[0]
+    assert full["top1_agreement"] == 1.0 and full["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert curves["random"].points[1]["tokens"] == 6.0  # round(49 × 0.125)
+    jpeg = curves["jpeg"]
+    assert jpeg.points[1]["kl"] > jpeg.points[0]["kl"] > 0  # quality 5 moves the classifier more than 95
+
+
+def test_registry_lists_the_observers():
+    assert {"human", "efficientnet-lite0", "diagnostic-mllm"} <= set(OBSERVERS.names())
