@@ -27,15 +27,16 @@ def sweep(folder, tmp_path_factory):
     return out, result.output
 
 
-@pytest.mark.parametrize("command", [[], ["codecs"], ["bd"], ["plot"], ["methods"], ["version"]])
+@pytest.mark.parametrize("command", [[], ["codecs"], ["bd"], ["plot"], ["methods"], ["version"], ["study"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
+    assert "<bool>" not in result.output  # flags read as flags, like any CLI
 
 
 def test_codecs_writes_results_plot_and_bd_tables(sweep):
     out, output = sweep
-    assert {p.name for p in out.iterdir()} >= {"jpeg.json", "webp.json", "rd.png", "bd.md", "bd.csv", "points"}
+    assert {p.name for p in out.iterdir()} >= {"jpeg.json", "webp.json", "rd.png", "bd.md", "bd.csv", "points.jsonl"}
     assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "bd.md").read_text()
     assert "| webp | jpeg | psnr-rgb | pchip |" in md and "BD-against jpeg" not in md
@@ -106,11 +107,15 @@ def test_list_codecs():
 def test_methods_lists_every_method_with_its_properties():
     from tokencodec.tokens.compress import METHODS
 
-    result = runner.invoke(app, ["methods"], env={"COLUMNS": "250"})
+    result = runner.invoke(app, ["methods"])  # not a terminal: complete tab-separated lines, nothing cut
     assert result.exit_code == 0
-    for name in METHODS:
-        assert f" {name} " in result.output
+    rows = [line.split("\t") for line in result.output.splitlines()]
+    assert rows[0][:3] == ["method", "acts", "guided by"]
+    assert {r[0] for r in rows[1:]} == set(METHODS)  # "pyramiddrop" in full, not "pyramid…"
+    assert ["visionzip", "pre-llm"] == rows[1:][sorted(METHODS).index("visionzip")][:2]
     assert "arXiv 2412.04467" in result.output  # VisionZip
+    listed = json.loads(runner.invoke(app, ["methods", "--json"]).output)
+    assert {m["method"] for m in listed} == set(METHODS) and all("stage" in m for m in listed)
 
 
 def test_methods_matrix_is_markdown_with_a_row_per_method():
@@ -119,3 +124,67 @@ def test_methods_matrix_is_markdown_with_a_row_per_method():
     lines = runner.invoke(app, ["methods", "--matrix"]).output.splitlines()
     assert lines[0].startswith("| method | stage | CLIP tower")
     assert len(lines) == 2 + len(METHODS)
+
+
+def _results(path, name, dataset, items, bpp_scale=1.0):
+    from tokencodec.rd import Curve, save_curve
+
+    bpp = np.array([0.25, 0.5, 1.0, 2.0]) * bpp_scale
+    curve = Curve.from_columns(name, {"bpp": bpp, "psnr-rgb": 30 + 4 * np.log2(bpp / bpp_scale)}, provenance={
+        "config": {"data": {"spec": {"dataset": dataset}, "items": items, "fingerprint": dataset[:4]}}})
+    return save_curve(curve, path / f"{name}.json")
+
+
+KODAK = [f"kodim{i:02d}" for i in range(1, 25)]
+
+
+def test_bd_and_plot_refuse_curves_measured_on_different_data(tmp_path):
+    a = _results(tmp_path, "jpeg", "kodak", KODAK)
+    b = _results(tmp_path, "avif", "embedded", ["astronaut", "chelsea", "coffee", "rocket"], 0.8)
+    for command in (["bd", str(a), str(b)], ["plot", str(a), str(b), "-o", str(tmp_path / "p.png")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert "jpeg.json: kodak (24 items) vs" in text and "avif.json: embedded (4 items)" in text
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "p.png").exists()
+    result = runner.invoke(app, ["bd", str(a), str(b), "--allow-mismatch"])
+    assert result.exit_code == 0 and "warning:" in result.output and "-20.00%" in result.output
+    assert "status     ok" in result.output
+    result = runner.invoke(app, ["plot", str(a), str(b), "--allow-mismatch", "--title", "mixed",
+                                 "-o", str(tmp_path / "p.png")])
+    assert result.exit_code == 0 and "warning:" in result.output and (tmp_path / "p.png").exists()
+
+
+def test_bd_exits_3_when_the_curves_do_not_overlap(tmp_path):
+    a = _results(tmp_path, "jpeg", "kodak", KODAK)
+    far = _results(tmp_path, "far", "kodak", KODAK, 100.0)  # the same PSNRs at 100× the rate
+    result = runner.invoke(app, ["bd", str(a), str(far)])
+    assert result.exit_code == 3, result.output
+    assert "status     no-overlap" in result.output and "no overlap" in result.output
+    assert "exit" in runner.invoke(app, ["bd", "--help"]).output  # the exit codes are documented
+
+
+def test_plot_title_defaults_to_the_data_set(tmp_path, monkeypatch):
+    from tokencodec.bench.report import plots
+
+    seen = {}
+    real = plots.plot_panels
+
+    def spy(curves, rate, metrics, *, title=None, dataset=None):
+        seen["title"] = title
+        return real(curves, rate, metrics, title=title, dataset=dataset)
+
+    monkeypatch.setattr(plots, "plot_panels", spy)
+    a, b = _results(tmp_path, "jpeg", "kodak", KODAK), _results(tmp_path, "webp", "kodak", KODAK, 0.9)
+    assert runner.invoke(app, ["plot", str(a), str(b), "-o", str(tmp_path / "p.png")]).exit_code == 0
+    assert seen["title"] == "kodak (24 items)"
+    assert runner.invoke(app, ["plot", str(a), "--title", "mine", "-o", str(tmp_path / "q.png")]).exit_code == 0
+    assert seen["title"] == "mine"
+
+
+def test_bd_prints_overlap_and_status(sweep):
+    out, _ = sweep
+    result = runner.invoke(app, ["bd", str(out / "jpeg.json"), str(out / "webp.json")])
+    assert result.exit_code == 0 and "overlap" in result.output and "status" in result.output
+    assert "warning" not in result.output  # one sweep: the same data

@@ -151,9 +151,13 @@ def codecs(
             curves = run_sweep(observer, samples, specs, out, executor=executor, data=data,
                                config={"dataset": dataset, "limit": limit},
                                on_progress=lambda d, t: progress.update(task, completed=d, total=t))
+        import csv
+
         from tokencodec.bench.report import write_codec_report
 
         paths = write_codec_report(curves, out, anchor)
+        header, *rows = csv.reader(paths["csv"].read_text(encoding="utf-8").splitlines())
+        _print_table(header, rows, title=f"BD against {anchor}")
     except SweepError as err:
         console.print(f"[bold red]failed:[/] {err}", highlight=False)
         raise typer.Exit(code=EXIT_FAILED) from None
@@ -177,27 +181,46 @@ def bd(
     = "psnr-rgb",
     rate: Annotated[str, typer.Option(help="rate measure, e.g. bpp, tokens, flops")] = "bpp",
     method: Annotated[str, typer.Option(help="interpolation: pchip or akima")] = "pchip",
-    linear_rate: Annotated[bool, typer.Option(help="linear rate axis (token counts)")] = False,
-    monotonic: Annotated[bool, typer.Option(help="fit monotonic curves first (noisy data)")] = False,
+    linear_rate: Annotated[bool | None, typer.Option("--linear-rate/--log-rate",
+            help="rate axis; default: log for bpp, bits, bytes; linear for counts (tokens, flops, ...)")]
+    = None,
+    monotonic: Annotated[bool | None, typer.Option("--monotonic/--no-monotonic",
+            help="fit monotonic curves first; default: yes for machine metrics (accuracy, agreement, kl, ...), "
+                 "no for psnr, ms-ssim")]
+    = None,
+    allow_mismatch: Annotated[bool, typer.Option("--allow-mismatch",
+            help="compare curves measured on different data (a warning instead of an error)")] = False,
 ) -> None:
-    """BD-rate and BD-quality of TEST against ANCHOR from any two results files."""
-    from tokencodec.rd import BDOverlapWarning, bd_quality, bd_rate, load_curve
+    """BD-rate and BD-quality of TEST against ANCHOR from any two results files.
+
+    Exit codes: 0 BD values printed; 2 bad input, or the files were measured on different data (see
+    --allow-mismatch); 3 the curves do not overlap, no BD value.
+    """
+    from tokencodec.bench.report.tables import bd_row
+    from tokencodec.rd import DataMismatchWarning, check_comparable, load_curve
 
     try:
         a, b = load_curve(anchor), load_curve(test)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", BDOverlapWarning)
-            kw = dict(method=method, linear_rate=linear_rate, monotonic=monotonic)
-            r = bd_rate(a, b, rate, metric, **kw)
-            q = bd_quality(a, b, rate, metric, **kw)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataMismatchWarning)
+            check_comparable({str(anchor): a, str(test): b}, allow_mismatch=allow_mismatch)
+        row = bd_row(a, b, metric, rate, linear_rate=linear_rate, monotonic=monotonic, method=method)
     except _user_errors() as err:
         raise _fail(str(err)) from None
-    console.print(f"{b.name} vs {a.name} on {metric} over {rate} ({method}"
-                  f"{', linear rate' if linear_rate else ''}{', monotonic' if monotonic else ''}):")
+    for w in caught:
+        if issubclass(w.category, DataMismatchWarning):
+            console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+    if row.error:
+        raise _fail(row.error)
+    r, q = row.bd_rate, row.bd_quality
+    console.print(f"{b.name} vs {a.name} on {metric} over {rate} ({row.fit}):")
     console.print(f"  BD-rate    {r}" + (f"  ({r.absolute:+.4g} {rate})" if r.absolute is not None else ""))
     console.print(f"  BD-quality {q}")
     console.print(f"  overlap    {r.overlap:.0%} of the {metric} range, {q.overlap:.0%} of the {rate} range"
                   + ("  [yellow](below 75 %)[/]" if min(r.overlap, q.overlap) < 0.75 else ""))
+    console.print(f"  status     {row.status}")
+    if row.status == "no-overlap":
+        raise typer.Exit(code=EXIT_NO_OVERLAP)
 
 
 @app.command()
@@ -206,16 +229,31 @@ def plot(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write")] = Path("rd.png"),
     rate: Annotated[str, typer.Option(help="rate measure on x")] = "bpp",
     metric: Annotated[list[str] | None, typer.Option(help="quality measure (repeat for panels)")] = None,
+    title: Annotated[str | None, typer.Option(help="figure title; default: the data set")] = None,
+    allow_mismatch: Annotated[bool, typer.Option("--allow-mismatch",
+            help="plot curves measured on different data (a warning instead of an error)")] = False,
 ) -> None:
-    """RD plot of any results files."""
-    from tokencodec.bench.plot import plot_rd
-    from tokencodec.rd import load_curve
+    """RD plot of any results files (exit code 2: bad input, or files measured on different data)."""
+    from tokencodec.bench.report.plots import plot_panels
+    from tokencodec.io import write_bytes_atomic
+    from tokencodec.rd import DataMismatchWarning, check_comparable, load_curve
 
     try:
-        curves = [load_curve(f) for f in files]
-        path = plot_rd(curves, out, rate=rate, metrics=metric or ("psnr-rgb", "ms-ssim-rgb"))
-    except _user_errors() as err:
+        files_curves = {str(f): load_curve(f) for f in files}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataMismatchWarning)
+            identity = check_comparable(files_curves, allow_mismatch=allow_mismatch)
+        curves = {}
+        for name, curve in files_curves.items():
+            curves[curve.name if curve.name not in curves else f"{curve.name} ({name})"] = curve
+        png = plot_panels(curves, rate, metric or ("psnr-rgb", "ms-ssim-rgb"),
+                          title=title or (str(identity) if identity.known else None))
+        path = write_bytes_atomic(out, png)
+    except (ValueError, *_user_errors()) as err:
         raise _fail(str(err)) from None
+    for w in caught:
+        if issubclass(w.category, DataMismatchWarning):
+            console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
     console.print(f"wrote {path}")
 
 

@@ -121,6 +121,7 @@ def run_point(observer: Observer, sample: Sample, spec: PipelineSpec, knob: dict
               prepared: Prepared, method=None) -> dict[str, float]:
     """Rates and distortions of one sample through the pipeline at one knob setting."""
     from tokencodec.codecs import get_codec
+    from tokencodec.codecs.payload import payload_bytes
     from tokencodec.tokens.compress import Budget
 
     rates: dict[str, float] = {}
@@ -137,7 +138,9 @@ def run_point(observer: Observer, sample: Sample, spec: PipelineSpec, knob: dict
         if image.shape != sample.image.shape:
             raise PipelineError(f"{spec.codec} on {sample.id!r} at quality {knob['quality']}: decoded shape "
                                 f"{image.shape} differs from {sample.image.shape}")
+        payload = payload_bytes(spec.codec, data)
         rates.update(bytes=float(len(data)), bits=8.0 * len(data), bpp=8.0 * len(data) / (h * w),
+                     payload_bytes=float(payload), payload_bpp=8.0 * payload / (h * w),
                      encoding_time=t_dec - t_enc, decoding_time=t_end - t_dec)
         changed = not np.array_equal(image, sample.image)
     budget = Budget(ratio=knob["keep_ratio"]) if spec.method else None

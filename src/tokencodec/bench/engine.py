@@ -34,7 +34,7 @@ from tokencodec.rd.results import save_curve
 
 KEY_FIELDS = ("pipeline", "knob", "sample_digest", "config")
 TIMINGS = ("latency_s", "encoding_time", "decoding_time")
-CODEC_RATES = ("bytes", "bits", "bpp", "encoding_time", "decoding_time")
+CODEC_RATES = ("bytes", "bits", "bpp", "payload_bytes", "payload_bpp", "encoding_time", "decoding_time")
 
 
 class SweepError(RuntimeError):
@@ -208,11 +208,15 @@ def build_curve(observer: Observer, spec: PipelineSpec, cid: str, samples: Seque
     names = list(dict.fromkeys(names))
     per_item: dict[str, dict[str, list[float]]] = {s.id: {m: [] for m in names} for s in samples}
     unavailable = {s.id: why for s in samples if (why := observer.task.unavailable(s))}
+    records = {(tuple(sorted(k.items())), s.digest): store.get((spec.label, k, s.digest, cid))
+               for k in spec.points() for s in samples}
+    names = [m for m in names if any(m in r for r in records.values())]  # e.g. a rate older records lack
+    per_item = {s.id: {m: [] for m in names} for s in samples}
     points = []
     for knob in spec.points():
         values: dict[str, list[float]] = {m: [] for m in names}
         for s in samples:
-            record = store.get((spec.label, knob, s.digest, cid))
+            record = records[(tuple(sorted(knob.items())), s.digest)]
             for m in names:
                 v = record.get(m, math.nan)
                 values[m].append(v)

@@ -8,6 +8,13 @@ from tokencodec.rd.bd import (
     bd_rate,
     bd_rate_arrays,
 )
+from tokencodec.rd.comparable import (
+    DataIdentity,
+    DataMismatchError,
+    DataMismatchWarning,
+    check_comparable,
+    data_identity,
+)
 from tokencodec.rd.curve import Curve, OperatingPoint
 from tokencodec.rd.lagrangian import LambdaInterval, lagrangian_choice, lagrangian_cost, lambda_intervals
 from tokencodec.rd.measures import KNOWN, Measure, lookup
@@ -18,5 +25,6 @@ __all__ = [
     "BDOverlapWarning", "BDResult", "bd_quality", "bd_quality_arrays", "bd_rate", "bd_rate_arrays",
     "Curve", "OperatingPoint", "LambdaInterval", "lagrangian_choice", "lagrangian_cost", "lambda_intervals",
     "KNOWN", "Measure", "lookup", "pareto_front", "ResultsFileError", "curve_from_json", "curve_to_json",
-    "load_curve", "save_curve",
+    "load_curve", "save_curve", "DataIdentity", "DataMismatchError", "DataMismatchWarning", "check_comparable",
+    "data_identity",
 ]

@@ -34,6 +34,8 @@ KNOWN: dict[str, Measure] = dict([
     _m("bpp", "bit/pixel", False, "rate", "bits of the real bitstream per image pixel"),
     _m("bits", "bit", False, "rate", "size of the real bitstream"),
     _m("bytes", "byte", False, "rate", "size of the real bitstream"),
+    _m("payload_bytes", "byte", False, "rate", "coded image data of the bitstream, container and tables left out"),
+    _m("payload_bpp", "bit/pixel", False, "rate", "payload bits per image pixel (container and tables left out)"),
     _m("tokens", "token", False, "rate", "visual tokens reaching the LLM (or the head)"),
     _m("tokens_avg_layers", "token", False, "rate", "visual tokens averaged over LLM layers"),
     _m("flops", "FLOP", False, "rate", "analytic FLOPs; the convention is stated in provenance"),
