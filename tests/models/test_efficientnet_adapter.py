@@ -24,7 +24,7 @@ def images():
 
 
 def test_supported_methods_are_the_feature_only_ones():
-    assert supported_methods() == ["divprune", "pool-avg", "pool-resize", "random"]
+    assert supported_methods() == ["divprune", "pool-avg", "pool-resize", "random", "token-norm"]
 
 
 @pytest.mark.parametrize("method", ["random", "divprune"])

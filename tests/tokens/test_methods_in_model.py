@@ -177,9 +177,11 @@ def test_parse_r():
 
 def test_tome_budget_errors():
     batch = TokenBatch.from_grid(torch.randn(1, 9, 2), keys=torch.randn(1, 9, 2))
-    for bad in (Budget(r=5), Budget(r=-1), Budget(keep=4)):
+    for bad in (Budget(r=5), Budget(keep=4)):
         with pytest.raises(BudgetError, match=r"\[0, 4\]"):
             ToMe()(batch, bad)
+    with pytest.raises(BudgetError, match=r"r=-1 is outside the allowed range"):   # refused before any method sees it
+        Budget(r=-1)
     assert ToMe()(batch, Budget(r=0)) is batch
     with pytest.raises(ValueError, match="keys"):
         ToMe()(TokenBatch.from_grid(torch.randn(1, 4, 2)), Budget(r=1))

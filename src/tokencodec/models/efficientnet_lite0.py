@@ -219,7 +219,7 @@ class EfficientNetTokenCompression(ModelPatch):
             raise ValueError(f"method {self.method.name!r} needs {list(self.method.needs) or 'a ViT'} "
                              f"(stage {self.method.stage}); EfficientNet-Lite0 tokens have no attention or keys. "
                              f"Supported here: {', '.join(supported_methods())}")
-        self.budget = budget
+        self.budget = Budget.coerce(budget)
         self.last_batch: TokenBatch | None = None
 
     def _install(self) -> None:

@@ -130,12 +130,6 @@ def method_signals(method: TokenMethod) -> tuple[str, ...]:
     return needs
 
 
-def as_budget(budget: Budget | int | float) -> Budget:
-    if isinstance(budget, Budget):
-        return budget
-    return Budget(keep=budget) if isinstance(budget, int) else Budget(ratio=budget)
-
-
 # -- signals: pure functions of the last block's qkv output --------------------------------------
 
 def split_qkv(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor]:
@@ -248,7 +242,7 @@ class Qwen2VLTokenCompression(ModelPatch):
         super().__init__(model)
         self.method = get_method(method) if isinstance(method, str) else method
         self.signals = method_signals(self.method)
-        self.budget = as_budget(budget)
+        self.budget = Budget.coerce(budget)
         self.rope_keys = rope_keys
         attn = self.visual.blocks[-1].attn
         self._heads = attn.num_heads

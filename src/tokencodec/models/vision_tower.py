@@ -274,8 +274,7 @@ class VisionTokenCompressor(SignalCapture):
                              "runs 'pre-llm' methods (ToMeVisionPatch for ToMe, an LLM adapter for 'llm')")
         super().__init__(model, layer, method_signals(method, resolve_tower(model)), signal_layer)
         self.method = method
-        self.budget = budget if isinstance(budget, Budget) else (
-            Budget(keep=budget) if isinstance(budget, int) else Budget(ratio=budget))
+        self.budget = Budget.coerce(budget)
         self.last_batch: TokenBatch | None = None
 
     def _install(self) -> None:

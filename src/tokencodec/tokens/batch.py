@@ -9,10 +9,26 @@ zero features, zero size, no source patches and position −1.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
+
+
+def _positive_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= 1
+
+
+def _is_float(t: Tensor) -> bool:
+    return t.dtype.is_floating_point
+
+
+def _check(t, name: str, shape: tuple[int, ...], dims: str, kind: str, dtype_ok: bool) -> None:
+    """A one-line error naming the field, its shape and dtype, and what is expected."""
+    if not isinstance(t, Tensor) or tuple(t.shape) != shape or not dtype_ok:
+        got = f"shape {tuple(t.shape)} ({t.dtype})" if isinstance(t, Tensor) else f"type {type(t).__name__}"
+        raise ValueError(f"TokenBatch.{name} has {got}, expected [{dims}] {kind}")
 
 
 @dataclass
@@ -20,7 +36,7 @@ class TokenBatch:
     features: Tensor                      # [B, N, D]
     grid: tuple[int, int]                 # (h, w) of the original patch grid
     frames: int = 1                       # t for video; the original token count is t·h·w
-    cls: Tensor | None = None             # [B, D], kept apart from the patch tokens
+    cls: Tensor | None = None             # [B, D'], kept apart from the patch tokens (D' may differ from D)
     sizes: Tensor | None = None           # [B, N] float: original patches each token stands for
     source: Tensor | None = None          # [B, N, N0] bool: original patches feeding each token
     positions: Tensor | None = None       # [B, N] long: raster index of each token's own patch
@@ -30,15 +46,42 @@ class TokenBatch:
 
     def __post_init__(self) -> None:
         if self.features.dim() != 3:
-            raise ValueError(f"features must be [B, N, D], got shape {tuple(self.features.shape)}")
-        b, n, _ = self.features.shape
+            raise ValueError(f"TokenBatch.features has shape {tuple(self.features.shape)}, expected [B, N, D]")
+        if (not isinstance(self.grid, tuple | list) or len(self.grid) != 2
+                or not all(_positive_int(g) for g in self.grid)):
+            raise ValueError(f"TokenBatch.grid is {self.grid!r}, expected (h, w): two positive ints")
+        if not _positive_int(self.frames):
+            raise ValueError(f"TokenBatch.frames is {self.frames!r}, expected a positive int")
+        self.grid = (int(self.grid[0]), int(self.grid[1]))
+        b, n, d = self.features.shape
+        n0 = self.num_original
+        # every method keeps or merges tokens, so a batch never holds more tokens than the original grid
+        if n > n0:
+            raise ValueError(f"TokenBatch.features has shape {tuple(self.features.shape)}: N={n} tokens exceed "
+                             f"the grid {self.grid} × {self.frames} frame(s) = {n0} original patches")
         dev = self.features.device
-        if self.sizes is None:
-            self.sizes = torch.ones(b, n, device=dev, dtype=self.features.dtype)
         if self.positions is None:
             self.positions = torch.arange(n, device=dev).expand(b, n).clone()
-        if self.source is None:
-            self.source = torch.eye(n, dtype=torch.bool, device=dev).expand(b, n, n).clone()
+        _check(self.positions, "positions", (b, n), f"B={b}, N={n}", "integer", not _is_float(self.positions)
+               and self.positions.dtype != torch.bool)
+        if self.positions.numel() and not (-1 <= int(self.positions.min()) and int(self.positions.max()) < n0):
+            raise ValueError(f"TokenBatch.positions hold values in [{int(self.positions.min())}, "
+                             f"{int(self.positions.max())}], expected raster indices in [-1, {n0}) (−1 = padding)")
+        if self.sizes is None:
+            self.sizes = torch.ones(b, n, device=dev, dtype=self.features.dtype)
+        _check(self.sizes, "sizes", (b, n), f"B={b}, N={n}", "floating", _is_float(self.sizes))
+        if self.source is None:  # each token stands for its own patch; padding (position −1) for none
+            pos = self.positions
+            self.source = torch.zeros(b, n, n0 + 1, dtype=torch.bool, device=dev).scatter_(
+                2, torch.where(pos < 0, n0, pos)[..., None], True)[..., :n0]
+        _check(self.source, "source", (b, n, n0), f"B={b}, N={n}, N0={n0}", "bool or floating",
+               self.source.dtype == torch.bool or _is_float(self.source))
+        if self.mask is not None:
+            _check(self.mask, "mask", (b, n), f"B={b}, N={n}", "bool", self.mask.dtype == torch.bool)
+        # the CLS may live in another space than the tokens (LLaVA: vision CLS, projected tokens): any width
+        if self.cls is not None:
+            width = self.cls.shape[-1] if isinstance(self.cls, Tensor) and self.cls.dim() == 2 else d
+            _check(self.cls, "cls", (b, width), f"B={b}, D'", "(any width)", True)
         for name, value in self.signals.items():
             if value.dim() < 2 or tuple(value.shape[:2]) != (b, n):
                 raise ValueError(f"signal {name!r} has shape {tuple(value.shape)}; per-token signals are "
@@ -49,11 +92,15 @@ class TokenBatch:
                   cls_token: Tensor | None = None, context: dict[str, Tensor] | None = None,
                   **signals: Tensor) -> TokenBatch:
         """Tokens straight from an encoder, in raster order (frame, row, column)."""
+        if features.dim() != 3:
+            raise ValueError(f"TokenBatch.features has shape {tuple(features.shape)}, expected [B, N, D]")
+        if not _positive_int(frames):
+            raise ValueError(f"TokenBatch.frames is {frames!r}, expected a positive int")
         n = features.shape[1]
         if grid is None:
             side = round((n // frames) ** 0.5)
             grid = (side, side)
-        if grid[0] * grid[1] * frames != n:
+        if len(grid) != 2 or grid[0] * grid[1] * frames != n:
             raise ValueError(f"grid {grid} × {frames} frame(s) does not hold {n} tokens")
         return cls(features=features, grid=grid, frames=frames, cls=cls_token, signals=dict(signals),
                    context=dict(context or {}))

@@ -7,6 +7,7 @@ from tokencodec.tokens.compress import (  # noqa: F401  (each import registers i
     dart,
     divprune,
     fastv,
+    norm,
     pool,
     prumerge,
     pyramiddrop,
@@ -19,9 +20,13 @@ from tokencodec.tokens.compress.base import (
     METHODS,
     Budget,
     BudgetError,
+    MethodOptionError,
+    MethodOptions,
+    ScoreMethod,
     TokenMethod,
     get_method,
     register_method,
 )
 
-__all__ = ["METHODS", "Budget", "BudgetError", "TokenMethod", "get_method", "register_method"]
+__all__ = ["METHODS", "Budget", "BudgetError", "MethodOptionError", "MethodOptions", "ScoreMethod", "TokenMethod",
+           "get_method", "register_method"]

@@ -30,12 +30,14 @@ Choices the card leaves open:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress.base import Budget, TokenMethod, register_method
+from tokencodec.tokens.compress.base import Budget, MethodOptions, OptionAttribute, TokenMethod, register_method
 
 
 def _top_by_l1(keys: Tensor, p: int) -> tuple[Tensor, Tensor]:
@@ -74,6 +76,16 @@ def dart_select(features: Tensor, keys: Tensor, k: int, pivots: int = 4,
     return torch.arange(n, device=features.device).expand(b, n)[taken].view(b, k)
 
 
+@dataclass(frozen=True)
+class DARTOptions(MethodOptions):
+    layer: int = 2      # K: prune before this LLM layer
+    pivots: int = 4     # pivots per side (image, text)
+
+    def __post_init__(self) -> None:
+        if self.pivots < 1:
+            raise ValueError(f"DART needs at least one pivot per side; got {self.pivots}")
+
+
 @register_method("dart")
 class DART(TokenMethod):
     """Duplication-aware pruning before LLM layer ``layer`` from key-norm pivots."""
@@ -85,11 +97,9 @@ class DART(TokenMethod):
     paper = ("Wen et al., Stop Looking for Important Tokens in Multimodal Language Models: "
              "Duplication Matters More, EMNLP 2025, arXiv 2502.11494")
 
-    def __init__(self, seed: int = 0, layer: int = 2, pivots: int = 4, **options):
-        if pivots < 1:
-            raise ValueError(f"DART needs at least one pivot per side; got {pivots}")
-        super().__init__(seed=seed, layer=layer, pivots=pivots, **options)
-        self.layer, self.pivots = layer, pivots
+    Options = DARTOptions
+    layer = OptionAttribute()
+    pivots = OptionAttribute()
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         self.check_signals(batch)

@@ -24,33 +24,34 @@ Choices the card leaves open:
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass
+from typing import Literal
 
-import torch
 from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress.base import Budget, TokenMethod, register_method
+from tokencodec.tokens.compress.base import (  # noqa: F401  (keep_top_k, top_k_index: imported from here too)
+    MethodOptions,
+    OptionAttribute,
+    ScoreMethod,
+    keep_top_k,
+    register_method,
+    top_k_index,
+)
 
 
-def top_k_index(scores: Tensor, k: int, mask: Tensor | None = None) -> Tensor:
-    """Indices [B, k] of the k highest scores per row, sorted ascending (raster order)."""
-    if mask is not None:
-        scores = scores.masked_fill(~mask, -torch.inf)
-    top = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
-    return top.sort(dim=1).values
+@dataclass(frozen=True)
+class FastVOptions(MethodOptions):
+    layer: int = 2                          # K: prune before this layer, score with layer K−1
+    query: Literal["last", "all"] = "last"  # the adapter's query rows: "last" (code) or "all" (paper)
 
-
-def keep_top_k(batch: TokenBatch, scores: Tensor, k: int) -> TokenBatch:
-    """The batch reduced to its k highest-scoring tokens per image, in raster order."""
-    out = batch.take(top_k_index(scores, k, batch.mask))
-    if out.mask is not None and bool(out.mask.all()):
-        out = replace(out, mask=None)
-    return out
+    def __post_init__(self) -> None:
+        if self.layer < 1:
+            raise ValueError(f"FastV prunes before layer K ≥ 1 (it scores with layer K−1); got {self.layer}")
 
 
 @register_method("fastv")
-class FastV(TokenMethod):
+class FastV(ScoreMethod):
     """Keep the top-K image tokens by ``text_attention`` [B, N] before LLM layer ``layer``."""
 
     stage = "llm"
@@ -58,19 +59,11 @@ class FastV(TokenMethod):
     needs = ("text_attention",)
     cls_fallback = "not needed: the score is the prompt's attention to the image span"
     paper = "Chen et al., An Image is Worth 1/2 Tokens After Layer 2, ECCV 2024, arXiv 2403.06764"
+    Options = FastVOptions
 
-    layer: int = 2          # K: prune before this layer, score with layer K−1 (class default)
-    query: str = "last"     # which query rows the adapter averages: "last" (code) or "all" (paper)
+    layer = OptionAttribute()   # read by the adapter; on the class, the default
+    query = OptionAttribute()
 
-    def __init__(self, seed: int = 0, layer: int = layer, query: str = query, **options):
-        if query not in ("last", "all"):
-            raise ValueError(f"FastV query must be 'last' (official code) or 'all' (paper); got {query!r}")
-        if layer < 1:
-            raise ValueError(f"FastV prunes before layer K ≥ 1 (it scores with layer K−1); got {layer}")
-        super().__init__(seed=seed, layer=layer, query=query, **options)
-        self.layer, self.query = layer, query
-
-    def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
+    def score(self, batch: TokenBatch) -> Tensor:
         self.check_signals(batch)
-        k = budget.tokens(batch.num_tokens)
-        return keep_top_k(batch, batch.signals["text_attention"], k)
+        return batch.signals["text_attention"]

@@ -31,12 +31,14 @@ The input must be the full grid in raster order (N = t·h·w tokens, no padding 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress.base import Budget, TokenMethod, register_method
+from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, register_method
 
 
 def target_grid(h: int, w: int, k: float, at_most: bool = False) -> tuple[int, int]:
@@ -97,6 +99,17 @@ def pool_grid(batch: TokenBatch, k: int, mode: str, at_most: bool = False,
     return batch.combine(weights, weights > 0, rep.to(dev).expand(b, -1))
 
 
+@dataclass(frozen=True)
+class PoolAvgOptions(MethodOptions):
+    at_most: bool = False       # the largest grid with at most K tokens, not the nearest
+
+
+@dataclass(frozen=True)
+class PoolResizeOptions(MethodOptions):
+    antialias: bool = True      # PIL-like resize; False = plain bilinear sampling
+    at_most: bool = False
+
+
 @register_method("pool-avg")
 class PoolAvg(TokenMethod):
     """2-D adaptive average pooling of the token grid (UniPruneBench, arXiv 2511.02650).
@@ -112,10 +125,11 @@ class PoolAvg(TokenMethod):
     needs_cls = False
     cls_fallback = "not needed: pooling reads only the patch grid"
     paper = "UniPruneBench pool_pre_llm baseline, arXiv 2511.02650"
+    Options = PoolAvgOptions
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         k = budget.tokens(batch.num_original)
-        return pool_grid(batch, k, "avg", at_most=self.options.get("at_most", False))
+        return pool_grid(batch, k, "avg", at_most=self.options.at_most)
 
 
 @register_method("pool-resize")
@@ -134,8 +148,8 @@ class PoolResize(TokenMethod):
     needs_cls = False
     cls_fallback = "not needed: resizing reads only the patch grid"
     paper = "VTC-Bench downsampling baseline, arXiv 2510.07143"
+    Options = PoolResizeOptions
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         k = budget.tokens(batch.num_original)
-        return pool_grid(batch, k, "bilinear", at_most=self.options.get("at_most", False),
-                         antialias=self.options.get("antialias", True))
+        return pool_grid(batch, k, "bilinear", at_most=self.options.at_most, antialias=self.options.antialias)

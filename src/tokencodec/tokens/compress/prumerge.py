@@ -43,15 +43,15 @@ Choices the card leaves open, and deviations:
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import ClassVar
+from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress.base import Budget, TokenMethod, register_method
+from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, register_method
 from tokencodec.tokens.compress.visionzip import gather_rows, guiding_attention, top_indices
 
 
@@ -135,6 +135,16 @@ def merge_plan(attention: Tensor, keys: Tensor, kept: Tensor, valid: Tensor, nei
     return weights, members, rep, valid
 
 
+@dataclass(frozen=True)
+class PruMergeOptions(MethodOptions):
+    adaptive: bool = False                          # the IQR rule sets the count; the budget caps it
+    order: Literal["raster", "attention"] = "raster"  # "attention": the official output order
+    neighbours: int = 32                            # key-nearest tokens merged into each kept one
+    extra_token: bool = True                        # append the attention-weighted sum of the pruned
+    normalize_merge: bool = False                   # divide merge weights by their sum (official: no)
+    normalize_attention: bool = True                # rescale attentions to sum to 1 per image
+
+
 @register_method("prumerge")
 class PruMerge(TokenMethod):
     """IQR outlier tokens plus key-similarity merging (Shang et al., ICCV 2025, arXiv 2403.15388).
@@ -153,31 +163,29 @@ class PruMerge(TokenMethod):
     cls_fallback = ("no official fallback; reads signal 'mean_attention' (mean attention each token "
                     "receives) instead of 'cls_attention', as VisionZip's and VisPruner's authors advise")
     paper = "LLaVA-PruMerge (Shang et al., ICCV 2025), arXiv 2403.15388"
+    Options = PruMergeOptions
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         self.check_unpadded(batch)
         attention = guiding_attention(batch, self.name)
         if "keys" not in batch.signals:
             raise ValueError(f"{self.name} needs signal 'keys'; the batch has {sorted(batch.signals)}")
-        opt = self.options.get
-        extra = bool(opt("extra_token", True))
+        opt = self.options
+        extra = opt.extra_token
         n = batch.num_tokens
         cap = budget.tokens(n, minimum=1 + extra) - extra
-        if opt("adaptive", False):
+        if opt.adaptive:
             kept, valid = adaptive_selection(attention, cap, self.plus)
         else:
             kept = fixed_selection(attention, cap, self.plus)
             valid = torch.ones_like(kept, dtype=torch.bool)
-        order = opt("order", "raster")
-        if order == "raster":
+        if opt.order == "raster":
             kept = torch.where(valid, kept, n).sort(1).values.clamp_max(n - 1)  # padding stays last
-        elif order != "attention":
-            raise ValueError(f"order must be 'raster' or 'attention', not {order!r}")
 
-        if opt("normalize_attention", True):
+        if opt.normalize_attention:
             attention = attention / attention.sum(1, keepdim=True).clamp_min(1e-30)
         weights, members, rep, valid = merge_plan(attention, batch.signals["keys"], kept, valid,
-                                                  opt("neighbours", 32), opt("normalize_merge", False), extra)
+                                                  opt.neighbours, opt.normalize_merge, extra)
         out = batch.combine(weights, members, rep)
         if bool(valid.all()):
             return out

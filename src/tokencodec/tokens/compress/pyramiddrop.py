@@ -25,10 +25,13 @@ Choices the card leaves open:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress.base import Budget, BudgetError, TokenMethod, register_method
-from tokencodec.tokens.compress.fastv import keep_top_k
+from tokencodec.tokens.compress.base import BudgetError, MethodOptions, OptionAttribute, ScoreMethod, register_method
 
 
 def stage_budgets(n: int, ratios: Sequence[float]) -> list[int]:
@@ -39,8 +42,20 @@ def stage_budgets(n: int, ratios: Sequence[float]) -> list[int]:
     return [max(1, int(n * lam)) for lam in ratios]
 
 
+@dataclass(frozen=True)
+class PyramidDropOptions(MethodOptions):
+    layers: tuple[int, ...] = (8, 16, 24)                        # 0-indexed: prune before these layers
+    ratios: tuple[float, ...] = (0.5, 0.25, 0.125)               # kept share of the original count
+    positions: Literal["renumber", "original"] = "renumber"      # position ids the adapter feeds the LLM
+
+    def __post_init__(self) -> None:
+        if len(self.layers) != len(self.ratios):
+            raise ValueError(f"PyramidDrop needs one ratio per layer; got {len(self.layers)} layers "
+                             f"and {len(self.ratios)} ratios")
+
+
 @register_method("pyramiddrop")
-class PyramidDrop(TokenMethod):
+class PyramidDrop(ScoreMethod):
     """One PyramidDrop stage: keep the top-K image tokens by ``text_attention`` [B, N]."""
 
     stage = "llm"
@@ -49,23 +64,13 @@ class PyramidDrop(TokenMethod):
     cls_fallback = "not needed: the score is the last instruction token's attention"
     paper = ("Xing et al., PyramidDrop: Accelerating Your Large Vision-Language Models via "
              "Pyramid Visual Redundancy Reduction, CVPR 2025, arXiv 2410.17247")
+    Options = PyramidDropOptions
 
-    # the official defaults as class info; an instance may override them
-    layers: tuple[int, ...] = (8, 16, 24)
-    ratios: tuple[float, ...] = (0.5, 0.25, 0.125)
-    positions: str = "renumber"
+    # the official defaults on the class; an instance reads its options
+    layers = OptionAttribute()
+    ratios = OptionAttribute()
+    positions = OptionAttribute()
 
-    def __init__(self, seed: int = 0, layers: Sequence[int] = layers, ratios: Sequence[float] = ratios,
-                 positions: str = positions, **options):
-        if len(layers) != len(ratios):
-            raise ValueError(f"PyramidDrop needs one ratio per layer; got {len(layers)} layers "
-                             f"and {len(ratios)} ratios")
-        if positions not in ("renumber", "original"):
-            raise ValueError(f"positions must be 'renumber' (official code) or 'original'; got {positions!r}")
-        super().__init__(seed=seed, layers=layers, ratios=ratios, positions=positions, **options)
-        self.layers, self.ratios, self.positions = tuple(layers), tuple(ratios), positions
-
-    def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
+    def score(self, batch: TokenBatch) -> Tensor:
         self.check_signals(batch)
-        k = budget.tokens(batch.num_tokens)
-        return keep_top_k(batch, batch.signals["text_attention"], k)
+        return batch.signals["text_attention"]

@@ -15,12 +15,13 @@ different subsets (a plain per-call seed would prune every batch-1 image identic
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress.base import Budget, TokenMethod, register_method
+from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, register_method
 
 
 def image_seed(seed: int, image: Tensor) -> int:
@@ -41,6 +42,11 @@ def random_select(n: int, k: int, generator: torch.Generator) -> Tensor:
     return torch.randperm(n, generator=generator)[:k].sort().values
 
 
+@dataclass(frozen=True)
+class RandomOptions(MethodOptions):
+    content_seed: bool = True   # seed each image from its content (False: one subset for all images)
+
+
 @register_method("random")
 class RandomPrune(TokenMethod):
     """Uniformly random subset of K tokens, in raster order (UniPruneBench, arXiv 2511.02650).
@@ -55,12 +61,13 @@ class RandomPrune(TokenMethod):
     needs_cls = False
     cls_fallback = "not needed: no signal is read"
     paper = "UniPruneBench random_pre_llm baseline, arXiv 2511.02650"
+    Options = RandomOptions
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         self.check_unpadded(batch)
         n = batch.num_tokens
         k = budget.tokens(n)
-        if self.options.get("content_seed", True):
+        if self.options.content_seed:
             gens = [torch.Generator().manual_seed(image_seed(self.seed, x)) for x in batch.features]
             index = torch.stack([random_select(n, k, g) for g in gens])
         else:

@@ -11,8 +11,8 @@ these tokens are appended after the kept ones.
 
 Choices the card leaves open:
 
-- **Schedule.** The v1.5 fixed lists (``RETAIN_TOKN``) are class info: ``layers=(2, 6, 15)``,
-  ``schedule[192|128|64]`` = per-layer keep counts; the adapter passes one count per call. The
+- **Schedule.** The v1.5 fixed lists (``RETAIN_TOKN``): the option ``layers=(2, 6, 15)`` and the
+  class info ``schedule[192|128|64]`` = per-layer keep counts; the adapter passes one count per call. The
   v1 rank-based count is not implemented.
 - **Budget and recycled tokens.** With ``count_recycled=True`` (default) the budget counts every
   output token, recycled clusters included, so a stage returns exactly K tokens (we keep fewer by
@@ -32,7 +32,7 @@ Choices the card leaves open:
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress.base import Budget, TokenMethod, register_method
+from tokencodec.tokens.compress.base import Budget, MethodOptions, OptionAttribute, TokenMethod, register_method
 
 
 def select_raters(visual_embeds: Tensor, text_embeds: Tensor) -> Tensor:
@@ -94,6 +94,13 @@ def dpc_knn(x: Tensor, num_clusters: int, k: int | None = None) -> tuple[Tensor,
     return labels, centres
 
 
+@dataclass(frozen=True)
+class SparseVLMOptions(MethodOptions):
+    recycle: bool = True                    # merge part of the deleted tokens into appended clusters
+    count_recycled: bool = True             # the budget counts the clusters (official: it does not)
+    layers: tuple[int, ...] = (2, 6, 15)    # the LLM layers the adapter prunes after (v1.5)
+
+
 @register_method("sparsevlm")
 class SparseVLM(TokenMethod):
     """One SparseVLM pruning stage with token recycling, scored by the raters' attention."""
@@ -104,13 +111,12 @@ class SparseVLM(TokenMethod):
     cls_fallback = "not needed: the score is the raters' attention to the image span"
     paper = ("Zhang et al., SparseVLM: Visual Token Sparsification for Efficient Vision-Language "
              "Model Inference, ICML 2025, arXiv 2410.04417")
-    layers: ClassVar[tuple[int, ...]] = (2, 6, 15)
+    Options = SparseVLMOptions
+    recycle = OptionAttribute()
+    count_recycled = OptionAttribute()
+    layers = OptionAttribute()
     schedule: ClassVar[dict[int, tuple[int, ...]]] = {192: (300, 200, 110), 128: (303, 110, 36),
                                                       64: (66, 30, 17)}
-
-    def __init__(self, seed: int = 0, recycle: bool = True, count_recycled: bool = True, **options):
-        super().__init__(seed=seed, recycle=recycle, count_recycled=count_recycled, **options)
-        self.recycle, self.count_recycled = recycle, count_recycled
 
     def scores(self, batch: TokenBatch) -> Tensor:
         if "rater_attention" not in batch.context and "text_attention" in batch.signals:

@@ -30,12 +30,15 @@ Choices the card leaves open:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress.base import Budget, TokenMethod, register_method
+from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, register_method
 
 
 def guiding_attention(batch: TokenBatch, method: str) -> Tensor:
@@ -101,6 +104,13 @@ def split_budget(k: int, contextual_ratio: float = 10 / 64, cls_counted: bool = 
     return k - c - int(cls_counted), c
 
 
+@dataclass(frozen=True)
+class VisionZipOptions(MethodOptions):
+    contextual_ratio: float = 10 / 64       # contextual share of the budget (the paper's 10 of 64)
+    count_cls: bool = False                 # K counts the CLS the official LLaVA code sends to the LLM
+    merge: Literal["add", "mean"] = "add"   # "add": official target + mean; "mean": size-weighted mean
+
+
 @register_method("visionzip")
 class VisionZip(TokenMethod):
     """Dominant + contextual tokens (Yang et al., CVPR 2025, arXiv 2412.04467).
@@ -117,20 +127,18 @@ class VisionZip(TokenMethod):
     cls_fallback = ("ranks dominant tokens by signal 'mean_attention' (mean attention each token receives, "
                     "as EffiVLM-Bench does for SigLIP) instead of 'cls_attention'")
     paper = "VisionZip (Yang et al., CVPR 2025), arXiv 2412.04467"
+    Options = VisionZipOptions
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         self.check_unpadded(batch)
-        merge = self.options.get("merge", "add")
-        if merge not in ("add", "mean"):
-            raise ValueError(f"merge must be 'add' (official) or 'mean', not {merge!r}")
         attention = guiding_attention(batch, "visionzip")
         if "keys" not in batch.signals:
             raise ValueError(f"visionzip needs signal 'keys'; the batch has {sorted(batch.signals)}")
-        cls_counted = bool(self.options.get("count_cls", False)) and batch.cls is not None
+        cls_counted = self.options.count_cls and batch.cls is not None
         n = batch.num_tokens
         k = budget.tokens(n, minimum=1 + int(cls_counted))
-        n_dom, n_ctx = split_budget(k, self.options.get("contextual_ratio", 10 / 64), cls_counted)
+        n_dom, n_ctx = split_budget(k, self.options.contextual_ratio, cls_counted)
         dominant, targets, others, assign = visionzip_plan(attention, batch.signals["keys"], n_dom, n_ctx)
-        weights = visionzip_weights(n, dominant, targets, others, assign, batch.sizes.float(), merge)
+        weights = visionzip_weights(n, dominant, targets, others, assign, batch.sizes.float(), self.options.merge)
         rep = torch.cat([dominant, targets], 1)  # contextual tokens sit at their targets
         return batch.combine(weights, weights > 0, rep)
