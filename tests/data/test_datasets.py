@@ -19,13 +19,13 @@ def test_embedded_default_needs_no_download():
 
 def test_kodak_from_a_folder_is_verified(kodak_dir):
     items = load_kodak(limit=2, folder=kodak_dir)
-    assert [i.name for i in items] == ["kodim01", "kodim02"] and items[0].image.shape == (512, 768, 3)
+    assert [i.name for i in items] == ["kodim01.png", "kodim02.png"] and items[0].image.shape == (512, 768, 3)
     assert len(expected_sums()) == 24
 
 
 def test_kodak_env_variable(kodak_dir, monkeypatch):
     monkeypatch.setenv("TOKENCODEC_KODAK", str(kodak_dir))
-    assert load_dataset("kodak", limit=1)[0].name == "kodim01"
+    assert load_dataset("kodak", limit=1)[0].name == "kodim01.png"
 
 
 def test_a_tampered_kodak_file_is_refused(kodak_dir, tmp_path):
@@ -72,7 +72,7 @@ def test_a_download_with_wrong_bytes_is_refused(tmp_path, monkeypatch):
 
 def test_folder_loader_and_corrupt_images(tmp_path, photo):
     Image.fromarray(photo).save(tmp_path / "a.png")
-    assert [i.name for i in load_dataset(str(tmp_path))] == ["a"]
+    assert [i.name for i in load_dataset(str(tmp_path))] == ["a.png"]
     png = (tmp_path / "a.png").read_bytes()
     (tmp_path / "b.png").write_bytes(png[: len(png) // 2])  # truncated
     with pytest.raises(ImageReadError, match="b.png: not a readable image"):
@@ -86,3 +86,7 @@ def test_unknown_dataset_names_the_choices(tmp_path):
         load_dataset("imagenet")
     with pytest.raises(DatasetError, match="holds no images"):
         load_dataset(str(tmp_path))
+    with pytest.raises(DatasetError, match="no-such-folder: folder not found"):
+        load_dataset(str(tmp_path / "no-such-folder"))
+    with pytest.raises(DatasetError, match=r"limit=0: allowed an integer >= 1"):
+        load_dataset("embedded", 0)

@@ -67,11 +67,33 @@ def test_ms_ssim_against_an_independent_implementation(pair):
     assert ms_ssim(*pair) == pytest.approx(_ms_ssim_reference(*pair), abs=2e-6)
 
 
-def test_ms_ssim_refuses_small_images_and_human_metrics_marks_them_nan():
+def test_small_images_get_a_status_not_a_nan():
+    from tokencodec.metrics.human import unavailable
+
     small = np.zeros((100, 200, 3), np.uint8)
     with pytest.raises(ValueError, match="161 px"):
         ms_ssim(small, small)
-    assert np.isnan(human_metrics(small, small)["ms-ssim-rgb"])
+    assert set(human_metrics(small, small)) == {"psnr-rgb"}  # left out, never a NaN inside an average
+    assert "200×100 image is smaller than the 161 px" in unavailable(small)["ms-ssim-rgb"]
+    assert unavailable(np.zeros((161, 161, 3), np.uint8)) == {}
+
+
+def test_ms_ssim_per_channel_equals_pytorch_msssim_on_the_whole_image(pair):
+    import torch
+    from pytorch_msssim import ms_ssim as reference
+
+    odd = tuple(np.ascontiguousarray(x[:171, :203]) for x in pair)  # odd sizes: the avg-pool padding rule
+    for a, b in (pair, odd):
+        t = [torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None] for x in (a, b)]
+        assert ms_ssim(a, b) == pytest.approx(float(reference(*t, data_range=255.0)), rel=1e-6)
+
+
+def test_psnr_in_bands_is_exact():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (3000, 1500, 3), dtype=np.uint8)  # more than one band
+    b = rng.integers(0, 256, a.shape, dtype=np.uint8)
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    assert psnr(a, b) == pytest.approx(10 * np.log10(255**2 / mse), rel=1e-12)
 
 
 def test_shape_mismatch_is_refused():

@@ -1,5 +1,12 @@
 """Image data sets: Kodak, any folder, and the embedded default (scikit-image photos)."""
 
-from tokencodec.data.images import DatasetError, ImageItem, ImageReadError, load_dataset, read_image
+from tokencodec.data.images import (
+    DatasetError,
+    ImageConversionWarning,
+    ImageItem,
+    ImageReadError,
+    load_dataset,
+    read_image,
+)
 
-__all__ = ["DatasetError", "ImageItem", "ImageReadError", "load_dataset", "read_image"]
+__all__ = ["DatasetError", "ImageConversionWarning", "ImageItem", "ImageReadError", "load_dataset", "read_image"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 
@@ -21,9 +22,16 @@ class DatasetError(ValueError):
     """A data set that cannot be found or verified; the message says what is allowed."""
 
 
+class ImageConversionWarning(UserWarning):
+    """An image that had to be converted to 8-bit RGB (16-bit samples, alpha, greyscale…)."""
+
+
+BACKGROUND = 255  # transparent pixels are composited over white, as an image viewer shows them
+
+
 @dataclass(frozen=True)
 class ImageItem:
-    name: str
+    name: str          # unique within its data set: the path relative to the data set folder, suffix included
     image: np.ndarray  # H×W×3 uint8
 
     @property
@@ -35,27 +43,111 @@ class ImageItem:
         return h.hexdigest()[:16]
 
 
+def to_uint8(samples: np.ndarray) -> np.ndarray:
+    """Samples of any integer depth scaled to 8 bits: v8 = round(v · 255 / max), max = 2^bits − 1
+    (65535 for 16-bit), so white stays white and no value is clipped."""
+    if samples.dtype == np.uint8:
+        return samples
+    if samples.dtype == bool:
+        return samples.astype(np.uint8) * 255
+    if np.issubdtype(samples.dtype, np.floating):  # Pillow's mode F: taken as 0…1
+        return np.clip(np.rint(samples * 255.0), 0, 255).astype(np.uint8)
+    top = 65535.0 if samples.dtype.itemsize >= 2 else 255.0
+    return np.clip(np.rint(samples.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+def _rgb_and_alpha(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """(H×W×C samples, H×W alpha in 0…1 or None, what was converted)."""
+    notes: list[str] = []
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA" if ("transparency" in im.info or im.mode == "PA") else "RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im)
+        notes.append(f"{im.mode} samples scaled to 8 bits (v·255/65535)")
+        arr = to_uint8(np.clip(arr, 0, 65535).astype(np.uint16))
+        return np.repeat(arr[..., None], 3, 2), None, notes + ["greyscale replicated to R, G, B"]
+    if im.mode == "F":
+        return np.repeat(to_uint8(np.asarray(im))[..., None], 3, 2), None, ["float samples taken as 0…1"]
+    if im.mode in ("L", "LA", "1"):
+        alpha = np.asarray(im.getchannel("A"), dtype=np.float64) / 255 if im.mode == "LA" else None
+        grey = np.asarray(im.convert("L"))
+        return np.repeat(grey[..., None], 3, 2), alpha, ["greyscale replicated to R, G, B"]
+    if im.mode in ("RGBA", "RGBa", "LA"):
+        arr = np.asarray(im.convert("RGBA"))
+        return arr[..., :3], arr[..., 3].astype(np.float64) / 255, notes
+    if im.mode != "RGB":
+        notes.append(f"mode {im.mode} converted to RGB")
+        im = im.convert("RGB")
+    return np.asarray(im), None, notes
+
+
+def _read_16bit_rgb(path: Path) -> np.ndarray | None:
+    """16-bit RGB(A) PNGs: Pillow reads them as 8-bit by dropping the low byte; imagecodecs keeps 16 bits."""
+    try:
+        import imagecodecs
+    except ImportError:  # pragma: no cover - a core dependency
+        return None
+    try:
+        return imagecodecs.png_decode(path.read_bytes())
+    except Exception:
+        return None
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as H×W×3 uint8 RGB, fully decoded (truncation is detected here)."""
+    """Read an image file as H×W×3 uint8 RGB, fully decoded (truncation is detected here).
+
+    Conversions, each announced by an ``ImageConversionWarning`` naming the file: the EXIF
+    orientation is applied; 16-bit (and 16-bit RGB PNG) samples are scaled with
+    v8 = round(v·255/65535); greyscale is replicated to R, G and B; palette images are expanded;
+    alpha is composited over a white background (255), because a codec sees only the RGB samples
+    and a viewer shows transparency over white.
+    """
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"))
+            fmt = im.format
+            im = ImageOps.exif_transpose(im)  # a copy, without .format
+            deep = None
+            if fmt == "PNG" and im.mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
+                deep = _read_16bit_rgb(path)
+            if deep is not None and deep.dtype == np.uint16 and deep.ndim == 3:
+                rgb, alpha = to_uint8(deep[..., :3]), (deep[..., 3] / 65535.0 if deep.shape[-1] == 4 else None)
+                notes = ["16-bit samples scaled to 8 bits (v·255/65535)"]
+            else:
+                rgb, alpha, notes = _rgb_and_alpha(im)
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"{path}: not a readable image ({err})") from None
+    if alpha is not None:
+        if bool((alpha < 1).any()):
+            a = alpha[..., None]
+            rgb = np.rint(rgb * a + BACKGROUND * (1 - a)).astype(np.uint8)
+            notes.append(f"alpha composited over a white background ({BACKGROUND})")
+        else:
+            notes.append("an opaque alpha channel dropped")
+    if notes:
+        warnings.warn(f"{path}: {'; '.join(notes)}", ImageConversionWarning, stacklevel=2)
+    return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+def _png_bit_depth(path: Path) -> int:
+    with path.open("rb") as f:
+        head = f.read(26)
+    return head[24] if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" else 8
 
 
 def load_folder(folder: str | Path, limit: int | None = None) -> list[ImageItem]:
     folder = Path(folder)
+    if not folder.exists():
+        raise DatasetError(f"{folder}: folder not found")
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a folder of images")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise DatasetError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return [ImageItem(p.stem, read_image(p)) for p in paths[:limit]]
+    return [ImageItem(p.name, read_image(p)) for p in paths[:limit]]
 
 
 def _loaders() -> dict[str, Callable[[int | None], list[ImageItem]]]:
@@ -67,9 +159,13 @@ def _loaders() -> dict[str, Callable[[int | None], list[ImageItem]]]:
 
 def load_dataset(spec: str, limit: int | None = None) -> list[ImageItem]:
     """``embedded``, ``kodak``, or the path of a folder of images."""
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise DatasetError(f"limit={limit!r}: allowed an integer >= 1 (or no limit)")
     loaders = _loaders()
     if spec in loaders:
         return loaders[spec](limit)
     if Path(spec).is_dir():
         return load_folder(spec, limit)
+    if Path(spec).exists() or "/" in spec or spec.startswith("."):
+        return load_folder(spec, limit)  # names the path: not found, or not a folder
     raise DatasetError(f"unknown data set {spec!r}: use one of {', '.join(loaders)} or a folder of images")

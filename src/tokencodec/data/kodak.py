@@ -78,4 +78,4 @@ def kodak_folder(folder: str | Path | None = None, download: bool = True) -> Pat
 
 def load_kodak(limit: int | None = None, folder: str | Path | None = None) -> list[ImageItem]:
     path = kodak_folder(folder)
-    return [ImageItem(Path(n).stem, read_image(path / n)) for n in sorted(expected_sums())[:limit]]
+    return [ImageItem(n, read_image(path / n)) for n in sorted(expected_sums())[:limit]]
