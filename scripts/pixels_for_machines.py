@@ -14,13 +14,13 @@ of the whole file; for the 64×64 VQA images also the payload alone, container a
 from __future__ import annotations
 
 import argparse
-import shutil
+import json
 import statistics
 from pathlib import Path
 
 from tokencodec.bench.report import write_report
 from tokencodec.bench.report.tables import bd_rows
-from tokencodec.io import write_text_atomic
+from tokencodec.io import write_json_atomic, write_text_atomic
 from tokencodec.rd import load_curve
 
 CODECS = ("jpeg", "webp", "avif", "jpeg2000", "jpegxl", "heic")
@@ -52,7 +52,11 @@ def main() -> None:
         dest = args.out / name.replace("pixels-for-", "")
         dest.mkdir(parents=True, exist_ok=True)
         for c in CODECS:
-            shutil.copyfile(folder / f"{c}.json", dest / f"{c}.json")
+            raw = json.loads((folder / f"{c}.json").read_text())
+            if len(raw.get("per_item", {})) > 100:  # 700 VQA questions: megabytes of per-question values
+                raw["per_item"] = {}
+                raw["description"] += " (per_item left out of this copy; the study command writes it)"
+            write_json_atomic(dest / f"{c}.json", raw)
         write_report(curves[name], dest, f"Study: {name}", "jpeg", list(metrics), rates=list(rates),
                      description=curves[name]["jpeg"].provenance["config"]["study"]["description"])
 
@@ -75,8 +79,9 @@ def main() -> None:
     overhead = {c: statistics.mean(p["bytes"] - p["payload_bytes"] for p in diag[c].points) for c in CODECS}
     text = "\n".join([
         "## BD-rate against JPEG (PCHIP; negative = fewer bits for the same fidelity)", "",
-        "Cells flagged with a percentage have an overlap below 75 % (the share of the metric range both curves "
-        "cover). Machine metrics are fitted monotonic first (isotonic), PSNR and MS-SSIM are not.", "",
+        "A percentage in brackets flags a low-overlap status (one of the two overlaps, of the metric range or of "
+        "the rate range, is below 75 %); it shows the metric-range overlap. Machine metrics are fitted monotonic "
+        "first (isotonic), PSNR and MS-SSIM are not.", "",
         *lines, "", "## What container headers cost at 64×64 (diagnostic VQA images, middle quality)", "",
         *head, "", "Mean overhead over all ten qualities (bytes): "
         + ", ".join(f"{c} {v:.0f}" for c, v in overhead.items()) + ".", ""])
