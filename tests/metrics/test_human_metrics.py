@@ -85,7 +85,9 @@ def test_ms_ssim_per_channel_equals_pytorch_msssim_on_the_whole_image(pair):
     odd = tuple(np.ascontiguousarray(x[:171, :203]) for x in pair)  # odd sizes: the avg-pool padding rule
     for a, b in (pair, odd):
         t = [torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None] for x in (a, b)]
-        assert ms_ssim(a, b) == pytest.approx(float(reference(*t, data_range=255.0)), rel=1e-6)
+        expected = float(reference(*t, data_range=255.0))
+        assert ms_ssim(a, b) == pytest.approx(expected, rel=1e-6)
+        assert ms_ssim(a, b, band_pixels=3000) == pytest.approx(expected, rel=1e-6)  # many bands, same value
 
 
 def test_psnr_in_bands_is_exact():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pytorch_msssim import ms_ssim as _ms_ssim
 from pytorch_msssim import ssim as _ssim
 
 MAX_VALUE = 255.0
@@ -47,19 +46,58 @@ def ssim(reference: np.ndarray, distorted: np.ndarray) -> float:
     return float(_ssim(_to_tensor(reference), _to_tensor(distorted), data_range=MAX_VALUE, size_average=True))
 
 
-def ms_ssim(reference: np.ndarray, distorted: np.ndarray) -> float:
+def ms_ssim(reference: np.ndarray, distorted: np.ndarray, band_pixels: int = 1 << 21) -> float:
     """MS-SSIM of one image; images smaller than 161 px on a side are refused (5 scales).
 
-    pytorch_msssim computes MS-SSIM per channel and then averages the channels, so running it one
-    channel at a time gives the same value with a third of the memory (48 Mpx: see
-    benchmarks/large_image.py).
+    The value is pytorch_msssim's (same window, weights, constants, average pooling with its padding
+    rule), computed so that a 48-Mpx image fits in memory: one channel at a time (pytorch_msssim
+    averages per-channel values, so this is exact), and at each scale the SSIM and contrast maps are
+    formed in horizontal bands of about ``band_pixels`` pixels with a 10-row halo (the valid 11-tap
+    window), their means combined weighted by each band's valid rows. See benchmarks/large_image.py.
     """
     _check_pair(reference, distorted)
     if min(reference.shape[:2]) < MS_SSIM_MIN_SIDE:
         raise ValueError(f"MS-SSIM needs both sides >= {MS_SSIM_MIN_SIDE} px, got {reference.shape[:2]}")
-    values = [float(_ms_ssim(_to_tensor(reference[..., c:c + 1]), _to_tensor(distorted[..., c:c + 1]),
-                             data_range=MAX_VALUE, size_average=True)) for c in range(3)]
-    return float(np.mean(values))
+    return float(np.mean([_ms_ssim_channel(reference[..., c], distorted[..., c], band_pixels) for c in range(3)]))
+
+
+_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def _banded_ssim(x: torch.Tensor, y: torch.Tensor, win: torch.Tensor, band_pixels: int) -> tuple[float, float]:
+    """(mean SSIM, mean contrast-structure) over the valid map of one [1, 1, H, W] scale, in row bands."""
+    from pytorch_msssim.ssim import _ssim as ssim_means  # (per-channel SSIM, CS) means of the valid maps
+
+    h, w = x.shape[-2:]
+    halo = win.shape[-1] - 1
+    valid_h = h - halo
+    rows = max(1, band_pixels // max(w, 1))
+    ssim_sum = cs_sum = 0.0
+    for start in range(0, valid_h, rows):
+        stop = min(valid_h, start + rows)
+        s, c = ssim_means(x[..., start:stop + halo, :], y[..., start:stop + halo, :], data_range=MAX_VALUE, win=win,
+                     size_average=False)
+        ssim_sum += float(s) * (stop - start)
+        cs_sum += float(c) * (stop - start)
+    return ssim_sum / valid_h, cs_sum / valid_h
+
+
+def _ms_ssim_channel(ref: np.ndarray, dist: np.ndarray, band_pixels: int) -> float:
+    import torch.nn.functional as F
+    from pytorch_msssim.ssim import _fspecial_gauss_1d
+
+    x = torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))[None, None]
+    y = torch.from_numpy(np.ascontiguousarray(dist, dtype=np.float32))[None, None]
+    win = _fspecial_gauss_1d(11, 1.5).repeat([1, 1, 1, 1])  # [C=1, 1, 1, 11], as pytorch_msssim builds it
+    mcs = []
+    for level in range(len(_WEIGHTS)):
+        s, cs = _banded_ssim(x, y, win, band_pixels)
+        if level < len(_WEIGHTS) - 1:
+            mcs.append(max(cs, 0.0))
+            padding = [d % 2 for d in x.shape[2:]]
+            x, y = F.avg_pool2d(x, kernel_size=2, padding=padding), F.avg_pool2d(y, kernel_size=2, padding=padding)
+    values = [*mcs, max(s, 0.0)]
+    return float(np.prod([v ** wt for v, wt in zip(values, _WEIGHTS, strict=True)]))
 
 
 def unavailable(reference: np.ndarray) -> dict[str, str]:
