@@ -162,12 +162,6 @@ class _Run:
     stages: list[StageRecord] = field(default_factory=list)
 
 
-def _as_budget(budget: Budget | int | float) -> Budget:
-    if isinstance(budget, Budget):
-        return budget
-    return Budget(keep=budget) if isinstance(budget, int) else Budget(ratio=budget)
-
-
 class LlavaTokenCompression(ModelPatch):
     """Compress LLaVA's image tokens with ``method`` at ``budget`` while the context is active.
 
@@ -190,7 +184,7 @@ class LlavaTokenCompression(ModelPatch):
         self.lm = self.llava.language_model
         self.layers = self._check_lm(self.lm)
         self.method = get_method(method) if isinstance(method, str) else method
-        self.budget = _as_budget(budget)
+        self.budget = Budget.coerce(budget)
         cfg = self.llava.config
         self.image_token_id = cfg.image_token_id
         tower = resolve_tower(self.llava)
@@ -240,7 +234,7 @@ class LlavaTokenCompression(ModelPatch):
     def _init_pre(self, cfg, tower, features, signal_layer) -> None:
         if not isinstance(cfg.vision_feature_layer, int) or cfg.vision_feature_layer == 0:
             raise ValueError(f"vision_feature_layer={cfg.vision_feature_layer!r}: one encoder layer is supported")
-        if self.method.options.get("count_cls"):
+        if getattr(self.method.options, "count_cls", False):
             raise ValueError("count_cls=True needs the CLS token sent into the LLM, which this adapter does not do")
         v = cfg.vision_feature_layer
         layer = v if v < 0 else v - 1                      # hidden_states[v] is layer v−1's output
@@ -257,7 +251,7 @@ class LlavaTokenCompression(ModelPatch):
         if layers is not None:
             layers = (layers,) if isinstance(layers, int) else tuple(layers)
         if name == "sparsevlm":
-            given = layers or tuple(m.options.get("layers", m.layers))
+            given = layers or tuple(m.layers)
             stages = [(j + 1, j) for j in given]           # layer j's output is pruned
         elif name == "pyramiddrop":
             stages = [(j, j) for j in (layers or m.layers)]
@@ -281,7 +275,7 @@ class LlavaTokenCompression(ModelPatch):
         elif name == "pyramiddrop":
             keeps = pyramiddrop_keeps(self.budget, n, len(stages))
         elif name == "sparsevlm":
-            exact = m.options.get("recycle", True) and m.options.get("count_recycled", True)
+            exact = m.options.recycle and m.options.count_recycled
             keeps = sparsevlm_keeps(self.budget, n, m.schedule, len(stages), exact)
         else:
             keeps = (self.budget.tokens(n),)
