@@ -122,7 +122,7 @@ def _jpeg(data: bytes) -> int:
         start = i
         while True:  # entropy-coded segment: up to a marker that is not stuffing (FF 00) or RSTn
             i = data.find(b"\xff", i)
-            _need(0 <= i < n - 1, f"scan starting at offset {start} runs to the end without a marker")
+            _need(0 <= i < n - 1, f"scan starting at offset {start} runs to the end without a marker (no EOI)")
             if data[i + 1] == 0x00 or data[i + 1] in _RST:
                 i += 2
                 continue
