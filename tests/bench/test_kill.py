@@ -80,4 +80,6 @@ def test_kill_9_at_j2_keeps_finished_points_kills_workers_and_resumes(tmp_path, 
     assert len(set(keys)) == total  # every point is there
     assert len(after) == valid_before + (total - len(before))  # and none was computed twice
     assert set(keys[valid_before:]).isdisjoint(before)  # the rerun ran only what was missing
+    print(f"killed with {len(before)} of {total} points on disk ({len(workers)} workers, all gone); "
+          f"the rerun computed {len(after) - valid_before}")
     assert json.loads((out / "jpeg.json").read_text())["results"]["quality"] == QUALITIES[::-1]
