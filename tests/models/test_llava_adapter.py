@@ -21,7 +21,7 @@ from tokencodec.tokens.batch import TokenBatch  # noqa: E402
 from tokencodec.tokens.compress.base import Budget, BudgetError, TokenMethod, get_method  # noqa: E402
 from tokencodec.tokens.compress.fastv import FastV, keep_top_k  # noqa: E402
 from tokencodec.tokens.compress.pyramiddrop import PyramidDrop  # noqa: E402
-from tokencodec.tokens.compress.sparsevlm import SparseVLM  # noqa: E402
+from tokencodec.tokens.compress.sparsevlm import SparseVLM, recycle_counts  # noqa: E402
 
 IMG = 99          # image_token_id, inside the vocabulary
 N = 16            # (32 / 8)² patches
@@ -93,12 +93,20 @@ def logits(model, **kw) -> torch.Tensor:
 
 # -- no compression: exactly the unpatched model --------------------------------------------------
 
+# at the full budget the official layouts are not the identity (VisionZip sends the CLS; PruMerge keeps
+# attention order), so these run with the older layout: no CLS, span sorted by patch, original positions
+OLD_LAYOUT = {"visionzip": dict(positions="original"), "prumerge": dict(positions="original"),
+              "prumerge+": dict(positions="original")}
+
+
 @pytest.mark.parametrize("name", PRE + LLM)
 def test_full_budget_equals_unpatched(model, name):
     ids, mask, pos = padded("left")
     kw = dict(input_ids=ids, pixel_values=pixels(), attention_mask=mask, position_ids=pos)
     ref = logits(model, **kw)
-    with LlavaTokenCompression(model, method_for(name), Budget(ratio=1.0), **LAYER_OPTS.get(name, {})) as tc:
+    method = get_method("visionzip", count_cls=False) if name == "visionzip" else method_for(name)
+    opts = {**LAYER_OPTS.get(name, {}), **OLD_LAYOUT.get(name, {})}
+    with LlavaTokenCompression(model, method, Budget(ratio=1.0), **opts) as tc:
         out = logits(model, **kw)
     assert torch.equal(out, ref)
     assert tc.tokens_per_layer == [N] * LAYERS
@@ -129,7 +137,7 @@ def test_batch_matches_single(model, name, side):
     with LlavaTokenCompression(model, name, budget, **LAYER_OPTS.get(name, {})) as tc:
         out = logits(model, input_ids=ids, pixel_values=px, attention_mask=mask, position_ids=pos)
         index = tc.sequence_index
-        assert out.shape[1] == index.shape[1] == ids.shape[1] - N + tc.kept.num_tokens
+        assert out.shape[1] == index.shape[1] == ids.shape[1] - N + tc.tokens_per_layer[-1]
         for b, prompt in enumerate((P0, P1)):
             last = int(mask[b].nonzero().max())
             slot = int((index[b] == last).nonzero())
@@ -163,6 +171,14 @@ class FixedPyramidDrop(PyramidDrop):
         return keep_top_k(batch, -(batch.positions % 2).float(), budget.tokens(batch.num_tokens))
 
 
+class FixedSparseVLM(SparseVLM):
+    """SparseVLM scored by a fixed rule (the even patches first), so re-pruning a longer prompt picks the same."""
+
+    def scores(self, batch: TokenBatch) -> torch.Tensor:
+        super().scores(batch)         # the adapter still computed the signal
+        return -(batch.positions % 2).float() - batch.positions.float() / 100
+
+
 def greedy_without_cache(model, ids, mask, px, steps: int) -> torch.Tensor:
     """Re-run the whole (re-pruned) prompt each step: the reference for cached decoding."""
     for _ in range(steps):
@@ -174,7 +190,8 @@ def greedy_without_cache(model, ids, mask, px, steps: int) -> torch.Tensor:
     return ids
 
 
-@pytest.mark.parametrize("case", ["visionzip", "fixed-fastv", "fixed-pyramiddrop-renumber", "prumerge-adaptive"])
+@pytest.mark.parametrize("case", ["visionzip", "fixed-fastv", "fixed-pyramiddrop-renumber", "prumerge-adaptive",
+                                  "prumerge+", "divprune", "fixed-sparsevlm"])
 def test_generate_after_pruning_uses_pruned_cache(model, case):
     ids, mask, _ = padded("left")
     px = pixels(seed=6 if case == "prumerge-adaptive" else 3)    # seed 6: the two images keep 2 and 3 tokens
@@ -183,6 +200,10 @@ def test_generate_after_pruning_uses_pruned_cache(model, case):
         "fixed-fastv": (FixedFastV(), dict(layers=2), Budget(keep=6)),
         "fixed-pyramiddrop-renumber": (FixedPyramidDrop(), dict(layers=(1, 3)), Budget(ratio=0.5)),
         "prumerge-adaptive": (get_method("prumerge", adaptive=True), {}, Budget(ratio=1.0)),
+        "prumerge+": ("prumerge+", {}, Budget(keep=7)),
+        "divprune": ("divprune", {}, Budget(keep=5)),
+        # renumbered, the recycled block right after the kept tokens (not sorted by representative)
+        "fixed-sparsevlm": (FixedSparseVLM(), dict(layers=(1, 3)), Budget(keep=6)),
     }[case]
     with LlavaTokenCompression(model, method, budget, **opts) as tc:
         with torch.no_grad():
@@ -198,6 +219,11 @@ def test_generate_after_pruning_uses_pruned_cache(model, case):
             cached = model.generate(input_ids=ids, pixel_values=px, attention_mask=mask, max_new_tokens=5,
                                     do_sample=False)
         reference = greedy_without_cache(model, ids, mask, px, 5)
+    # generate pads a sample after its EOS (the tiny Llama's eos_token_id 2); the reference runs on
+    eos, pad = model.generation_config.eos_token_id, model.generation_config.pad_token_id
+    new = reference[:, ids.shape[1]:]
+    done = (torch.isin(new, torch.tensor(eos)).cumsum(1) - torch.isin(new, torch.tensor(eos)).int()) > 0
+    reference[:, ids.shape[1]:] = new.masked_fill(done, pad if pad is not None else 0)
     assert torch.equal(cached, reference)
 
 
@@ -209,7 +235,8 @@ def test_pre_llm_kept_count(name):
     ids, mask, pos = padded("left")
     with LlavaTokenCompression(model, name, Budget(keep=4)) as tc:
         out = logits(model, input_ids=ids, pixel_values=pixels(), attention_mask=mask, position_ids=pos)
-    assert tc.kept.num_tokens == 4 and out.shape[1] == ids.shape[1] - N + 4
+    assert tc.kept.num_tokens + tc.cls_sent == 4 and out.shape[1] == ids.shape[1] - N + 4
+    assert tc.cls_sent == (name == "visionzip")       # the official VisionZip sends the CLS, counted in K
     assert tc.tokens_per_layer == [4] * LAYERS and tc.stage_keep == (4,)
 
 
@@ -219,12 +246,17 @@ def test_tokens_per_layer_schedules(eager):
     cases = [("fastv", Budget(keep=5), dict(layers=2), [N, N, 5, 5, 5]),
              ("dart", Budget(keep=6), dict(layers=3), [N, N, N, 6, 6]),
              ("pyramiddrop", Budget(ratio=0.5), dict(layers=(1, 2, 3)), [N, 8, 4, 2, 2]),
-             ("sparsevlm", Budget(keep=4), dict(layers=(0, 1, 2)), [N, 9, 3, 1, 1])]
+             # official: the recycled clusters come on top of the kept count (9+1, 3+1, 1+1)
+             ("sparsevlm", Budget(keep=4), dict(layers=(0, 1, 2)), [N, 10, 4, 2, 2]),
+             (get_method("sparsevlm", count_recycled=True), Budget(keep=4), dict(layers=(0, 1, 2)), [N, 9, 3, 1, 1])]
     for name, budget, opts, expected in cases:
         with LlavaTokenCompression(eager, name, budget, **opts) as tc:
             logits(eager, **kw)
         assert tc.tokens_per_layer == expected, name
-        assert [r.kept.num_tokens for r in tc.stages] == list(tc.stage_keep)
+        recycled = tc.method.name == "sparsevlm" and not tc.method.count_recycled     # clusters on top
+        extra = [recycle_counts(r.tokens_in - k)[1] if recycled else 0
+                 for r, k in zip(tc.stages, tc.stage_keep, strict=True)]
+        assert [r.kept.num_tokens for r in tc.stages] == [k + e for k, e in zip(tc.stage_keep, extra, strict=True)]
         assert tc.kept.num_tokens == expected[-1]
 
 
@@ -253,15 +285,19 @@ def test_fastv_signal_equals_eager_attention(eager):
             torch.testing.assert_close(got[b], want, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["fastv", "visionzip", "pyramiddrop"])
-def test_pruning_changes_output_and_positions(eager, name):
+@pytest.mark.parametrize("case", ["fastv", "visionzip", "visionzip-original", "divprune", "prumerge",
+                                  "pyramiddrop", "sparsevlm"])
+def test_pruning_changes_output_and_positions(eager, case):
     ids, mask, pos = padded("left")
     kw = dict(input_ids=ids, pixel_values=pixels(), attention_mask=mask, position_ids=pos)
     ref = logits(eager, **kw)
     seen = {}
-    layer = 2 if name == "fastv" else 1 if name == "pyramiddrop" else 0
+    name = case.split("-")[0]
+    method = get_method("visionzip", count_cls=False) if case == "visionzip-original" else name
+    opts = {**LAYER_OPTS.get(name, {}), **(dict(positions="original") if case.endswith("-original") else {})}
+    layer = {"fastv": 2, "pyramiddrop": 1, "sparsevlm": 2}.get(name, 0)
     budget = Budget(ratio=0.5) if name == "pyramiddrop" else Budget(keep=4)
-    with LlavaTokenCompression(eager, name, budget, **LAYER_OPTS.get(name, {})) as tc:
+    with LlavaTokenCompression(eager, method, budget, **opts) as tc:
         # registered after the adapter's hook, so it sees the pruned kwargs
         handle = eager.model.language_model.layers[layer].register_forward_pre_hook(
             lambda m, a, k: seen.update(pos=k["position_ids"]), with_kwargs=True)
@@ -270,15 +306,52 @@ def test_pruning_changes_output_and_positions(eager, name):
     assert not torch.allclose(out[:, -1], ref[:, -1], atol=1e-3)
     starts = (ids == IMG).int().argmax(1)
     kept = tc.stages[0].kept if tc.stages else tc.kept
-    k = kept.num_tokens
+    k = kept.num_tokens + tc.cls_sent
     span = seen["pos"][torch.arange(2)[:, None], starts[:, None] + torch.arange(k)]
     image_start = pos.gather(1, starts[:, None])
-    assert torch.equal(kept.positions, kept.positions.sort(1).values)
-    assert not torch.equal(kept.positions, torch.arange(k).expand(2, k))        # really pruned
-    if name == "pyramiddrop":      # the official code renumbers
-        assert tc.positions == "renumber" and torch.equal(span, image_start + torch.arange(k))
-    else:                          # original positions, RoPE gaps kept
+    assert not torch.equal(kept.positions, torch.arange(kept.num_tokens).expand(2, -1))   # really pruned
+    if name in ("fastv", "dart") or case.endswith("-original"):   # original positions, RoPE gaps kept
+        assert tc.positions == "original" and not tc.cls_sent
+        assert torch.equal(kept.positions, kept.positions.sort(1).values)
         assert torch.equal(span, image_start + kept.positions)
+    else:                          # the official code renumbers: 0..L'−1 from the first real token
+        assert tc.positions == "renumber" and torch.equal(span, image_start + torch.arange(k))
+        for b, prompt in enumerate((P0, P1)):
+            first = ids.shape[1] - len(prompt)                     # left padding
+            assert torch.equal(seen["pos"][b, first:], torch.arange(seen["pos"].shape[1] - first))
+    assert tc.cls_sent == (case == "visionzip")
+
+
+def test_visionzip_sends_projected_cls_first(eager):
+    """Official LLaVA-1.5 VisionZip: [CLS (layer −2, projected), dominant (raster), contextual]."""
+    ids, mask, pos = padded("left")
+    px = pixels()
+    seen = {}
+    with torch.no_grad():
+        hidden = eager.model.vision_tower(px, output_hidden_states=True).hidden_states[-2]
+        cls = eager.model.multi_modal_projector(hidden[:, 0])
+        with LlavaTokenCompression(eager, "visionzip", Budget(keep=8)) as tc:
+            handle = eager.model.language_model.register_forward_pre_hook(
+                lambda m, a, k: seen.update(embeds=k["inputs_embeds"]), with_kwargs=True)
+            eager(input_ids=ids, pixel_values=px, attention_mask=mask, position_ids=pos)
+            handle.remove()
+    starts = (ids == IMG).int().argmax(1)
+    first = seen["embeds"][torch.arange(2), starts]
+    torch.testing.assert_close(first, cls, atol=1e-6, rtol=1e-5)
+    assert tc.cls_sent and tc.kept.num_tokens == 7 and tc.tokens_per_layer == [8] * LAYERS
+    dominant = tc.kept.positions[:, :6]                           # 8 = CLS + 6 dominant + 1 contextual
+    assert torch.equal(dominant, dominant.sort(1).values)
+
+
+def test_prumerge_reads_official_signals(eager):
+    """PruMerge(+): one full-width head of the last CLIP layer and its full-width keys (official)."""
+    for name in ("prumerge", "prumerge+"):
+        with LlavaTokenCompression(eager, name, Budget(keep=6)) as tc:
+            assert tc._capture.signals == ("cls_attention_single_head", "keys_full")
+            assert tc._capture.signal_layer == 2 and tc._capture.layer == 1    # q/k of the last layer (of 3)
+        old = get_method(name, attention="head-sum", keys="head-mean")
+        with LlavaTokenCompression(eager, old, Budget(keep=6)) as tc:
+            assert tc._capture.signals == ("cls_attention", "keys")
 
 
 # -- errors ----------------------------------------------------------------------------------------

@@ -245,7 +245,8 @@ def test_visionzip_runs_through_the_compressor(kind):
 
     with torch.no_grad():
         batch = VisionTokenCompressor(make(kind), "visionzip", 8).compress(pixels())
-    assert batch.features.shape == (2, 8, 32) and (batch.cls is not None) == (kind == "clip")
+    # with a CLS, K counts it (official count_cls=True): 7 patch tokens plus batch.cls
+    assert batch.features.shape == (2, 8 - (kind == "clip"), 32) and (batch.cls is not None) == (kind == "clip")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tokencodec.tokens.compress.divprune") is None,

@@ -14,18 +14,21 @@ from tokencodec.tokens.compress.fastv import FastV
 from tokencodec.tokens.compress.pyramiddrop import PyramidDrop
 from tokencodec.tokens.compress.sparsevlm import SparseVLM
 
-# every method's options and defaults, as they were before options were typed (behaviour unchanged)
+# every method's options and defaults (as before options were typed, except where the defaults were made
+# the official code's: divprune compute_dtype, visionzip count_cls, prumerge order/normalize_attention/
+# attention/keys, sparsevlm count_recycled)
 DEFAULTS = {
     "random": {"content_seed": True},
     "pool-avg": {"at_most": False},
     "pool-resize": {"antialias": True, "at_most": False},
-    "divprune": {},
-    "visionzip": {"contextual_ratio": 10 / 64, "count_cls": False, "merge": "add"},
-    "prumerge": {"adaptive": False, "order": "raster", "neighbours": 32, "extra_token": True,
-                 "normalize_merge": False, "normalize_attention": True},
+    "divprune": {"compute_dtype": "model"},
+    "visionzip": {"contextual_ratio": 10 / 64, "count_cls": True, "merge": "add"},
+    "prumerge": {"adaptive": False, "order": "attention", "neighbours": 32, "extra_token": True,
+                 "normalize_merge": False, "normalize_attention": False, "attention": "single-head",
+                 "keys": "full"},
     "tome": {},
     "fastv": {"layer": 2, "query": "last"},
-    "sparsevlm": {"recycle": True, "count_recycled": True, "layers": [2, 6, 15]},
+    "sparsevlm": {"recycle": True, "count_recycled": False, "layers": [2, 6, 15]},
     "pyramiddrop": {"layers": [8, 16, 24], "ratios": [0.5, 0.25, 0.125], "positions": "renumber"},
     "dart": {"layer": 2, "pivots": 4},
     "token-norm": {},
@@ -47,7 +50,7 @@ def test_typo_names_the_method_the_option_and_every_allowed_option():
     with pytest.raises(MethodOptionError) as err:
         get_method("visionzip", merg="mean")
     assert str(err.value) == ("method 'visionzip': unknown option 'merg'; allowed: contextual_ratio (float, default "
-                              "0.15625), count_cls (bool, default False), merge ('add' | 'mean', default 'add')")
+                              "0.15625), count_cls (bool, default True), merge ('add' | 'mean', default 'add')")
     assert isinstance(err.value, ValueError)
 
 
@@ -126,7 +129,7 @@ def test_label_and_describe():
     assert get_method("visionzip").label == "visionzip"
     assert get_method("visionzip", merge="mean").label == "visionzip(merge=mean)"
     assert get_method("visionzip", merge="add").label == "visionzip"           # a default is not a change
-    assert get_method("prumerge", order="attention", adaptive=True).label == "prumerge(adaptive=True,order=attention)"
+    assert get_method("prumerge", order="raster", adaptive=True).label == "prumerge(adaptive=True,order=raster)"
     assert get_method("pyramiddrop", layers=[1, 2], ratios=[0.5, 0.25]).label == (
         "pyramiddrop(layers=[1, 2],ratios=[0.5, 0.25])")
     d = get_method("fastv", seed=3, query="all").describe()

@@ -47,12 +47,12 @@ def case(name: str, seed: int, b: int, h: int, w: int, frac: float):
         return (FastV() if name == "fastv" else PyramidDrop()), batch, Budget(keep=k), k
     if name.startswith("sparsevlm"):
         batch = TokenBatch.from_grid(feats, (h, w), context={"rater_attention": rand(b, 3, n).softmax(-1)})
-        if name == "sparsevlm":
-            lo = recycle_counts(n)[1]
-            k = lo + round(frac * (n - lo))
-            return SparseVLM(), batch, Budget(keep=k), k
-        k = 1 + round(frac * (n - 1))
-        return SparseVLM(count_recycled=False), batch, Budget(keep=k), k + recycle_counts(n - k)[1]
+        if name == "sparsevlm":             # the official default: the clusters come on top of K
+            k = 1 + round(frac * (n - 1))
+            return SparseVLM(), batch, Budget(keep=k), k + recycle_counts(n - k)[1]
+        lo = recycle_counts(n)[1]
+        k = lo + round(frac * (n - lo))
+        return SparseVLM(count_recycled=True), batch, Budget(keep=k), k
     text = {} if name == "dart-image" else {"text_keys": rand(b, 5, 4), "text_features": rand(b, 5, d)}
     batch = TokenBatch.from_grid(feats, (h, w), keys=rand(b, n, 4), normed_features=rand(b, n, d), context=text)
     k = 1 + round(frac * (n - 1))
@@ -250,19 +250,21 @@ def test_sparsevlm_counts_and_schedule():
     keep = kept_count(576, 192)
     assert keep + recycle_counts(576 - keep)[1] == 192
     assert SparseVLM.layers == (2, 6, 15) and SparseVLM.schedule[128] == (303, 110, 36)
+    assert SparseVLM.schedule[96] == (238, 48, 26) and SparseVLM.positions == "renumber"
 
 
 def test_sparsevlm_recycles_and_accepts_text_attention():
     attn = torch.tensor([[9.0, 8.0, 7.0, 1.0, 0.5, 0.4, 0.3, 0.2]])
     feats = torch.arange(8.0).view(1, 8, 1)
     batch = TokenBatch(features=feats, grid=(2, 4), signals={"text_attention": attn})
-    out = SparseVLM(count_recycled=False)(batch, Budget(keep=3))
+    out = SparseVLM()(batch, Budget(keep=3))
     # 5 deleted → ⌊1.5⌋+1 = 2 recycled (tokens 3 and 4), 1 cluster: their plain mean, appended
     assert out.positions[0, :3].tolist() == [0, 1, 2]
     assert out.features[0, :, 0].tolist() == pytest.approx([0.0, 1.0, 2.0, 3.5])
     assert out.sizes.tolist() == [[1.0, 1.0, 1.0, 2.0]]
     assert SparseVLM(recycle=False)(batch, Budget(keep=3)).positions.tolist() == [[0, 1, 2]]
-    assert SparseVLM()(batch, Budget(keep=3)).num_tokens == 3
+    assert SparseVLM()(batch, Budget(keep=3)).num_tokens == 4                   # official: 3 kept + 1 cluster
+    assert SparseVLM(count_recycled=True)(batch, Budget(keep=3)).num_tokens == 3
     with pytest.raises(BudgetError, match=r"\[1, 8\]"):
         SparseVLM()(batch, Budget(keep=9))
     with pytest.raises(ValueError, match="rater_attention"):

@@ -38,11 +38,14 @@ CONFIGS = {
     "pool-resize": (lambda s: PoolResize(seed=s), 1, "pool"),
     "pool-resize-plain": (lambda s: PoolResize(seed=s, antialias=False), 1, "pool"),
     "divprune": (lambda s: DivPrune(seed=s), 1, "select"),
-    "visionzip": (lambda s: VisionZip(seed=s), 1, "visionzip"),
+    "visionzip": (lambda s: VisionZip(seed=s), 2, "visionzip"),            # the CLS is one of the K
+    "visionzip-no-cls": (lambda s: VisionZip(seed=s, count_cls=False), 1, "visionzip"),
     "visionzip-mean-cls": (lambda s: VisionZip(seed=s, merge="mean", count_cls=True), 2, "visionzip"),
     "prumerge": (lambda s: PruMerge(seed=s), 2, "prumerge"),
     "prumerge+": (lambda s: PruMergePlus(seed=s), 2, "prumerge"),
     "prumerge-adaptive": (lambda s: PruMerge(seed=s, adaptive=True), 2, "adaptive"),
+    "prumerge-old": (lambda s: PruMerge(seed=s, order="raster", normalize_attention=True, attention="head-sum",
+                                        keys="head-mean"), 2, "prumerge"),
     "prumerge+-adaptive": (lambda s: PruMergePlus(seed=s, adaptive=True, order="attention"), 2, "adaptive"),
 }
 
@@ -50,9 +53,11 @@ CONFIGS = {
 def make_batch(b: int, h: int, w: int, frames: int, d: int, seed: int) -> TokenBatch:
     g = torch.Generator().manual_seed(seed)
     n = h * w * frames
+    att, keys = torch.rand(b, n, generator=g) ** 4, torch.randn(b, n, 3, generator=g)
+    # PruMerge reads the single-head attention and full keys: here the same tensors as VisionZip's signals
     return TokenBatch.from_grid(
         torch.randn(b, n, d, generator=g), (h, w), frames, cls_token=torch.randn(b, d, generator=g),
-        cls_attention=torch.rand(b, n, generator=g) ** 4, keys=torch.randn(b, n, 3, generator=g))
+        cls_attention=att, keys=keys, cls_attention_single_head=att, keys_full=keys)
 
 
 def one(batch: TokenBatch, i: int) -> TokenBatch:
@@ -156,7 +161,11 @@ def test_registered_names_and_attributes():
         assert METHODS.get(name) is cls and cls.name == name
         assert cls.stage == "pre-llm" and cls.guidance == "vision" and cls.knob == "keep"
         assert "arXiv" in cls.paper and cls.cls_fallback
-    assert VisionZip.needs == PruMerge.needs == ("cls_attention", "keys") and VisionZip.needs_cls
+    assert VisionZip.needs == ("cls_attention", "keys") and VisionZip.needs_cls
+    assert PruMerge.needs == PruMerge().needs == ("cls_attention_single_head", "keys_full")     # official
+    assert PruMerge(attention="head-sum", keys="head-mean").needs == ("cls_attention", "keys")
+    assert VisionZip.positions == PruMerge.positions == DivPrune.positions == "renumber"
+    assert RandomPrune.positions == PoolAvg.positions == "original" and PruMerge.signal_layer == -1
 
 
 # ---- random ---------------------------------------------------------------------------------------
@@ -253,6 +262,43 @@ def test_divprune_matches_official_loop(n, k, seed):
         assert got[i].tolist() == reference_divprune(x[i], k)
 
 
+def official_fp16_divprune(x: torch.Tensor, k: int) -> list[int]:
+    """vbdi/divprune's loop verbatim in the features' dtype (fp16 on LLaVA): no diagonal or picked-token fix."""
+    m = x / x.norm(dim=1, keepdim=True)
+    dist = 1.0 - torch.mm(m, m.T)
+    picked = [int(dist.topk(2, dim=0, largest=False).values[1].argmax())]
+    for _ in range(1, k):
+        picked.append(int(dist[picked].min(0).values.argmax()))
+    return sorted(picked)
+
+
+@FAST
+@given(n=st.integers(2, 30), k=st.integers(1, 30), seed=st.integers(0, 999))
+def test_divprune_model_dtype_matches_official_fp16(n, k, seed):
+    k = min(k, n)
+    x = torch.randn(2, n, 5, generator=torch.Generator().manual_seed(seed)).half()
+    batch = TokenBatch.from_grid(x, (1, n))
+    got = DivPrune()(batch, Budget(keep=k)).positions                         # compute_dtype="model"
+    assert torch.equal(got, divprune_select(x, k, None))
+    for i in range(2):
+        assert got[i].tolist() == official_fp16_divprune(x[i], k)
+    old = DivPrune(compute_dtype="float32")(batch, Budget(keep=k)).positions
+    assert torch.equal(old, divprune_select(x, k))                           # the float32 variant
+
+
+def test_prumerge_plus_adaptive_samples_follow_head_rule():
+    from tokencodec.tokens.compress.prumerge import stride_samples
+    # HEAD 5632f5a: arange(0, 575, int(step/3)) with step = 576 // k; here n−1 is included (pitfall fix)
+    for k in (8, 20, 32, 50, 100, 190):
+        step = 576 // k
+        official = torch.arange(0, 575, step // 3)
+        ours = stride_samples(576, k)
+        extra = ours[~torch.isin(ours, official)].tolist()
+        assert torch.equal(ours[:len(official)], official) and extra in ([], [575])
+    assert stride_samples(576, 32).tolist()[:3] == [0, 6, 12]
+    assert stride_samples(576, 400).tolist() == list(range(576))             # official stride 0 would raise
+
+
 # ---- visionzip ------------------------------------------------------------------------------------
 
 
@@ -263,12 +309,14 @@ def test_visionzip_budget_split():
 
 def test_visionzip_dominant_are_top_attention():
     batch = make_batch(2, 6, 6, 1, 4, 3)
-    out = VisionZip()(batch, Budget(keep=16))  # 14 dominant + 2 contextual
+    out = VisionZip()(batch, Budget(keep=16))  # the CLS (sent by the adapter) + 13 dominant + 2 contextual
+    old = VisionZip(count_cls=False)(batch, Budget(keep=16))  # 14 dominant + 2 contextual
     att = batch.signals["cls_attention"]
     for i in range(2):
-        top = att[i].argsort(descending=True)[:14].sort().values
-        assert torch.equal(out.positions[i, :14], top)
-        assert torch.equal(out.features[i, :14], batch.features[i, top])
+        for got, d in ((out, 13), (old, 14)):
+            top = att[i].argsort(descending=True)[:d].sort().values
+            assert got.num_tokens == d + 2 and torch.equal(got.positions[i, :d], top)
+            assert torch.equal(got.features[i, :d], batch.features[i, top])
 
 
 def test_visionzip_contextual_merge_by_hand():
@@ -293,7 +341,7 @@ def test_visionzip_without_cls_uses_mean_attention():
     batch = make_batch(1, 4, 4, 1, 3, 5)
     att = batch.signals.pop("cls_attention")
     batch.signals["mean_attention"] = att
-    out = VisionZip()(batch, Budget(keep=8))
+    out = VisionZip(count_cls=False)(batch, Budget(keep=8))
     assert torch.equal(out.positions[0, :7], att[0].argsort(descending=True)[:7].sort().values)
     del batch.signals["mean_attention"]
     with pytest.raises(ValueError, match="cls_attention"):
@@ -308,10 +356,14 @@ def test_iqr_count_on_constructed_attention():
     # Q1 = 1, Q3 = 2, bound 3.5: four outliers (numpy agrees)
     q1, q3 = np.percentile(att.numpy(), [25, 75])
     assert (q1, q3) == (1.0, 2.0) and iqr_outliers(att).tolist() == [4]
-    batch = TokenBatch.from_grid(torch.randn(1, 20, 2), (4, 5), cls_attention=att, keys=torch.randn(1, 20, 3))
+    batch = TokenBatch.from_grid(torch.randn(1, 20, 2), (4, 5), cls_attention_single_head=att,
+                                 keys_full=torch.randn(1, 20, 3))
     out = PruMerge(adaptive=True)(batch, Budget(ratio=1.0))
-    # the outliers, then the extra token at the first of the highest-attention pruned patches
-    assert out.positions.tolist() == [[16, 17, 18, 19, 12]] and out.sizes[0, -1] == 16
+    # the outliers (attention-descending, official), then the extra token at the first of the
+    # highest-attention pruned patches
+    assert out.positions.tolist() == [[19, 18, 17, 16, 12]] and out.sizes[0, -1] == 16
+    raster = PruMerge(adaptive=True, order="raster")(batch, Budget(ratio=1.0))
+    assert raster.positions.tolist() == [[16, 17, 18, 19, 12]]
     plus = PruMergePlus(adaptive=True)(batch, Budget(ratio=1.0))
     # step = 20 // 4 = 5, stride 1, samples from 0: every patch is kept, none pruned, no extra token
     assert plus.counts().tolist() == [20] and plus.mask is None
@@ -321,8 +373,8 @@ def test_prumerge_merge_by_hand():
     x = torch.randn(1, 4, 3, generator=torch.Generator().manual_seed(1))
     att = torch.tensor([[0.1, 0.6, 0.2, 0.1]])
     keys = torch.tensor([[[1, 0], [1, 0.1], [0, 1], [0, 1]]])
-    batch = TokenBatch.from_grid(x, (2, 2), cls_attention=att, keys=keys)
-    out = PruMerge(neighbours=1, normalize_attention=False)(batch, Budget(keep=2))
+    batch = TokenBatch.from_grid(x, (2, 2), cls_attention_single_head=att, keys_full=keys)
+    out = PruMerge(neighbours=1)(batch, Budget(keep=2))
     assert out.positions.tolist() == [[1, 2]] and out.sizes.tolist() == [[2, 3]]
     expected = torch.stack([x[0, 1] + 0.1 * x[0, 0], 0.1 * x[0, 0] + 0.2 * x[0, 2] + 0.1 * x[0, 3]])
     torch.testing.assert_close(out.features[0], expected)

@@ -8,18 +8,27 @@ offsets and mask sizes come from layer 0's cache length.
 
 **Pre-LLM methods** (stage "pre-llm": random, pool-avg, pool-resize, divprune, visionzip, prumerge,
 prumerge+). Signals come from the vision tower through :class:`~tokencodec.models.vision_tower.SignalCapture`
-(q/k hooks, SDPA-safe) at LLaVA's ``vision_feature_layer`` (−2); PruMerge(+) reads them from the
-last layer (``signal_layer=-1``, official). Features: DivPrune ranks the **projected** embeddings
-(its card, ``LAYER_INDEX=0``); every other method acts on the **pre-projector** features (layer −2
-patches) and its output is then projected, so merges (VisionZip, PruMerge, pooling) happen in
-vision space as in the official code (selection-only methods give the same either way: the
-projector is per token). ``features="vision"|"projected"`` overrides. LLaVA still builds its full
+(q/k hooks, SDPA-safe) at LLaVA's ``vision_feature_layer`` (−2), or at the layer the method
+declares (``signal_layer``: PruMerge(+) −1, the last layer, official). Features: the method's
+``features`` declaration: DivPrune ranks the **projected** embeddings (its card, ``LAYER_INDEX=0``);
+every other method acts on the **pre-projector** features (layer −2 patches) and its output is then
+projected, so merges (VisionZip, PruMerge, pooling) happen in vision space as in the official code
+(selection-only methods give the same either way: the projector is per token).
+``features="vision"|"projected"`` and ``signal_layer=`` override. LLaVA still builds its full
 ``inputs_embeds`` (the processor's image tokens in ``input_ids`` stay untouched); a pre-hook on the
 language model then replaces each sample's image span by the K compressed tokens and drops the rest
-from ``inputs_embeds``, ``attention_mask`` and ``position_ids``. The CLS is never sent (VisionZip's
-``count_cls`` is refused).
+from ``inputs_embeds``, ``attention_mask`` and ``position_ids``. A method that declares
+``sends_cls`` (VisionZip with ``count_cls=True``, its default: the official LLaVA-1.5 code) gets the
+layer −2 CLS projected by the projector as the **first** token of the span, counted in K
+(``cls_sent``; ``kept`` then holds the K−1 patch tokens, the CLS in ``kept.cls``); on encoders
+without CLS nothing is sent.
 
-**In-LLM methods** (stage "llm": fastv, sparsevlm, pyramiddrop, dart). Pre-hooks on the decoder
+**In-LLM methods** (stage "llm": fastv, sparsevlm, pyramiddrop, dart). The adapter never branches on
+a method's name: each method declares its stages (``method.plan(budget, n, depth, layers)`` →
+:class:`~tokencodec.tokens.compress.base.LLMStage` (layer, score_layer, keep) per stage) and what it
+reads (``method.llm_signal``, an :class:`~tokencodec.tokens.compress.base.LLMSignal`: attention rows
+of the last prompt token, of all tokens or of raters; keys; final-norm features; text after the image),
+which :meth:`LlavaTokenCompression._signals` interprets. Pre-hooks on the decoder
 layers recompute what each method reads, without attention maps (eager, SDPA alike): a layer's q/k
 on ``input_layernorm(h)`` with RoPE from its ``position_embeddings`` kwarg, GQA-aware
 (:mod:`~tokencodec.models.llm_pruning`).
@@ -40,17 +49,26 @@ on ``input_layernorm(h)`` with RoPE from its ``position_embeddings`` kwarg, GQA-
 The sequence is then cut before the pruning layer: hidden states and every per-token kwarg of the
 later layers (4-D/2-D mask rows and columns, cos/sin, ``position_ids``) are gathered to the kept slots.
 
-**Token order and positions.** The new span is sorted by each token's representative patch (merged
-tokens stand at their representative's slot), so the causal order agrees with the positions and the
-index into the old sequence is monotone (masks are gathered, never rebuilt). ``positions="original"``
-(default; FastV, DART) keeps each token's original position id (RoPE gaps); ``"renumber"``
-(PyramidDrop's default, from its ``positions`` attribute) makes them contiguous.
+**Token order and positions.** Each method declares its official layout (``positions``), which the
+adapter's ``positions=`` overrides. ``"renumber"`` (VisionZip, PruMerge(+), DivPrune, SparseVLM,
+PyramidDrop: the official LLaVA code gives the shortened sequence contiguous ids) keeps the
+**method's output order** in the span (VisionZip [CLS, dominant, contextual]; PruMerge by attention,
+samples, extra; SparseVLM kept tokens then the recycled block) and numbers the sequence 0..L'−1.
+``"original"`` (FastV, DART, random, pooling, token-norm: no official LLaVA code renumbers them)
+sorts the span by each token's representative patch (merged tokens stand at their representative's
+slot, a sent CLS at the first patch's), so the causal order agrees with the original position ids
+it keeps (RoPE gaps). Masks are gathered, never rebuilt: in the LLM, an unsorted span's mask rows and
+columns are gathered in slot order (the span's real tokens are causal among themselves), so the
+mask is causal in the span's own order.
 
-**Budget mapping.** Single-stage methods (all pre-LLM, FastV, DART) get the budget as is. PyramidDrop:
+**Budget mapping.** Single-stage methods (all pre-LLM, FastV, DART) get the budget as is (VisionZip's
+K counts the CLS it sends). PyramidDrop:
 λ = K/N with K = ``budget.tokens(N)``, stage s keeps ⌊N·λ^s⌋ (``Budget(ratio=0.5)`` gives the official
 0.5/0.25/0.125). SparseVLM: with ρ = K/N, the v1.5 list l of the preset p (192/128/64 of 576) nearest
-to ρ·576 in log scale, stage s keeping N·(l_s/576)^(ln ρ / ln(p/576)): the official list at ρ = p/576
-and N = 576, no pruning at ρ = 1 (:func:`sparsevlm_keeps`). ``stage_keep``
+to ρ·576 in log scale (192/128/96/64), stage s keeping N·(l_s/576)^(ln ρ / ln(p/576)): the official
+list at ρ = p/576 and N = 576, no pruning at ρ = 1 (:func:`sparsevlm_keeps`); with
+``count_recycled=False`` (default, official) the recycled clusters come on top of each stage's
+count. ``stage_keep``
 gives explicit per-stage counts instead. ``Budget(ratio=1.0)`` never prunes.
 
 **generate() and the KV cache.** Pruning happens at prefill only (the forward whose ``input_ids``
@@ -72,7 +90,6 @@ Supported: one image per sample, its N image tokens contiguous; a Llama-style la
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -85,55 +102,16 @@ from tokencodec.models.hf_compat import cache_from, cache_of
 from tokencodec.models.hooks import ModelPatch
 from tokencodec.models.vision_tower import SignalCapture, method_signals, resolve_tower
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress.base import Budget, BudgetError, TokenMethod, get_method
-from tokencodec.tokens.compress.pyramiddrop import stage_budgets
-from tokencodec.tokens.compress.sparsevlm import recycle_counts, select_raters
+from tokencodec.tokens.compress.base import Budget, BudgetError, LLMSignal, TokenMethod, get_method
+from tokencodec.tokens.compress.base import LLMStage as Stage
+from tokencodec.tokens.compress.pyramiddrop import pyramiddrop_keeps  # noqa: F401  (importable from here too)
+from tokencodec.tokens.compress.sparsevlm import select_raters, sparsevlm_keeps  # noqa: F401
 
 SUPPORTED = ("LlavaForConditionalGeneration", "LlavaModel")
-PROJECTED = ("divprune",)                       # methods that rank the projected embeddings
-SIGNAL_LAYER = {"prumerge": -1, "prumerge+": -1}  # official: q/k of the last CLIP layer
 SLOT = "_slot"                                  # private signal: the span slot each output token stands for
 
 
-# -- budget → per-stage counts (pure) -------------------------------------------------------------
-
-def pyramiddrop_keeps(budget: Budget, n: int, stages: int) -> tuple[int, ...]:
-    """Stage s (from 0) keeps ⌊n·λ^(s+1)⌋ with λ = K/n (λ = 0.5 reproduces the official 0.5/0.25/0.125),
-    and at least one token: on short token sequences at small λ the geometric schedule would reach 0."""
-    lam = budget.tokens(n) / n
-    return tuple(stage_budgets(n, [lam ** (s + 1) for s in range(stages)]))
-
-
-def sparsevlm_keeps(budget: Budget, n: int, schedule: dict[int, Sequence[int]], stages: int,
-                    exact: bool = True, n_ref: int = 576) -> tuple[int, ...]:
-    """Per-stage counts from SparseVLM's v1.5 lists (class ``schedule``, presets p of ``n_ref`` tokens).
-
-    With ρ = K/n, take the preset nearest in log scale and keep n·(l_s/n_ref)^(ln ρ / ln(p/n_ref)) at
-    stage s: the official list exactly at ρ = p/n_ref, n (no pruning) at ρ = 1, monotone in between.
-    Counts are rounded and clamped to [recycled clusters, previous count].
-    """
-    rho = budget.tokens(n) / n
-    preset = min(schedule, key=lambda p: (abs(math.log(p / n_ref) - math.log(rho)), p))
-    keeps = list(schedule[preset])
-    if stages > len(keeps):
-        raise ValueError(f"SparseVLM's schedule has {len(keeps)} stages; {stages} layers were given")
-    power = math.log(rho) / math.log(preset / n_ref)
-    out, cur = [], n
-    for keep in keeps[:stages]:
-        lo = recycle_counts(cur)[1] if exact else 1
-        cur = min(cur, max(lo, round(n * (keep / n_ref) ** power)))
-        out.append(cur)
-    return tuple(out)
-
-
 # -- records --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Stage:
-    layer: int          # pruning happens before this LLM layer
-    score_layer: int    # the layer whose attention / keys score the tokens
-    keep: int           # image tokens left after the stage
-
 
 @dataclass
 class StageRecord:
@@ -205,7 +183,13 @@ class LlavaTokenCompression(ModelPatch):
             self._init_pre(cfg, tower, features, signal_layer)
             self.stage_keep: tuple[int, ...] = (self.budget.tokens(self.n),)   # BudgetError names the range
         elif self.stage == "llm":
-            self.query = query or getattr(self.method, "query", "last")
+            self.signal: LLMSignal = self.method.llm_signal
+            if query is not None:                          # "last" | "all": whose attention rows
+                if self.signal.query not in ("last", "all") or query not in ("last", "all"):
+                    raise ValueError(f"query={query!r}: {self.method.name} reads {self.signal.query!r}; "
+                                     "query= chooses 'last' or 'all' attention rows")
+                self.signal = replace(self.signal, query=query)
+            self.query = self.signal.query
             self.stage_plan = self._plan(layers, stage_keep)
             self.stage_keep = tuple(s.keep for s in self.stage_plan)
         else:
@@ -216,6 +200,8 @@ class LlavaTokenCompression(ModelPatch):
         self._pre: tuple[TokenBatch, Tensor, Tensor] | None = None
         self.tokens_per_layer: list[int] | None = None
         self.kept: TokenBatch | None = None
+        self.cls_sent = False          # pre-LLM: the span starts with the projected CLS (kept.cls)
+        self._span = 0
         self.stages: list[StageRecord] = []
         self.sequence_index: Tensor | None = None
 
@@ -234,14 +220,12 @@ class LlavaTokenCompression(ModelPatch):
     def _init_pre(self, cfg, tower, features, signal_layer) -> None:
         if not isinstance(cfg.vision_feature_layer, int) or cfg.vision_feature_layer == 0:
             raise ValueError(f"vision_feature_layer={cfg.vision_feature_layer!r}: one encoder layer is supported")
-        if getattr(self.method.options, "count_cls", False):
-            raise ValueError("count_cls=True needs the CLS token sent into the LLM, which this adapter does not do")
         v = cfg.vision_feature_layer
         layer = v if v < 0 else v - 1                      # hidden_states[v] is layer v−1's output
-        self.features = features or ("projected" if self.method.name in PROJECTED else "vision")
+        self.features = features or getattr(self.method, "features", "vision")
         if self.features not in ("vision", "projected"):
             raise ValueError(f"features must be 'vision' or 'projected', not {self.features!r}")
-        sl = signal_layer if signal_layer is not None else SIGNAL_LAYER.get(self.method.name)
+        sl = signal_layer if signal_layer is not None else getattr(self.method, "signal_layer", None)
         self._capture = SignalCapture(self.llava, layer=layer, signals=method_signals(self.method, tower),
                                       signal_layer=sl)
 
@@ -250,16 +234,8 @@ class LlavaTokenCompression(ModelPatch):
         name = m.name
         if layers is not None:
             layers = (layers,) if isinstance(layers, int) else tuple(layers)
-        if name == "sparsevlm":
-            given = layers or tuple(m.layers)
-            stages = [(j + 1, j) for j in given]           # layer j's output is pruned
-        elif name == "pyramiddrop":
-            stages = [(j, j) for j in (layers or m.layers)]
-        else:                                              # FastV, DART and single-layer methods
-            k = (layers or (getattr(m, "layer", 2),))
-            if len(k) != 1:
-                raise ValueError(f"{name} prunes at one layer; got layers={k}")
-            stages = [(k[0], k[0] - 1)]
+        plan = tuple(m.plan(self.budget, n, depth, layers))   # the method's declaration
+        stages = [(s.layer, s.score_layer) for s in plan]
         for at, score in stages:
             if not (1 <= at < depth and 0 <= score < depth):
                 raise ValueError(f"{name}: pruning before layer {at} (scored at layer {score}) is outside the "
@@ -272,13 +248,8 @@ class LlavaTokenCompression(ModelPatch):
                     keeps, reverse=True):
                 raise BudgetError(f"stage_keep {keeps} must give {len(stages)} non-increasing counts in the "
                                   f"allowed range [1, {n}]")
-        elif name == "pyramiddrop":
-            keeps = pyramiddrop_keeps(self.budget, n, len(stages))
-        elif name == "sparsevlm":
-            exact = m.options.recycle and m.options.count_recycled
-            keeps = sparsevlm_keeps(self.budget, n, m.schedule, len(stages), exact)
         else:
-            keeps = (self.budget.tokens(n),)
+            keeps = tuple(s.keep for s in plan)
         return tuple(Stage(a, s, k) for (a, s), k in zip(stages, keeps, strict=True))
 
     def _install(self) -> None:
@@ -337,11 +308,23 @@ class LlavaTokenCompression(ModelPatch):
             out = self.method(batch, self.budget)
             projected = module.forward(out.features)       # forward, not __call__: this hook must not re-fire
         rep, valid = out.positions, out.mask
-        order = lp.sort_by_rep(rep.clamp_min(0), valid)
+        if self.positions == "renumber":                   # the method's order; padding (if any) last
+            order = lp.sort_by_rep(torch.zeros_like(rep), valid)
+        else:                                              # causal order agrees with the positions
+            order = lp.sort_by_rep(rep.clamp_min(0), valid)
         out, projected, rep = out.take(order), lp.take(projected, order), rep.gather(1, order)
-        if out.mask is not None:
-            rep = torch.where(out.mask, rep, self.n - 1)     # padded slots sit at the span's end, masked
-        self._pre = (out, projected, rep.clamp(0, self.n - 1))
+        span_mask = out.mask
+        if span_mask is not None:
+            rep = torch.where(span_mask, rep, self.n - 1)    # padded slots sit at the span's end, masked
+        rep = rep.clamp(0, self.n - 1)
+        self.cls_sent = bool(getattr(self.method, "sends_cls", False)) and cls is not None
+        if self.cls_sent:                                  # first in the span, at the first patch's slot
+            cls_proj = module.forward(cls[:, None].to(args[0].dtype))
+            projected = torch.cat([cls_proj.to(projected.dtype), projected], 1)
+            rep = torch.cat([rep.new_zeros(rep.shape[0], 1), rep], 1)
+            if span_mask is not None:
+                span_mask = torch.cat([span_mask.new_ones(span_mask.shape[0], 1), span_mask], 1)
+        self._pre = (out, projected, rep, span_mask)
         return None
 
     # -- language model input -------------------------------------------------------------------
@@ -363,7 +346,7 @@ class LlavaTokenCompression(ModelPatch):
             self._run, self.stages, self.kept = run, [], None
             if self.stage == "pre-llm":
                 kwargs.update(self._edit_input(run, embeds, mask, pos))
-            elif self.method.name == "sparsevlm":
+            elif self.signal.query == "raters":
                 run.raters = self._raters(embeds, run)
             return args, kwargs
         run = self._run
@@ -377,7 +360,7 @@ class LlavaTokenCompression(ModelPatch):
     def _edit_input(self, run: _Run, embeds: Tensor, mask: Tensor | None, pos: Tensor) -> dict:
         if self._pre is None:
             raise RuntimeError("no compressed image tokens: pass pixel_values with the image prompt")
-        out, projected, rep = self._pre
+        out, projected, rep, span_mask = self._pre
         self._pre = None
         if projected.shape[0] != embeds.shape[0]:
             raise ValueError(f"{projected.shape[0]} images for {embeds.shape[0]} samples; one image per sample")
@@ -385,9 +368,9 @@ class LlavaTokenCompression(ModelPatch):
         index = lp.span_index(run.start, self.n, rep, run.s0)
         new = lp.write_span(lp.take(embeds, index), run.start, projected)
         valid = lp.take(run.valid, index)
-        if out.mask is not None:
+        if span_mask is not None:
             slots = lp.span_slots(run.start, k)
-            valid = valid.scatter(1, slots, out.mask & lp.take(valid, slots))
+            valid = valid.scatter(1, slots, span_mask & lp.take(valid, slots))
         if self.positions == "renumber":
             positions = lp.renumber_positions(pos, index, run.start, self.n, k)
             run.shift = self.n - k
@@ -398,7 +381,7 @@ class LlavaTokenCompression(ModelPatch):
         elif k < self.n or not bool(valid.all()):
             mask = valid.long()                               # gaps without a mask would read as packed sequences
         run.lm_index, run.valid, run.s_in = index, valid, index.shape[1]
-        self.kept = out
+        self.kept, self._span = out, k
         return {"inputs_embeds": new, "attention_mask": mask, "position_ids": positions}
 
     def _decode_input(self, run: _Run, embeds: Tensor, mask: Tensor | None, pos: Tensor | None, cache) -> dict:
@@ -426,7 +409,7 @@ class LlavaTokenCompression(ModelPatch):
     def _finish(self, run: _Run) -> None:
         depth = len(self.layers)
         if self.stage == "pre-llm":
-            self.tokens_per_layer = [self.kept.num_tokens] * depth
+            self.tokens_per_layer = [self._span] * depth          # the CLS counts when it is sent
             self.sequence_index = run.lm_index
             return
         counts = [run.n] * depth
@@ -504,15 +487,20 @@ class LlavaTokenCompression(ModelPatch):
             batch = replace(prev.kept, features=feats, signals=tagged, context=context, mask=None)
         out = self.method(batch, Budget(keep=stage.keep))
         rep = out.signals.pop(SLOT)
-        order = lp.sort_by_rep(rep)
-        out, rep = out.take(order), rep.gather(1, order)
+        if self.positions != "renumber":                   # sorted: causal order agrees with positions
+            order = lp.sort_by_rep(rep)
+            out, rep = out.take(order), rep.gather(1, order)
         k = out.num_tokens
         local = lp.span_index(run.start, n, rep, s_cur)
+        # the span's rows/columns of the mask are causal among real tokens: gather them in slot order, so
+        # the new span is causal in its own (method's) order whatever the representatives
+        in_order = local if self.positions != "renumber" else lp.span_index(
+            run.start, n, torch.arange(k, device=h.device).expand(h.shape[0], k), s_cur)
         h_new = lp.write_span(lp.take(h, local), run.start, out.features)
         pos = kwargs.get("position_ids")
         if pos is None:
             pos = torch.arange(s_cur, device=h.device)[None]
-        new = {"attention_mask": lp.take_mask(kwargs.get("attention_mask"), local)}
+        new = {"attention_mask": lp.take_mask(kwargs.get("attention_mask"), in_order)}
         shift = prev.shift if prev else 0
         if self.positions == "renumber":
             new["position_ids"] = lp.renumber_positions(pos, local, run.start, n, k)
@@ -548,37 +536,47 @@ class LlavaTokenCompression(ModelPatch):
         return run.captured[stage.score_layer]
 
     def _signals(self, run, stage, i, h, kwargs, valid, span, n) -> tuple[dict, dict]:
-        name = self.method.name
+        """Interpret the method's :class:`LLMSignal` declaration for this stage."""
+        want = self.signal
         hs, kw = self._score_input(run, stage, h, kwargs)
         b = h.shape[0]
-        if name == "dart":
-            _, k, _ = self._qk(stage.score_layer, hs, kw, None, need_query=False)
-            keys = k.transpose(1, 2).reshape(b, k.shape[2], -1)        # post-RoPE, kv heads concatenated
-            normed = self.lm.norm(h)
+        signals, context = {}, {}
+        if want.keys or want.normed:
             s = int(h.shape[1])
             m = int((s - run.start - n).max())
-            text = (run.start[:, None] + n + torch.arange(m, device=h.device)).clamp_max(s - 1)
-            ok = ((run.start[:, None] + n + torch.arange(m, device=h.device)) < s) & lp.take(valid, text)
-            zero = ~ok[..., None]
-            context = {"text_keys": lp.take(keys, text).masked_fill(zero, 0),
-                       "text_features": lp.take(normed, text).masked_fill(zero, 0)}
-            return {"keys": lp.take(keys, span), "normed_features": lp.take(normed, span)}, context
-        if name == "sparsevlm":
+            after = run.start[:, None] + n + torch.arange(m, device=h.device)
+            text = after.clamp_max(s - 1)
+            zero = ~((after < s) & lp.take(valid, text))[..., None]   # padded text slots are zero
+        if want.keys:
+            _, k, _ = self._qk(stage.score_layer, hs, kw, None, need_query=False)
+            keys = k.transpose(1, 2).reshape(b, k.shape[2], -1)        # post-RoPE, kv heads concatenated
+            signals["keys"] = lp.take(keys, span)
+            if want.text:
+                context["text_keys"] = lp.take(keys, text).masked_fill(zero, 0)
+        if want.normed:
+            normed = self.lm.norm(h)
+            signals["normed_features"] = lp.take(normed, span)
+            if want.text:
+                context["text_features"] = lp.take(normed, text).masked_fill(zero, 0)
+        if want.query == "raters":
             slots, ok = run.raters
             rows = torch.where(ok, slots - (run.n - n), 0)      # text after the image shifts by the drops
             p = lp.take(self._rows(stage.score_layer, hs, kw, rows, valid), span, seq_dim=-1)   # [B, R, n]
             if bool(ok.all()):
-                return {}, {"rater_attention": p}
-            w = ok.to(p.dtype)[..., None]
-            return {"text_attention": (p * w).sum(1) / w.sum(1)}, {}
-        if self.query == "all" and name == "fastv":
+                context["rater_attention"] = p
+            else:
+                w = ok.to(p.dtype)[..., None]
+                signals["text_attention"] = (p * w).sum(1) / w.sum(1)
+        elif want.query == "all":
             rows = torch.arange(hs.shape[1], device=h.device).expand(b, -1)
             p = lp.take(self._rows(stage.score_layer, hs, kw, rows, valid), span, seq_dim=-1)
             w = valid.to(p.dtype)[..., None]
-            return {"text_attention": (p * w).sum(1) / w.sum(1)}, {}
-        rows = lp.last_valid(valid)[:, None]
-        p = self._rows(stage.score_layer, hs, kw, rows, valid)
-        return {"text_attention": lp.take(p, span, seq_dim=-1)[:, 0]}, {}
+            signals["text_attention"] = (p * w).sum(1) / w.sum(1)
+        elif want.query == "last":
+            rows = lp.last_valid(valid)[:, None]
+            p = self._rows(stage.score_layer, hs, kw, rows, valid)
+            signals["text_attention"] = lp.take(p, span, seq_dim=-1)[:, 0]
+        return signals, context
 
 
 __all__ = ["LlavaTokenCompression", "Stage", "StageRecord", "pyramiddrop_keeps", "sparsevlm_keeps"]

@@ -222,6 +222,33 @@ class OptionAttribute:
         return getattr(obj.options, self.attr)
 
 
+@dataclass(frozen=True)
+class LLMStage:
+    """One in-LLM pruning stage of a method's plan."""
+
+    layer: int          # pruning happens before this LLM layer
+    score_layer: int    # the layer whose attention / keys score the tokens
+    keep: int           # image tokens kept by the method at this stage
+
+
+@dataclass(frozen=True)
+class LLMSignal:
+    """What an in-LLM method reads at a pruning stage, recomputed by the adapter from ``score_layer``'s input.
+
+    ``query``: whose attention rows over the image span, head-averaged: "last" (the last real prompt
+    token → ``text_attention``), "all" (the mean over every real query row → ``text_attention``),
+    "raters" (text tokens chosen once from the layer-0 embeddings → ``context["rater_attention"]``),
+    or None (no attention). ``keys``: the post-RoPE keys, kv heads concatenated → ``keys``;
+    ``normed``: the stage input through the LLM's final norm → ``normed_features``; ``text``: the same
+    two for the text after the image → ``context["text_keys"]``/``["text_features"]``.
+    """
+
+    query: Literal["last", "all", "raters"] | None = "last"
+    keys: bool = False
+    normed: bool = False
+    text: bool = False
+
+
 class TokenMethod:
     """Base class; subclasses set the class attributes and implement ``__call__``."""
 
@@ -234,6 +261,13 @@ class TokenMethod:
     cls_fallback: ClassVar[str] = ""           # what the method does without a CLS token
     paper: ClassVar[str] = ""
     Options: ClassVar[type[MethodOptions]] = MethodOptions   # no options
+    # How an LLM adapter lays out this method's output (declarations read by adapters, never names):
+    # "renumber": contiguous position ids and the method's output order kept; "original": each token
+    # keeps its representative patch's position and the span is sorted by it (causal order = positions).
+    positions: ClassVar[str] = "original"
+    features: ClassVar[str] = "vision"          # pre-LLM: "vision" (pre-projector) or "projected" embeddings
+    signal_layer: ClassVar[int | None] = None   # pre-LLM: vision layer of the q/k signals (None: the feature layer)
+    sends_cls: ClassVar[bool] = False           # pre-LLM: the CLS goes into the LLM first, counted in the budget
 
     def __init__(self, seed: int = 0, **options):
         self.seed = seed
@@ -254,6 +288,23 @@ class TokenMethod:
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         raise NotImplementedError
+
+    # -- in-LLM methods: declarations an LLM adapter interprets (never a method's name) -----------
+    @property
+    def llm_signal(self) -> LLMSignal:
+        """What the adapter computes for each stage (default: the last prompt token's attention row)."""
+        return LLMSignal()
+
+    def plan(self, budget: Budget, n: int, depth: int, layers: tuple[int, ...] | None = None) -> tuple[LLMStage, ...]:
+        """The pruning stages for ``n`` image tokens in a ``depth``-layer LLM (``layers`` overrides the method's).
+
+        Default: one stage before layer K (``layers`` or the method's ``layer``, 2 if it has none), scored
+        with layer K−1, keeping the budget's count. The adapter checks the range and order of the layers.
+        """
+        k = layers or (getattr(self, "layer", 2),)
+        if len(k) != 1:
+            raise ValueError(f"{self.name} prunes at one layer; got layers={k}")
+        return (LLMStage(k[0], k[0] - 1, budget.tokens(n)),)
 
     def check_unpadded(self, batch: TokenBatch) -> None:
         """Refuse a padded batch (one whose images keep different counts): this method needs real tokens only."""

@@ -37,7 +37,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress.base import Budget, MethodOptions, OptionAttribute, TokenMethod, register_method
+from tokencodec.tokens.compress.base import (
+    Budget,
+    LLMSignal,
+    MethodOptions,
+    OptionAttribute,
+    TokenMethod,
+    register_method,
+)
 
 
 def _top_by_l1(keys: Tensor, p: int) -> tuple[Tensor, Tensor]:
@@ -100,6 +107,9 @@ class DART(TokenMethod):
     Options = DARTOptions
     layer = OptionAttribute()
     pivots = OptionAttribute()
+    positions = "original"      # official: position_ids = keep_indexs
+    # layer K−1's post-RoPE keys and final-norm features, for the image span and the text after it
+    llm_signal = LLMSignal(query=None, keys=True, normed=True, text=True)
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         self.check_signals(batch)

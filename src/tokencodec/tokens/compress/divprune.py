@@ -10,39 +10,50 @@ CVPR 2025, arXiv 2503.02175; official code vbdi/divprune (``llava_arch.py``), wh
 3. Greedy max–min: repeatedly add the candidate whose minimum distance to the selected set is
    largest. The official code recomputes that minimum over all selected rows each step (O(K²N));
    we keep a running minimum (O(KN)), which gives the same picks.
-4. Kept indices are sorted to raster order; the positions keep the original raster indices (the
-   official code lets them become contiguous; renumbering is the adapter's business).
+4. Kept indices are sorted to raster order; the positions keep the original raster indices. The
+   official code makes the LLM's position ids contiguous: ``positions = "renumber"`` tells the
+   adapter to do the same (its ``positions="original"`` keeps RoPE gaps instead).
 
 Choices the code leaves implicit: ties go to the lowest index (``argmax``), as in the official code.
 We set the diagonal of D to exactly 0 and give already-selected tokens −inf instead of relying on
 their ≈0 score, so identical tokens can never be picked twice (the official code could re-pick one
-when every remaining distance is 0). Distances are computed in float32 whatever the feature dtype.
+when every remaining distance is 0); this fix is kept in both dtypes.
+
+**dtype.** ``compute_dtype="model"`` (default, official) computes the distances and runs the greedy
+loop in the features' dtype (fp16 on LLaVA-1.5, as the official code does on ``new_input_embeds``),
+so near-ties resolve as there; ``compute_dtype="float32"`` (the older default) computes in float32
+whatever the feature dtype.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress.base import Budget, TokenMethod, register_method
+from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, register_method
 
 
-def cosine_distance(features: Tensor) -> Tensor:
-    """[B, N, N] pairwise 1 − cos, with an exact zero diagonal."""
-    x = F.normalize(features.float(), dim=-1)
+def cosine_distance(features: Tensor, dtype: torch.dtype | None = torch.float32) -> Tensor:
+    """[B, N, N] pairwise 1 − cos in ``dtype`` (None: the features' own), with an exact zero diagonal."""
+    x = F.normalize(features if dtype is None else features.to(dtype), dim=-1)
     d = 1 - x @ x.transpose(1, 2)
     d.diagonal(dim1=1, dim2=2).zero_()
     return d
 
 
-def divprune_select(features: Tensor, k: int) -> Tensor:
-    """Indices [B, k] of the max–min diverse subset of each image's tokens, in raster order."""
+def divprune_select(features: Tensor, k: int, dtype: torch.dtype | None = torch.float32) -> Tensor:
+    """Indices [B, k] of the max–min diverse subset of each image's tokens, in raster order.
+
+    ``dtype``: what the distances and the greedy loop run in (None: the features' dtype)."""
     b, n, _ = features.shape
     if k >= n:  # every token is picked: the greedy loop would only reorder them into raster order
         return torch.arange(n, device=features.device).expand(b, n).clone()
-    d = cosine_distance(features)
+    d = cosine_distance(features, dtype)
     rows = torch.arange(b, device=features.device)
     if n == 1:
         first = torch.zeros(b, dtype=torch.long, device=features.device)
@@ -61,6 +72,11 @@ def divprune_select(features: Tensor, k: int) -> Tensor:
     return picked.sort(1).values
 
 
+@dataclass(frozen=True)
+class DivPruneOptions(MethodOptions):
+    compute_dtype: Literal["model", "float32"] = "model"   # "model": the features' dtype (official fp16)
+
+
 @register_method("divprune")
 class DivPrune(TokenMethod):
     """Max–min diversity pruning on features (Alvar et al., CVPR 2025, arXiv 2503.02175).
@@ -75,8 +91,12 @@ class DivPrune(TokenMethod):
     needs_cls = False
     cls_fallback = "not needed: DivPrune reads only the token features"
     paper = "DivPrune (Alvar et al., CVPR 2025), arXiv 2503.02175"
+    Options = DivPruneOptions
+    positions = "renumber"      # official LLaVA: contiguous ids (the kept tokens are in raster order)
+    features = "projected"      # official LAYER_INDEX=0: the projector's output embeddings
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         self.check_unpadded(batch)
         k = budget.tokens(batch.num_tokens)
-        return batch.take(divprune_select(batch.features, k))
+        dtype = None if self.options.compute_dtype == "model" else torch.float32
+        return batch.take(divprune_select(batch.features, k, dtype))

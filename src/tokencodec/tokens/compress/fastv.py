@@ -31,6 +31,7 @@ from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import (  # noqa: F401  (keep_top_k, top_k_index: imported from here too)
+    LLMSignal,
     MethodOptions,
     OptionAttribute,
     ScoreMethod,
@@ -63,6 +64,11 @@ class FastV(ScoreMethod):
 
     layer = OptionAttribute()   # read by the adapter; on the class, the default
     query = OptionAttribute()
+    positions = "original"      # official: the kept tokens keep their position ids (RoPE gaps)
+
+    @property
+    def llm_signal(self) -> LLMSignal:   # layer K−1's rows (the default plan): the last prompt token's, or all
+        return LLMSignal(query=self.query)
 
     def score(self, batch: TokenBatch) -> Tensor:
         self.check_signals(batch)

@@ -4,11 +4,19 @@ Shang et al., "LLaVA-PruMerge: Adaptive Token Reduction for Efficient Large Mult
 ICCV 2025, arXiv 2403.15388; official code 42Shawn/LLaVA-PruMerge (``clip_encoder.py``). Steps, as in
 the official code:
 
-1. Selection. PruMerge keeps the outliers of the CLS attention (signal ``cls_attention`` [B, N]) by
-   the IQR rule, a > Q3 + 1.5·IQR (linear-interpolated quartiles, as ``np.percentile``). PruMerge+ adds
-   1-D raster samples ``arange(⌊step/6⌋, N, max(1, ⌊step/3⌋))`` with step = ⌊N/k⌋, skipping kept ones.
+0. Signals. The official attention is ONE full-width head of the last CLIP layer,
+   softmax(q·kᵀ/√D) with D = 1024, CLS row over the patches, not renormalised (it sums to
+   1 − a_CLS,CLS): signal ``cls_attention_single_head`` (``attention="single-head"``, default). The
+   neighbours are found with that layer's full-width keys, signal ``keys_full`` [B, N, D]
+   (``keys="full"``, default). The adapter reads both from the last layer (``signal_layer = -1``)
+   and merges the layer −2 features.
+1. Selection. PruMerge keeps the outliers of the CLS attention by the IQR rule, a > Q3 + 1.5·IQR
+   (linear-interpolated quartiles, as ``np.percentile``), in attention-descending order. PruMerge+
+   adds 1-D raster samples by the official HEAD rule (42Shawn/LLaVA-PruMerge 5632f5a,
+   ``clip_encoder.py:209-214``) ``arange(0, N, max(1, ⌊step/3⌋))`` with step = ⌊N/k⌋, skipping kept
+   ones, appended after them in raster order.
 2. Merge. Each kept token i takes its 32 most key-similar other tokens j (cosine of L2-normalised
-   ``keys`` [B, N, Dk]; kept and pruned alike; never itself) and becomes x_i + Σ_j a_j·x_j with the
+   keys; kept and pruned alike; never itself) and becomes x_i + Σ_j a_j·x_j with the
    attentions a unnormalised, as in the official code (its division is commented out;
    ``normalize_merge=True`` divides by Σ_j a_j).
 3. Extra token: Σ over pruned tokens of a_j·x_j, appended after the kept tokens.
@@ -22,18 +30,23 @@ Choices the card leaves open, and deviations:
   (the official 1-D stride, fitted to an exact count). With ``adaptive=True`` the IQR rule sets the
   count per image (at least 1) and the budget only caps it: at most K tokens, extra included
   (``Budget(ratio=1.0)`` gives the pure paper rule; PruMerge+ samples past the cap are dropped from
-  the raster end). Images then keep different counts: the batch is padded and ``mask`` set.
-- **Official pitfalls fixed.** The IQR count is used directly (not ⌊N·count/N⌋ in floating point);
-  the PruMerge+ stride is at least 1 (the official one is 0 when the ratio exceeds 1/3) and samples
-  run to N−1 inclusive (the official ``arange(…, 575, …)`` never samples the last patch).
-- **Order.** ``order="raster"`` (default) outputs the kept tokens in raster order of their patches;
-  the official code keeps attention-descending order (then PruMerge+ samples in raster order), which
-  ``order="attention"`` reproduces. The extra token is always last.
-- **Attention scale.** The official weights are a single-head full-width softmax of the last CLIP
-  layer; the adapter's ``cls_attention`` may instead be summed over heads. With
-  ``normalize_attention=True`` (default) we rescale each image's patch attentions to sum to 1, which
-  makes the merge weights independent of that convention (and equals the official ones up to the
-  CLS's attention to itself). The IQR rule does not depend on scale.
+  the raster end). Images then keep different counts: the batch is padded and ``mask`` set. The
+  official code (HEAD) runs PruMerge+ adaptive: ``adaptive=True``.
+- **Official pitfalls fixed (explicit).** The IQR count is used directly (not ⌊N·count/N⌋ in
+  floating point; the two agree for every count on N = 576). The PruMerge+ stride is at least 1:
+  the official stride is 0 when the ratio exceeds 1/3, where ``torch.arange`` raises, so this only
+  covers cases the official code cannot run. Samples run to N−1 inclusive, where the official
+  ``arange(0, 575, s)`` stops at 574: the two differ only when s divides N−1 (on N = 576, s ∈ {1, 5,
+  23, 25, 115}, e.g. s = 5 for 34–38 outliers), by one extra sample, the last patch.
+- **Order.** ``order="attention"`` (default, official): kept tokens in attention-descending order,
+  then the PruMerge+ samples in raster order, then the extra token. ``order="raster"`` sorts the kept
+  tokens by patch instead (the extra token stays last). The adapter keeps this order in the LLM
+  (``positions = "renumber"``: contiguous position ids, as the official LLaVA code).
+- **Attention scale.** ``normalize_attention=False`` (default, official) merges with the raw
+  single-head weights; ``True`` rescales each image's patch attentions to sum to 1 (the older
+  default, which makes the merge weights independent of the head convention). ``attention="head-sum"``
+  reads ``cls_attention`` (16 per-head softmaxes with 1/√d_head, summed) and ``keys="head-mean"``
+  the head-averaged keys ``keys`` [B, N, D/H]: the older defaults. The IQR rule does not depend on scale.
 - **Bookkeeping.** A merged token's source is itself plus its 32 neighbours; the extra token's is
   every pruned patch. Neighbourhoods overlap, so a patch may feed several tokens and sizes (the summed
   size of each token's sources) add up to at least N when the extra token is kept. The extra token's
@@ -62,9 +75,10 @@ def iqr_outliers(attention: Tensor) -> Tensor:
 
 
 def stride_samples(n: int, k: int) -> Tensor:
-    """PruMerge+'s 1-D spatial samples for k outliers out of n (official stride, pitfalls fixed)."""
+    """PruMerge+'s 1-D spatial samples for k outliers out of n: the official HEAD rule
+    ``arange(0, n−1, ⌊step/3⌋)``, step = ⌊n/k⌋, with the stride at least 1 and n−1 included."""
     step = n // k
-    return torch.arange(step // 6, n, max(1, step // 3))
+    return torch.arange(0, n, max(1, step // 3))
 
 
 def fixed_selection(attention: Tensor, s: int, plus: bool) -> Tensor:
@@ -137,39 +151,50 @@ def merge_plan(attention: Tensor, keys: Tensor, kept: Tensor, valid: Tensor, nei
 
 @dataclass(frozen=True)
 class PruMergeOptions(MethodOptions):
-    adaptive: bool = False                          # the IQR rule sets the count; the budget caps it
-    order: Literal["raster", "attention"] = "raster"  # "attention": the official output order
+    adaptive: bool = False                          # the IQR rule sets the count (official); the budget caps it
+    order: Literal["raster", "attention"] = "attention"  # "attention": the official output order
     neighbours: int = 32                            # key-nearest tokens merged into each kept one
     extra_token: bool = True                        # append the attention-weighted sum of the pruned
     normalize_merge: bool = False                   # divide merge weights by their sum (official: no)
-    normalize_attention: bool = True                # rescale attentions to sum to 1 per image
+    normalize_attention: bool = False               # rescale attentions to sum to 1 per image (official: no)
+    attention: Literal["single-head", "head-sum"] = "single-head"  # official: one full-width head
+    keys: Literal["full", "head-mean"] = "full"     # neighbours by full-width keys (official) or head-mean
 
 
 @register_method("prumerge")
 class PruMerge(TokenMethod):
     """IQR outlier tokens plus key-similarity merging (Shang et al., ICCV 2025, arXiv 2403.15388).
 
-    Options: ``adaptive`` (False), ``order`` ("raster" or "attention"), ``neighbours`` (32),
-    ``extra_token`` (True), ``normalize_merge`` (False), ``normalize_attention`` (True). See the
-    module docstring for every choice.
+    Options: ``adaptive`` (False), ``order`` ("attention" or "raster"), ``neighbours`` (32),
+    ``extra_token`` (True), ``normalize_merge`` (False), ``normalize_attention`` (False),
+    ``attention`` ("single-head" or "head-sum"), ``keys`` ("full" or "head-mean"). See the module
+    docstring for every choice.
     """
 
     plus: ClassVar[bool] = False
     stage = "pre-llm"
     guidance = "vision"
     knob = "keep"
-    needs = ("cls_attention", "keys")
+    needs = ("cls_attention_single_head", "keys_full")   # the defaults; an instance reads its options
     needs_cls = True
     cls_fallback = ("no official fallback; reads signal 'mean_attention' (mean attention each token "
-                    "receives) instead of 'cls_attention', as VisionZip's and VisPruner's authors advise")
+                    "receives) instead of the CLS attention, as VisionZip's and VisPruner's authors advise")
     paper = "LLaVA-PruMerge (Shang et al., ICCV 2025), arXiv 2403.15388"
     Options = PruMergeOptions
+    positions = "renumber"      # official LLaVA: contiguous ids, the method's output order
+    signal_layer = -1           # official: q/k of the last CLIP layer (features from layer −2)
+
+    def __init__(self, seed: int = 0, **options):
+        super().__init__(seed, **options)
+        attention = {"single-head": "cls_attention_single_head", "head-sum": "cls_attention"}
+        self.needs = (attention[self.options.attention], "keys_full" if self.options.keys == "full" else "keys")
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         self.check_unpadded(batch)
-        attention = guiding_attention(batch, self.name)
-        if "keys" not in batch.signals:
-            raise ValueError(f"{self.name} needs signal 'keys'; the batch has {sorted(batch.signals)}")
+        attention = guiding_attention(batch, self.name, self.needs[0])
+        key_signal = self.needs[1]
+        if key_signal not in batch.signals:
+            raise ValueError(f"{self.name} needs signal {key_signal!r}; the batch has {sorted(batch.signals)}")
         opt = self.options
         extra = opt.extra_token
         n = batch.num_tokens
@@ -184,7 +209,7 @@ class PruMerge(TokenMethod):
 
         if opt.normalize_attention:
             attention = attention / attention.sum(1, keepdim=True).clamp_min(1e-30)
-        weights, members, rep, valid = merge_plan(attention, batch.signals["keys"], kept, valid,
+        weights, members, rep, valid = merge_plan(attention, batch.signals[key_signal], kept, valid,
                                                   opt.neighbours, opt.normalize_merge, extra)
         out = batch.combine(weights, members, rep)
         if bool(valid.all()):

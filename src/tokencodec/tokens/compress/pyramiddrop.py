@@ -31,7 +31,15 @@ from typing import Literal
 from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress.base import BudgetError, MethodOptions, OptionAttribute, ScoreMethod, register_method
+from tokencodec.tokens.compress.base import (
+    Budget,
+    BudgetError,
+    LLMStage,
+    MethodOptions,
+    OptionAttribute,
+    ScoreMethod,
+    register_method,
+)
 
 
 def stage_budgets(n: int, ratios: Sequence[float]) -> list[int]:
@@ -40,6 +48,13 @@ def stage_budgets(n: int, ratios: Sequence[float]) -> list[int]:
     if any(not 0 < lam <= 1 for lam in ratios) or list(ratios) != sorted(ratios, reverse=True):
         raise BudgetError(f"stage ratios {tuple(ratios)} must be non-increasing and in the allowed range (0, 1]")
     return [max(1, int(n * lam)) for lam in ratios]
+
+
+def pyramiddrop_keeps(budget: Budget, n: int, stages: int) -> tuple[int, ...]:
+    """Stage s (from 0) keeps ⌊n·λ^(s+1)⌋ with λ = K/n (λ = 0.5 reproduces the official 0.5/0.25/0.125),
+    and at least one token: on short token sequences at small λ the geometric schedule would reach 0."""
+    lam = budget.tokens(n) / n
+    return tuple(stage_budgets(n, [lam ** (s + 1) for s in range(stages)]))
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,11 @@ class PyramidDrop(ScoreMethod):
     layers = OptionAttribute()
     ratios = OptionAttribute()
     positions = OptionAttribute()
+
+    def plan(self, budget: Budget, n: int, depth: int, layers: tuple[int, ...] | None = None) -> tuple[LLMStage, ...]:
+        """Prune before each layer l, scored with layer l's own q/k (the official "next layer")."""
+        layers = tuple(layers or self.layers)
+        return tuple(LLMStage(j, j, k) for j, k in zip(layers, pyramiddrop_keeps(budget, n, len(layers)), strict=True))
 
     def score(self, batch: TokenBatch) -> Tensor:
         self.check_signals(batch)

@@ -12,13 +12,18 @@ these tokens are appended after the kept ones.
 Choices the card leaves open:
 
 - **Schedule.** The v1.5 fixed lists (``RETAIN_TOKN``): the option ``layers=(2, 6, 15)`` and the
-  class info ``schedule[192|128|64]`` = per-layer keep counts; the adapter passes one count per call. The
+  class info ``schedule[192|128|96|64]`` = per-layer keep counts; the adapter passes one count per call. The
   v1 rank-based count is not implemented.
-- **Budget and recycled tokens.** With ``count_recycled=True`` (default) the budget counts every
-  output token, recycled clusters included, so a stage returns exactly K tokens (we keep fewer by
-  score to make room). ``count_recycled=False`` is the official behaviour: K kept plus the
-  clusters (≈204 instead of 192 averaged, SparseVLM issue #33). ``recycle=False`` turns
-  recycling off.
+- **Budget and recycled tokens.** ``count_recycled=False`` (default) is the official behaviour: K
+  kept by score plus the clusters on top (576 → 309 → 204 → 113 for "192", ≈204 instead of 192
+  averaged, SparseVLM issue #33). With ``count_recycled=True`` the budget counts every output token,
+  recycled clusters included, so a stage returns exactly K tokens (we keep fewer by score to make
+  room). ``recycle=False`` turns recycling off.
+- **Layout in the LLM.** Output order [kept tokens in sequence order, recycled clusters in centre
+  order (δ·density descending)], as the official code inserts the merged block right after the kept
+  visual tokens; with ``positions = "renumber"`` the adapter keeps that order and makes the position
+  ids contiguous, as the official prefill does (its ``positions="original"`` sorts the span by
+  representative and keeps RoPE gaps instead).
 - **Raters.** Text tokens whose mean relevance is strictly above the mean; if none is (all
   equal), every text token rates, where the official code would divide by zero.
 - **DPC-KNN ties.** Density ties are broken by index (the lower index counts as denser), not
@@ -32,6 +37,8 @@ Choices the card leaves open:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -40,7 +47,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress.base import Budget, MethodOptions, OptionAttribute, TokenMethod, register_method
+from tokencodec.tokens.compress.base import (
+    Budget,
+    LLMSignal,
+    LLMStage,
+    MethodOptions,
+    OptionAttribute,
+    TokenMethod,
+    register_method,
+)
 
 
 def select_raters(visual_embeds: Tensor, text_embeds: Tensor) -> Tensor:
@@ -71,6 +86,28 @@ def kept_count(n: int, budget: int) -> int:
     return max(fits)
 
 
+def sparsevlm_keeps(budget: Budget, n: int, schedule: dict[int, Sequence[int]], stages: int,
+                    exact: bool = True, n_ref: int = 576) -> tuple[int, ...]:
+    """Per-stage counts from SparseVLM's v1.5 lists (class ``schedule``, presets p of ``n_ref`` tokens).
+
+    With ρ = K/n, take the preset nearest in log scale and keep n·(l_s/n_ref)^(ln ρ / ln(p/n_ref)) at
+    stage s: the official list exactly at ρ = p/n_ref, n (no pruning) at ρ = 1, monotone in between.
+    Counts are rounded and clamped to [recycled clusters (``exact``) or 1, previous count].
+    """
+    rho = budget.tokens(n) / n
+    preset = min(schedule, key=lambda p: (abs(math.log(p / n_ref) - math.log(rho)), p))
+    keeps = list(schedule[preset])
+    if stages > len(keeps):
+        raise ValueError(f"SparseVLM's schedule has {len(keeps)} stages; {stages} layers were given")
+    power = math.log(rho) / math.log(preset / n_ref)
+    out, cur = [], n
+    for keep in keeps[:stages]:
+        lo = recycle_counts(cur)[1] if exact else 1
+        cur = min(cur, max(lo, round(n * (keep / n_ref) ** power)))
+        out.append(cur)
+    return tuple(out)
+
+
 def dpc_knn(x: Tensor, num_clusters: int, k: int | None = None) -> tuple[Tensor, Tensor]:
     """Cluster x [B, m, C] by density peaks with k nearest neighbours (k defaults to num_clusters).
 
@@ -97,7 +134,7 @@ def dpc_knn(x: Tensor, num_clusters: int, k: int | None = None) -> tuple[Tensor,
 @dataclass(frozen=True)
 class SparseVLMOptions(MethodOptions):
     recycle: bool = True                    # merge part of the deleted tokens into appended clusters
-    count_recycled: bool = True             # the budget counts the clusters (official: it does not)
+    count_recycled: bool = False            # the budget counts the clusters (official: it does not)
     layers: tuple[int, ...] = (2, 6, 15)    # the LLM layers the adapter prunes after (v1.5)
 
 
@@ -116,7 +153,15 @@ class SparseVLM(TokenMethod):
     count_recycled = OptionAttribute()
     layers = OptionAttribute()
     schedule: ClassVar[dict[int, tuple[int, ...]]] = {192: (300, 200, 110), 128: (303, 110, 36),
-                                                      64: (66, 30, 17)}
+                                                      96: (238, 48, 26), 64: (66, 30, 17)}
+    positions = "renumber"      # official: contiguous ids, [kept, recycled block] as emitted
+    llm_signal = LLMSignal(query="raters")   # the raters' rows of the pruning layer's attention
+
+    def plan(self, budget: Budget, n: int, depth: int, layers: tuple[int, ...] | None = None) -> tuple[LLMStage, ...]:
+        """Layer j runs on all tokens and its output is pruned: a stage before j+1, scored with layer j."""
+        layers = tuple(layers or self.layers)
+        keeps = sparsevlm_keeps(budget, n, self.schedule, len(layers), self.recycle and self.count_recycled)
+        return tuple(LLMStage(j + 1, j, k) for j, k in zip(layers, keeps, strict=True))
 
     def scores(self, batch: TokenBatch) -> Tensor:
         if "rater_attention" not in batch.context and "text_attention" in batch.signals:

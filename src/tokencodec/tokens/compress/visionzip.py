@@ -18,10 +18,16 @@ Choices the card leaves open:
 
 - **Budget split.** K tokens = D dominant + C contextual with C = round(K·10/64) (``contextual_ratio``):
   64 = 54+10, 128 = 108+20, 192 = 162+30, the paper's LLaVA-1.5 presets.
-- **CLS.** Our TokenBatch keeps CLS apart in ``batch.cls``, so by default K counts patch tokens only
-  (LightCompress's LLaVA-HF behaviour: 54+10 gives 64 patch tokens). The official LLaVA-1.5 code sends
-  the CLS into the LLM as one of the D dominant tokens; ``count_cls=True`` reproduces that count by
-  keeping D−1 dominant patches when ``batch.cls`` is present (sending the CLS is the adapter's job).
+- **CLS.** The official LLaVA-1.5 code sends the layer-22 CLS into the LLM as the first of the D
+  dominant tokens (64 = CLS + 53 + 10). ``count_cls=True`` (default) reproduces that: with
+  ``batch.cls`` present, D−1 dominant patches are kept and the method declares ``sends_cls``, so the
+  LLaVA adapter projects ``batch.cls`` and puts it first in the image span (the returned batch holds
+  the K−1 patch tokens; the CLS stays in ``batch.cls``). ``count_cls=False`` gives K patch tokens and
+  no CLS (LightCompress's LLaVA-HF behaviour: 54+10 gives 64 patch tokens). Without a CLS (SigLIP)
+  both are the same.
+- **Layout in the LLM.** Officially the shortened sequence gets contiguous position ids and the
+  order [CLS, dominant (raster), contextual]: ``positions = "renumber"`` (the adapter's
+  ``positions="original"`` gives the older layout: representative-sorted span, RoPE gaps).
 - **Bookkeeping.** A contextual token's source is its target plus all assignees, its size their summed
   size, and its position and per-token signals are its target's.
 - **No CLS.** Without ``cls_attention`` we rank by ``mean_attention`` (the mean attention each token
@@ -41,12 +47,12 @@ from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, register_method
 
 
-def guiding_attention(batch: TokenBatch, method: str) -> Tensor:
-    """CLS attention [B, N], or the mean attention each token receives when there is no CLS."""
-    for name in ("cls_attention", "mean_attention"):
+def guiding_attention(batch: TokenBatch, method: str, signal: str = "cls_attention") -> Tensor:
+    """CLS attention [B, N] (signal ``signal``), or the mean attention each token receives when there is no CLS."""
+    for name in (signal, "mean_attention"):
         if name in batch.signals:
             return batch.signals[name].float()
-    raise ValueError(f"{method} needs signal 'cls_attention' (or 'mean_attention' for encoders without "
+    raise ValueError(f"{method} needs signal {signal!r} (or 'mean_attention' for encoders without "
                      f"a CLS token); the batch has {sorted(batch.signals)}")
 
 
@@ -107,7 +113,7 @@ def split_budget(k: int, contextual_ratio: float = 10 / 64, cls_counted: bool = 
 @dataclass(frozen=True)
 class VisionZipOptions(MethodOptions):
     contextual_ratio: float = 10 / 64       # contextual share of the budget (the paper's 10 of 64)
-    count_cls: bool = False                 # K counts the CLS the official LLaVA code sends to the LLM
+    count_cls: bool = True                  # K counts the CLS the official LLaVA code sends to the LLM
     merge: Literal["add", "mean"] = "add"   # "add": official target + mean; "mean": size-weighted mean
 
 
@@ -115,7 +121,7 @@ class VisionZipOptions(MethodOptions):
 class VisionZip(TokenMethod):
     """Dominant + contextual tokens (Yang et al., CVPR 2025, arXiv 2412.04467).
 
-    Options: ``contextual_ratio`` (10/64), ``count_cls`` (False), ``merge`` ("add" official, or
+    Options: ``contextual_ratio`` (10/64), ``count_cls`` (True, official), ``merge`` ("add" official, or
     "mean"). See the module docstring for every choice.
     """
 
@@ -128,6 +134,11 @@ class VisionZip(TokenMethod):
                     "as EffiVLM-Bench does for SigLIP) instead of 'cls_attention'")
     paper = "VisionZip (Yang et al., CVPR 2025), arXiv 2412.04467"
     Options = VisionZipOptions
+    positions = "renumber"          # official LLaVA: contiguous ids, [CLS, dominant, contextual] as emitted
+
+    @property
+    def sends_cls(self) -> bool:    # the adapter sends batch.cls (projected) first when there is one
+        return self.options.count_cls
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         self.check_unpadded(batch)
