@@ -5,7 +5,9 @@
 set -euo pipefail
 packages=(chromium)
 missing=()
-for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# `dpkg -s` succeeds for a removed package whose config files remain, so ask for the installed state
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+for p in "${packages[@]}"; do installed "$p" || missing+=("$p"); done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "system packages present: ${packages[*]}"
   exit 0
@@ -14,3 +16,4 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+command -v chromium >/dev/null || { echo "chromium was installed but is not on PATH" >&2; exit 1; }
