@@ -64,7 +64,8 @@ def _ms_ssim_reference(a, b):
 
 
 def test_ms_ssim_against_an_independent_implementation(pair):
-    assert ms_ssim(*pair) == pytest.approx(_ms_ssim_reference(*pair), abs=2e-6)
+    # float32 maps (as pytorch_msssim): the value moves by ~2e-6 with the thread count's summation order
+    assert ms_ssim(*pair) == pytest.approx(_ms_ssim_reference(*pair), abs=5e-6)
 
 
 def test_small_images_get_a_status_not_a_nan():
@@ -86,8 +87,9 @@ def test_ms_ssim_per_channel_equals_pytorch_msssim_on_the_whole_image(pair):
     for a, b in (pair, odd):
         t = [torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None] for x in (a, b)]
         expected = float(reference(*t, data_range=255.0))
-        assert ms_ssim(a, b) == pytest.approx(expected, rel=1e-6)
-        assert ms_ssim(a, b, band_pixels=3000) == pytest.approx(expected, rel=1e-6)  # many bands, same value
+        # both in float32, in different summation orders (bands, threads): ~1e-6 apart
+        assert ms_ssim(a, b) == pytest.approx(expected, abs=5e-6)
+        assert ms_ssim(a, b, band_pixels=3000) == pytest.approx(ms_ssim(a, b), abs=1e-6)  # many bands, same value
 
 
 def test_psnr_in_bands_is_exact():
