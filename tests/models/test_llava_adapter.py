@@ -394,3 +394,77 @@ def test_cls_method_on_siglip_tower():
     with LlavaTokenCompression(model, "visionzip", Budget(keep=4)) as tc:
         out = logits(model, input_ids=ids, pixel_values=pixels(1))
     assert out.shape[1] == len(P0) - N + 4 and tc.kept.num_tokens == 4
+
+
+# -- chains: a step before the LLM, then one inside it ---------------------------------------------
+
+CHAINS = {
+    "random+fastv": [("random", Budget(ratio=1.0)), ("fastv", Budget(ratio=1.0))],
+    "tome0+fastv": [("tome", Budget(r=0)), ("fastv", Budget(ratio=1.0))],
+}
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+def test_chain_at_full_budgets_equals_unpatched(model, chain):
+    ids, mask, pos = padded("left")
+    kw = dict(input_ids=ids, pixel_values=pixels(), attention_mask=mask, position_ids=pos)
+    ref = logits(model, **kw)
+    with LlavaTokenCompression(model, CHAINS[chain], layers=2) as tc:
+        assert torch.equal(logits(model, **kw), ref)
+    assert tc.tokens_per_layer == [N] * LAYERS and tc.stage.endswith("+llm")
+
+
+@pytest.mark.parametrize("case", ["visionzip+fastv", "tome+fixed-fastv", "divprune+fixed-sparsevlm"])
+def test_chain_counts_positions_and_cached_generate(model, case):
+    ids, mask, _ = padded("left")
+    px = pixels()
+    first, second = {
+        "visionzip+fastv": (("visionzip", Budget(keep=8)), ("fastv", Budget(keep=4))),
+        "tome+fixed-fastv": (("tome", Budget(r=3)), (FixedFastV(), Budget(keep=4))),
+        "divprune+fixed-sparsevlm": (("divprune", Budget(keep=10)), (FixedSparseVLM(), Budget(keep=4))),
+    }[case]
+    sent = {"visionzip+fastv": 8, "tome+fixed-fastv": N - 3 * 2, "divprune+fixed-sparsevlm": 10}[case]
+    layers = (1, 3) if "sparsevlm" in case else 2
+    with LlavaTokenCompression(model, [first, second], layers=layers) as tc:
+        with torch.no_grad():
+            out = model(input_ids=ids, pixel_values=px, attention_mask=mask, use_cache=True)
+        first_stage = tc.stage_plan[0].layer
+        assert tc.tokens_per_layer[:first_stage] == [sent] * first_stage
+        assert tc.tokens_per_layer[-1] <= 4 + (2 if "sparsevlm" in case else 0)   # SparseVLM's recycled on top
+        lengths = [layer.keys.shape[-2] for layer in cache_of(out).layers]
+        s_in = ids.shape[1] - N + sent
+        assert lengths == [s_in - (sent - k) for k in tc.tokens_per_layer]
+        # the caller's slots: the kept image tokens stand at original image slots, text slots are the caller's
+        assert out.logits.shape[1] == tc.sequence_index.shape[1]
+        assert bool((tc.sequence_index[:, -1] == ids.shape[1] - 1).all())
+        assert bool((tc.kept.positions >= 0).all()) and bool((tc.kept.positions < N).all())
+        if not case.startswith("visionzip"):        # the cached decode against re-pruning the whole prompt
+            with torch.no_grad():
+                cached = model.generate(input_ids=ids, pixel_values=px, attention_mask=mask, max_new_tokens=4,
+                                        do_sample=False)
+            reference = greedy_without_cache(model, ids, mask, px, 4)
+            eos = model.generation_config.eos_token_id
+            new = reference[:, ids.shape[1]:]
+            hit = torch.isin(new, torch.tensor(eos))
+            reference[:, ids.shape[1]:] = new.masked_fill((hit.cumsum(1) - hit.int()) > 0,
+                                                          model.generation_config.pad_token_id or 0)
+            assert torch.equal(cached, reference)
+
+
+def test_tome_alone_on_llava_sends_merged_tokens_with_sizes(eager):
+    ids, mask, pos = padded("left")
+    with LlavaTokenCompression(eager, "tome", Budget(r=2)) as tc:
+        out = logits(eager, input_ids=ids, pixel_values=pixels(), attention_mask=mask, position_ids=pos)
+    k = N - 2 * 2                                   # 2 per layer in layers 0..−2 of the 3-layer tower
+    assert tc.tokens_per_layer == [k] * LAYERS and out.shape[1] == ids.shape[1] - N + k
+    assert torch.equal(tc.kept.sizes.sum(1), torch.full((2,), float(N)))     # every patch counted once
+    assert torch.equal(tc.kept.positions, tc.kept.positions.sort(1).values)  # patch order, original positions
+
+
+def test_chain_refusals(eager):
+    with pytest.raises(ValueError, match="followed by one 'llm' method"):
+        LlavaTokenCompression(eager, [("fastv", 4), ("visionzip", 4)])
+    with pytest.raises(ValueError, match="own budget"):
+        LlavaTokenCompression(eager, [("visionzip", 8), ("fastv", 4)], Budget(keep=4))
+    with pytest.raises(BudgetError, match="r·layers"):
+        LlavaTokenCompression(eager, "tome", Budget(r=9))

@@ -6,9 +6,10 @@ import torch
 
 from tokencodec.bench.engine import run_sweep
 from tokencodec.observers import OBSERVERS, ObserverSpec, observer_for
-from tokencodec.observers.diagnostic import DiagnosticObserver, scaled_layers
+from tokencodec.observers.diagnostic import DiagnosticObserver
 from tokencodec.pipeline import PipelineError, PipelineSpec
 from tokencodec.tokens.compress import METHODS
+from tokencodec.tokens.compress.base import get_method, scaled_layers
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +25,14 @@ def diagnostic(tmp_path_factory):
     return DiagnosticObserver(weights=str(folder))
 
 
-def test_scaled_layers():
-    assert scaled_layers([2], 32) == [2]
-    assert scaled_layers([2, 6, 15], 4) == [1, 2, 3]   # SparseVLM on a 4-layer LLM
-    assert scaled_layers([8, 16, 24], 4) == [1, 2, 3]  # PyramidDrop
+def test_scaled_layers_and_each_methods_layers_for_a_shallow_llm():
+    assert scaled_layers([2], 32) == (2,)
+    assert scaled_layers([3, 7, 16], 4) == (1, 2, 3)   # SparseVLM's pruning layers on a 4-layer LLM
+    assert scaled_layers([8, 16, 24], 4) == (1, 2, 3)  # PyramidDrop
+    # the method declares how its option maps: SparseVLM's layers score, the layer after prunes
+    assert get_method("sparsevlm").layers_for(4) == (0, 1, 2)
+    assert get_method("pyramiddrop").layers_for(4) == (1, 2, 3)
+    assert get_method("fastv").layers_for(32) == (2,) and get_method("fastv").layers_for(4) == (1,)
     with pytest.raises(ValueError, match="too shallow"):
         scaled_layers([2], 1)
 

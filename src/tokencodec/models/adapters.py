@@ -8,7 +8,9 @@ model on entry and restores it on exit (:class:`~tokencodec.models.hooks.ModelPa
         model.generate(**inputs)
     patch.record    # what was kept: tokens per layer, kept batch, sequence positions
 
-For a bare CLIP/SigLIP tower the stage decides: "pre-llm" methods compress the tower's output
+On LLaVA ``method`` may be a chain, ``[("tome", Budget(r=4)), ("fastv", 64)]`` (budget None); on
+Qwen2-VL an in-LLM method picks :class:`Qwen2VLLLMCompression`. For a bare CLIP/SigLIP tower the
+stage decides: "pre-llm" methods compress the tower's output
 (:class:`VisionTokenCompressor`), ToMe ("vision-encoder") merges inside every layer
 (:class:`ToMeVisionPatch`, budget ``Budget(r=...)``).
 """
@@ -31,6 +33,12 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "Qwen2_5_VLModel": ("tokencodec.models.qwen2_vl", "Qwen2VLTokenCompression"),
     "EfficientNetLite0": ("tokencodec.models.efficientnet_lite0", "EfficientNetTokenCompression"),
 }
+# in-LLM methods on a model whose pre-LLM adapter is another class
+LLM_STAGE: dict[str, tuple[str, str]] = {
+    name: ("tokencodec.models.qwen2_vl_llm", "Qwen2VLLLMCompression")
+    for name in ("Qwen2VLForConditionalGeneration", "Qwen2VLModel", "Qwen2_5_VLForConditionalGeneration",
+                 "Qwen2_5_VLModel")
+}
 TOWERS = ("CLIPVisionModel", "CLIPVisionTransformer", "SiglipVisionModel", "SiglipVisionTransformer")
 
 
@@ -49,21 +57,22 @@ def adapter_class(model: nn.Module, method=None) -> type:
     """The adapter class for ``model`` (and, for a bare vision tower, the method's stage)."""
     from tokencodec.tokens.compress import get_method
 
+    m = get_method(method) if isinstance(method, str) else method
     for cls in type(model).__mro__:
         if cls.__name__ in ADAPTERS:
-            module, name = ADAPTERS[cls.__name__]
+            in_llm = m is not None and not isinstance(m, (list, tuple)) and m.stage == "llm"
+            module, name = LLM_STAGE[cls.__name__] if in_llm and cls.__name__ in LLM_STAGE else ADAPTERS[cls.__name__]
             return getattr(importlib.import_module(module), name)
         if cls.__name__ in TOWERS:
             from tokencodec.models import vision_tower
 
-            m = get_method(method) if isinstance(method, str) else method
             return vision_tower.ToMeVisionPatch if m is not None and m.stage == "vision-encoder" \
                 else vision_tower.VisionTokenCompressor
     known = ", ".join([*ADAPTERS, *TOWERS])
     raise TypeError(f"no token-compression adapter for {type(model).__name__}; supported: {known}")
 
 
-def compress(model: nn.Module, method, budget, **options):
+def compress(model: nn.Module, method, budget=None, **options):
     """The adapter for ``model``, set up to run ``method`` at ``budget``; use it as a context manager."""
     cls = adapter_class(model, method)
     from tokencodec.models.vision_tower import ToMeVisionPatch
@@ -95,4 +104,4 @@ def record_of(patch) -> CompressionRecord:
                              position_ids=getattr(patch, "last_position_ids", None))
 
 
-__all__ = ["ADAPTERS", "CompressionRecord", "adapter_class", "compress", "record_of"]
+__all__ = ["ADAPTERS", "LLM_STAGE", "CompressionRecord", "adapter_class", "compress", "record_of"]

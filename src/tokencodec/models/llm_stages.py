@@ -184,13 +184,13 @@ class LLMStages:
 
     # -- decoder layers ---------------------------------------------------------------------------
     def _layer_hook(self, i: int):
-        stage = next((s for s in self.stage_plan if s.layer == i), None)
-        capture = any(s.score_layer == i and s.score_layer < s.layer for s in self.stage_plan)
-
         def hook(module, args, kwargs):
             run = self._run
             if run is None:
                 return None
+            # read at call time: a host may re-plan the counts per prefill (Qwen2-VL: N per image size)
+            stage = next((s for s in self.stage_plan if s.layer == i), None)
+            capture = any(s.score_layer == i and s.score_layer < s.layer for s in self.stage_plan)
             h = args[0] if args else kwargs.pop("hidden_states")
             if run.phase == "prefill":
                 if run.stages:

@@ -58,8 +58,10 @@ prefill call and passes them as ``mm_encoder_outputs`` (accepted when encoded un
 While patched, ``get_image_features`` returns the compressed tokens in their representatives'
 slots (the other slots hold the original merged tokens, dropped later).
 
-**Not supported yet** (each raises with a message): in-LLM methods (stage "llm": FastV, SparseVLM,
-PyramidDrop, DART; in-LLM pruning with index-selected M-RoPE cos/sin is not written), in-ViT merging
+In-LLM methods (stage "llm": FastV, SparseVLM, PyramidDrop, DART) run through
+:class:`~tokencodec.models.qwen2_vl_llm.Qwen2VLLLMCompression`, which ``tokencodec.compress`` picks.
+
+**Not supported yet** (each raises with a message): in-ViT merging
 (ToMe: the 2×2 merger and 2-D RoPE need the intact grid), adaptive budgets that pad the TokenBatch,
 video inputs, ``mm_encoder_outputs`` encoded outside the patch (and so beam search or
 ``num_return_sequences`` > 1, which copy them), ``inputs_embeds`` without ``input_ids``, ``labels``,
@@ -110,9 +112,8 @@ def support(method_cls: type[TokenMethod]) -> str:
 def method_signals(method: TokenMethod) -> tuple[str, ...]:
     """The signals to compute for ``method``; raise naming what is wrong if it cannot run here."""
     if method.stage == "llm":
-        raise NotImplementedError(f"method {method.name!r} prunes inside the LLM (stage 'llm'); the Qwen2-VL "
-                                  "adapter runs only 'pre-llm' methods for now (in-LLM pruning with "
-                                  "index-selected M-RoPE cos/sin is not supported yet)")
+        raise ValueError(f"method {method.name!r} prunes inside the LLM (stage 'llm'): use "
+                         "tokencodec.models.qwen2_vl_llm.Qwen2VLLLMCompression (tokencodec.compress picks it)")
     if method.stage != "pre-llm":
         raise NotImplementedError(f"method {method.name!r} acts at stage {method.stage!r}; merging inside "
                                   "the Qwen2-VL ViT breaks its 2×2 PatchMerger and 2-D RoPE, so only "

@@ -33,15 +33,15 @@ def _efficientnet(m: type[TokenMethod]) -> str:
 
 
 def _llava(m: type[TokenMethod]) -> str:
-    # LLaVA-1.5 layout with its CLIP tower: every pre-LLM and in-LLM method; ToMe runs on the tower
-    # alone (ToMeVisionPatch) and is not combined with the LLM path yet.
-    return YES if m.stage in ("pre-llm", "llm") else NO
+    # LLaVA-1.5 layout with its CLIP tower: every method; ToMe merges in the tower (alone, or chained
+    # with an in-LLM method)
+    return YES if m.stage in ("vision-encoder", "pre-llm", "llm") else NO
 
 
 def _qwen2_vl(m: type[TokenMethod]) -> str:
     from tokencodec.models.qwen2_vl import support
 
-    return support(m)
+    return YES if m.stage == "llm" else support(m)   # in-LLM: Qwen2VLLLMCompression
 
 
 ADAPTERS: dict[str, tuple[str, Callable[[type[TokenMethod]], str]]] = {

@@ -3,7 +3,7 @@ answered by a LLaVA-layout model trained here (see its MODEL_CARD.md).
 
 Every token method runs through the real LLaVA adapter, so in-LLM methods work too; their layers,
 given for LLaVA-1.5's 32-layer LLM, are mapped to this LLM's depth at the same relative depth
-(:func:`scaled_layers`). When a pixel codec ran first, the model sees the decoded 64×64 image.
+(each method's ``layers_for(depth)``). When a pixel codec ran first, the model sees the decoded 64×64 image.
 Distortions: ``accuracy`` (ground truth), ``agreement`` (same answer as the uncompressed model on
 the original image), ``object_recall`` / ``relevant_recall`` (share of the patches holding any
 object / the objects the answer depends on that some kept token stands for). Rates: visual tokens
@@ -23,19 +23,6 @@ import torch
 from tokencodec.metrics.machine import recall
 from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
 from tokencodec.observers.registry import register_observer
-
-
-def scaled_layers(layers: Sequence[int], depth: int, reference_depth: int = 32) -> list[int]:
-    """Map a method's LLaVA-1.5 layers (of 32) onto an LLM of ``depth`` layers: same relative depth,
-    at least layer 1 (layer 0 must see every token to score them), strictly increasing, < depth."""
-    out: list[int] = []
-    for layer in layers:
-        k = max(1, round(layer * depth / reference_depth), (out[-1] + 1) if out else 1)
-        if k < depth:
-            out.append(k)
-    if not out:
-        raise ValueError(f"an LLM of {depth} layers is too shallow for pruning at layers {list(layers)}")
-    return out
 
 
 @dataclass
@@ -96,11 +83,7 @@ class DiagnosticRunner(Runner):
     def _adapter_options(self, method) -> dict[str, Any]:
         if method.stage != "llm":
             return {}
-        layers = getattr(method, "layers", None) or (getattr(method, "layer", None),)
-        layers = [k for k in layers if k is not None]
-        if method.name == "sparsevlm":  # its layers are where it scores; it prunes the layer after each
-            return {"layers": [k - 1 for k in scaled_layers([k + 1 for k in layers], self.depth)]}
-        return {"layers": scaled_layers(layers, self.depth)}
+        return {"layers": list(method.layers_for(self.depth))}   # the published layers, at the same relative depth
 
     @torch.inference_mode()
     def run(self, sample, image, method, budget, prepared, pixels_changed):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -222,6 +222,19 @@ class OptionAttribute:
         return getattr(obj.options, self.attr)
 
 
+def scaled_layers(layers: Sequence[int], depth: int, reference_depth: int = 32) -> tuple[int, ...]:
+    """Map layers of a ``reference_depth``-layer LLM onto one of ``depth`` layers: same relative depth,
+    at least layer 1 (layer 0 must see every token to score them), strictly increasing, < depth."""
+    out: list[int] = []
+    for layer in layers:
+        k = max(1, round(layer * depth / reference_depth), (out[-1] + 1) if out else 1)
+        if k < depth:
+            out.append(k)
+    if not out:
+        raise ValueError(f"an LLM of {depth} layers is too shallow for pruning at layers {list(layers)}")
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class LLMStage:
     """One in-LLM pruning stage of a method's plan."""
@@ -294,6 +307,17 @@ class TokenMethod:
     def llm_signal(self) -> LLMSignal:
         """What the adapter computes for each stage (default: the last prompt token's attention row)."""
         return LLMSignal()
+
+    reference_depth: ClassVar[int] = 32   # in-LLM: the LLM depth its layers were published for (LLaVA-1.5-7B)
+
+    def layers_for(self, depth: int) -> tuple[int, ...]:
+        """The ``layers`` option for an LLM of ``depth`` layers: the published ones at the same relative depth.
+
+        The default scales the method's ``layers`` (or ``layer``); a method whose option is not the
+        pruning layer (SparseVLM scores at j and prunes before j+1) overrides it.
+        """
+        published = getattr(self, "layers", None) or (getattr(self, "layer", 2),)
+        return scaled_layers(published, depth, self.reference_depth)
 
     def plan(self, budget: Budget, n: int, depth: int, layers: tuple[int, ...] | None = None) -> tuple[LLMStage, ...]:
         """The pruning stages for ``n`` image tokens in a ``depth``-layer LLM (``layers`` overrides the method's).

@@ -55,6 +55,7 @@ from tokencodec.tokens.compress.base import (
     OptionAttribute,
     TokenMethod,
     register_method,
+    scaled_layers,
 )
 
 
@@ -156,6 +157,10 @@ class SparseVLM(TokenMethod):
                                                       96: (238, 48, 26), 64: (66, 30, 17)}
     positions = "renumber"      # official: contiguous ids, [kept, recycled block] as emitted
     llm_signal = LLMSignal(query="raters")   # the raters' rows of the pruning layer's attention
+
+    def layers_for(self, depth: int) -> tuple[int, ...]:
+        """Scale the pruning layers (j+1), not the scoring ones, then give back the option (scoring layers)."""
+        return tuple(k - 1 for k in scaled_layers([j + 1 for j in self.layers], depth, self.reference_depth))
 
     def plan(self, budget: Budget, n: int, depth: int, layers: tuple[int, ...] | None = None) -> tuple[LLMStage, ...]:
         """Layer j runs on all tokens and its output is pruned: a stage before j+1, scored with layer j."""
