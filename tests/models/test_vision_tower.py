@@ -233,7 +233,7 @@ def test_compressor_keeps_top_k_and_batches_like_single_images():
 def test_compressor_refuses_other_stages_and_cls_methods_without_fallback():
     with pytest.raises(ValueError, match="stage 'vision-encoder'"):
         VisionTokenCompressor(make(), "tome", 4)
-    with pytest.raises(ValueError, match="needs a CLS token and declares no fallback"):
+    with pytest.raises(ValueError, match="needs a CLS token and declares no cls_fallback"):
         VisionTokenCompressor(make("siglip"), TopKCls(), 4)
 
 

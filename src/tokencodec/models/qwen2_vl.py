@@ -86,10 +86,9 @@ from tokencodec.models.hf_compat import cache_from
 from tokencodec.models.hooks import ModelPatch
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, TokenMethod, get_method
+from tokencodec.tokens.signals import CLS_SIGNALS, QWEN2_VL, Signal, resolve_request
 
-SIGNALS = ("mean_attention", "keys", "keys_full")
-CLS_SIGNALS = ("cls_attention", "cls_attention_single_head")
-NO_CLS_FALLBACK = "mean_attention"
+SIGNALS = tuple(s.value for s in Signal if s in QWEN2_VL)   # what this adapter supplies, by name
 SUPPORTED = ("Qwen2VLForConditionalGeneration", "Qwen2VLModel",
              "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel")
 
@@ -100,13 +99,11 @@ def support(method_cls: type[TokenMethod]) -> str:
     """"yes", "fallback" (CLS signals replaced by mean_attention) or "—", as in ``support.py``."""
     if method_cls.stage != "pre-llm":
         return "—"
-    needs = set(method_cls.needs)
-    if needs & set(CLS_SIGNALS) or method_cls.needs_cls:
-        if not method_cls.cls_fallback:
-            return "—"
-        needs = {NO_CLS_FALLBACK if s in CLS_SIGNALS else s for s in needs}
-        return "fallback" if needs <= set(SIGNALS) else "—"
-    return "yes" if needs <= set(SIGNALS) else "—"
+    try:
+        resolve_request(method_cls, QWEN2_VL, has_cls=False, adapter="the Qwen2-VL vision tower")
+    except ValueError:
+        return "—"
+    return "fallback" if method_cls.needs_cls or set(method_cls.needs) & CLS_SIGNALS else "yes"
 
 
 def method_signals(method: TokenMethod) -> tuple[str, ...]:
@@ -118,17 +115,7 @@ def method_signals(method: TokenMethod) -> tuple[str, ...]:
         raise NotImplementedError(f"method {method.name!r} acts at stage {method.stage!r}; merging inside "
                                   "the Qwen2-VL ViT breaks its 2×2 PatchMerger and 2-D RoPE, so only "
                                   "'pre-llm' methods are supported")
-    needs = tuple(method.needs)
-    if method.needs_cls or set(needs) & set(CLS_SIGNALS):
-        if not method.cls_fallback:
-            raise ValueError(f"method {method.name!r} needs a CLS token and declares no cls_fallback; "
-                             "the Qwen2-VL vision tower has none")
-        needs = tuple(dict.fromkeys(NO_CLS_FALLBACK if s in CLS_SIGNALS else s for s in needs))
-    unknown = [s for s in needs if s not in SIGNALS]
-    if unknown:
-        raise ValueError(f"method {method.name!r} needs signals {unknown}; the Qwen2-VL adapter supplies "
-                         f"{list(SIGNALS)}")
-    return needs
+    return resolve_request(method, QWEN2_VL, has_cls=False, adapter="the Qwen2-VL vision tower")
 
 
 # -- signals: pure functions of the last block's qkv output --------------------------------------

@@ -41,13 +41,12 @@ from torch import Tensor, nn
 from tokencodec.models.hooks import ModelPatch, PatchError
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, TokenMethod, get_method
+from tokencodec.tokens.signals import CLS_SIGNALS, NO_CLS_FALLBACK, VISION_TOWER, Signal, resolve_request
 
 WITH_CLS = ("CLIPVisionModel", "CLIPVisionTransformer")
 WITHOUT_CLS = ("SiglipVisionModel", "SiglipVisionTransformer")
 WRAPPER_ATTRS = ("vision_tower", "vision_model", "model")  # LLaVA-style wrappers hold the tower here
-CLS_SIGNALS = ("cls_attention", "cls_attention_single_head")
-SIGNALS = (*CLS_SIGNALS, "mean_attention", "keys", "keys_full")
-NO_CLS_FALLBACK = "mean_attention"
+SIGNALS = tuple(s.value for s in Signal if s in VISION_TOWER)   # what a tower supplies, by name
 
 
 # -- which module is the tower --------------------------------------------------------------------
@@ -137,7 +136,7 @@ def head_mean_keys(k: Tensor, heads: int, prefix: int) -> Tensor:
 
 def check_signal_names(names: Iterable[str], tower: Tower) -> tuple[str, ...]:
     names = tuple(names)
-    unknown = [s for s in names if s not in SIGNALS]
+    unknown = [s for s in names if s not in VISION_TOWER]
     if unknown:
         raise ValueError(f"a vision tower cannot supply signals {unknown}; it supplies {list(SIGNALS)}")
     cls_asked = [s for s in names if s in CLS_SIGNALS]
@@ -247,14 +246,7 @@ def capture_signals(model: nn.Module, pixel_values: Tensor, layer: int = -2, sig
 
 def method_signals(method: TokenMethod, tower: Tower) -> tuple[str, ...]:
     """What to capture for ``method``; without a CLS, CLS signals become ``mean_attention``."""
-    needs = tuple(method.needs)
-    if tower.class_token or not set(needs) & set(CLS_SIGNALS):
-        return needs
-    if method.needs_cls and not method.cls_fallback:
-        raise ValueError(f"method {method.name!r} needs a CLS token and declares no fallback; "
-                         f"{type(tower.model).__name__} has none")
-    swapped = [NO_CLS_FALLBACK if s in CLS_SIGNALS else s for s in needs]
-    return tuple(dict.fromkeys(swapped))
+    return resolve_request(method, VISION_TOWER, tower.class_token, type(tower.model).__name__)
 
 
 class VisionTokenCompressor(SignalCapture):

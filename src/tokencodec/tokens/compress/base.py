@@ -19,6 +19,7 @@ from torch import Tensor
 
 from tokencodec.registry import Registry
 from tokencodec.tokens.batch import TokenBatch
+from tokencodec.tokens.signals import Signal, as_signals
 
 # The signals adapters supply, by name. Per-token signals live in ``batch.signals`` ([B, N, ...]);
 # the others in ``batch.context``.
@@ -269,7 +270,7 @@ class TokenMethod:
     stage: ClassVar[Stage] = "pre-llm"
     guidance: ClassVar[Guidance] = "vision"
     knob: ClassVar[Knob] = "keep"
-    needs: ClassVar[tuple[str, ...]] = ()      # signal names the adapter must supply
+    needs: ClassVar[tuple[Signal, ...]] = ()   # typed signal requests the adapter must supply (tokens/signals.py)
     needs_cls: ClassVar[bool] = False          # see ``cls_fallback`` for encoders without CLS
     cls_fallback: ClassVar[str] = ""           # what the method does without a CLS token
     paper: ClassVar[str] = ""
@@ -385,6 +386,7 @@ METHODS: Registry[type[TokenMethod]] = Registry("token-compression method")
 
 def register_method(name: str):
     def decorator(cls: type[TokenMethod]) -> type[TokenMethod]:
+        as_signals(cls.needs, f"method {name!r}")    # a typo in a request fails at import, not in a run
         cls.name = name
         return METHODS.register(name)(cls)
 

@@ -45,6 +45,7 @@ from tokencodec.tokens.compress.base import (
     TokenMethod,
     register_method,
 )
+from tokencodec.tokens.signals import Signal
 
 
 def _top_by_l1(keys: Tensor, p: int) -> tuple[Tensor, Tensor]:
@@ -99,7 +100,7 @@ class DART(TokenMethod):
 
     stage = "llm"
     guidance = "vision"
-    needs = ("keys",)                   # optional: "normed_features", "text_keys", "text_features"
+    needs = (Signal.KEYS,)                # optional: "normed_features", "text_keys", "text_features"
     cls_fallback = "not needed: pivots come from key norms"
     paper = ("Wen et al., Stop Looking for Important Tokens in Multimodal Language Models: "
              "Duplication Matters More, EMNLP 2025, arXiv 2502.11494")

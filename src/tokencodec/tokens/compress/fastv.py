@@ -39,6 +39,7 @@ from tokencodec.tokens.compress.base import (  # noqa: F401  (keep_top_k, top_k_
     register_method,
     top_k_index,
 )
+from tokencodec.tokens.signals import Signal
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class FastV(ScoreMethod):
 
     stage = "llm"
     guidance = "text"
-    needs = ("text_attention",)
+    needs = (Signal.TEXT_ATTENTION,)
     cls_fallback = "not needed: the score is the prompt's attention to the image span"
     paper = "Chen et al., An Image is Worth 1/2 Tokens After Layer 2, ECCV 2024, arXiv 2403.06764"
     Options = FastVOptions

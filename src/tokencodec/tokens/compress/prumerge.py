@@ -66,6 +66,7 @@ from torch import Tensor
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, register_method
 from tokencodec.tokens.compress.visionzip import gather_rows, guiding_attention, top_indices
+from tokencodec.tokens.signals import Signal
 
 
 def iqr_outliers(attention: Tensor) -> Tensor:
@@ -175,7 +176,7 @@ class PruMerge(TokenMethod):
     stage = "pre-llm"
     guidance = "vision"
     knob = "keep"
-    needs = ("cls_attention_single_head", "keys_full")   # the defaults; an instance reads its options
+    needs = (Signal.CLS_ATTENTION_SINGLE_HEAD, Signal.KEYS_FULL)   # the defaults; an instance reads its options
     needs_cls = True
     cls_fallback = ("no official fallback; reads signal 'mean_attention' (mean attention each token "
                     "receives) instead of the CLS attention, as VisionZip's and VisPruner's authors advise")
@@ -186,8 +187,9 @@ class PruMerge(TokenMethod):
 
     def __init__(self, seed: int = 0, **options):
         super().__init__(seed, **options)
-        attention = {"single-head": "cls_attention_single_head", "head-sum": "cls_attention"}
-        self.needs = (attention[self.options.attention], "keys_full" if self.options.keys == "full" else "keys")
+        attention = {"single-head": Signal.CLS_ATTENTION_SINGLE_HEAD, "head-sum": Signal.CLS_ATTENTION}
+        keys = Signal.KEYS_FULL if self.options.keys == "full" else Signal.KEYS
+        self.needs = (attention[self.options.attention], keys)
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         self.check_unpadded(batch)

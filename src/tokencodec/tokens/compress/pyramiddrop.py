@@ -40,6 +40,7 @@ from tokencodec.tokens.compress.base import (
     ScoreMethod,
     register_method,
 )
+from tokencodec.tokens.signals import Signal
 
 
 def stage_budgets(n: int, ratios: Sequence[float]) -> list[int]:
@@ -75,7 +76,7 @@ class PyramidDrop(ScoreMethod):
 
     stage = "llm"
     guidance = "text"
-    needs = ("text_attention",)
+    needs = (Signal.TEXT_ATTENTION,)
     cls_fallback = "not needed: the score is the last instruction token's attention"
     paper = ("Xing et al., PyramidDrop: Accelerating Your Large Vision-Language Models via "
              "Pyramid Visual Redundancy Reduction, CVPR 2025, arXiv 2410.17247")

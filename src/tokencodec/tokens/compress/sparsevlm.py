@@ -57,6 +57,7 @@ from tokencodec.tokens.compress.base import (
     register_method,
     scaled_layers,
 )
+from tokencodec.tokens.signals import Signal
 
 
 def select_raters(visual_embeds: Tensor, text_embeds: Tensor) -> Tensor:
@@ -145,7 +146,7 @@ class SparseVLM(TokenMethod):
 
     stage = "llm"
     guidance = "text"
-    needs = ("rater_attention",)        # or an already averaged "text_attention" [B, N]
+    needs = (Signal.RATER_ATTENTION,)   # or an already averaged "text_attention" [B, N]
     cls_fallback = "not needed: the score is the raters' attention to the image span"
     paper = ("Zhang et al., SparseVLM: Visual Token Sparsification for Efficient Vision-Language "
              "Model Inference, ICML 2025, arXiv 2410.04417")

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, BudgetError, TokenMethod, register_method
+from tokencodec.tokens.signals import Signal
 
 
 def _identity(x: Tensor, mode: str = "mean") -> Tensor:
@@ -131,7 +132,7 @@ class ToMe(TokenMethod):
     stage = "vision-encoder"
     guidance = "vision"
     knob = "r"
-    needs = ("keys",)
+    needs = (Signal.KEYS,)
     cls_fallback = "no CLS: the A/B split starts at the first patch (class_token=False)"
     paper = "Bolya et al., Token Merging: Your ViT But Faster, ICLR 2023, arXiv 2210.09461"
 

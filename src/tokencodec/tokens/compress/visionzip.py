@@ -45,6 +45,7 @@ from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, register_method
+from tokencodec.tokens.signals import Signal
 
 
 def guiding_attention(batch: TokenBatch, method: str, signal: str = "cls_attention") -> Tensor:
@@ -128,7 +129,7 @@ class VisionZip(TokenMethod):
     stage = "pre-llm"
     guidance = "vision"
     knob = "keep"
-    needs = ("cls_attention", "keys")
+    needs = (Signal.CLS_ATTENTION, Signal.KEYS)
     needs_cls = True
     cls_fallback = ("ranks dominant tokens by signal 'mean_attention' (mean attention each token receives, "
                     "as EffiVLM-Bench does for SigLIP) instead of 'cls_attention'")
