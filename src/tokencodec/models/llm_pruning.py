@@ -1,8 +1,10 @@
 """Model-agnostic sequence surgery for visual-token pruning inside (or in front of) a decoder LLM.
 
-Pure tensor functions; no module, no hook. A model adapter (``llava.py``; a Qwen2-VL adapter can
-reuse everything here) calls them to shorten a sequence whose image tokens occupy one contiguous
-span per sample, and to keep every per-token tensor of the later layers consistent with it.
+Pure tensor functions; no module, no hook. The adapters (``llava.py``, ``llm_stages.py``,
+``qwen2_vl.py``) call them to shorten a sequence whose image tokens occupy one contiguous span per
+sample, and to keep every per-token tensor of the later layers consistent with it; Qwen2-VL's
+pre-LLM path, where a row may hold several images and rows keep different counts, uses
+:func:`left_aligned_gather`, :func:`gather_seq` and :func:`prune_mask`.
 
 **The edit.** One pruning stage replaces the span ``[start_b, start_b + n)`` of sample b by K new
 tokens. Each new token names the old span slot it stands for (``rep``: itself when kept, the
@@ -128,6 +130,44 @@ def mask_invalid(mask: Tensor, valid: Tensor) -> Tensor:
     return mask * valid.to(mask.dtype) if mask.dtype != torch.bool else mask & valid
 
 
+# -- several spans per row, different counts per row (Qwen2-VL pre-LLM) ---------------------------
+
+def left_aligned_gather(keep: Tensor) -> Tensor:
+    """[B, S'] unpruned column of each slot: kept columns in order, left-padded with −1 to the longest row."""
+    rows = [k.nonzero().squeeze(1) for k in keep]
+    width = max(r.numel() for r in rows)
+    return torch.stack([torch.cat([r.new_full((width - r.numel(),), -1), r]) for r in rows])
+
+
+def gather_seq(x: Tensor, gather: Tensor, axis: int = 0, fill: float = 0) -> Tensor:
+    """Gather the sequence axis (``axis + 1``) of x at ``gather`` [B, S'] (batch at ``axis``); −1 gives ``fill``.
+
+    ``axis=0`` for inputs_embeds [B, S, D] and masks [B, S]; ``axis=1`` for position ids [R, B, S].
+    """
+    shape = [1] * x.dim()
+    shape[axis], shape[axis + 1] = gather.shape
+    size = list(x.shape)
+    size[axis + 1] = gather.shape[1]
+    out = x.gather(axis + 1, gather.clamp(min=0).view(shape).expand(size))
+    return out.masked_fill((gather < 0).view(shape).expand(size), fill)
+
+
+def prune_mask(mask: Tensor | None, gather: Tensor, full_len: int) -> Tensor | None:
+    """Map an unpruned-length 2-D mask [B, full_len + n] onto the pruned cache layout [B, S' + n]."""
+    if mask is None:
+        if (gather >= 0).all():
+            return None
+        mask = torch.ones(gather.shape[0], full_len, dtype=torch.long, device=gather.device)
+    if mask.dim() != 2:
+        raise NotImplementedError("the adapter needs a 2-D attention mask [B, S] (or None); "
+                                  f"got shape {tuple(mask.shape)}")
+    if mask.shape[1] < full_len:
+        raise ValueError(f"attention mask covers {mask.shape[1]} tokens, fewer than the {full_len} of the "
+                         "unpruned prompt; pass the mask of the whole (unpruned) sequence")
+    head = gather_seq(mask[:, :full_len], gather)
+    return torch.cat([head, mask[:, full_len:]], 1)
+
+
 # -- positions ------------------------------------------------------------------------------------
 
 
@@ -193,6 +233,7 @@ def last_valid(valid: Tensor) -> Tensor:
     return t - 1 - valid.flip(1).to(torch.int8).argmax(1)
 
 
-__all__ = ["allowed_keys", "attention_rows", "compose", "decode_columns", "decode_mask", "last_valid",
-           "mask_invalid", "query_key", "renumber_positions", "repeat_kv", "sort_by_rep", "span_index",
-           "span_slots", "take", "take_mask", "write_span"]
+__all__ = ["allowed_keys", "attention_rows", "compose", "decode_columns", "decode_mask", "gather_seq",
+           "last_valid", "left_aligned_gather", "mask_invalid", "prune_mask", "query_key",
+           "renumber_positions", "repeat_kv", "sort_by_rep", "span_index", "span_slots", "take", "take_mask",
+           "write_span"]

@@ -67,9 +67,9 @@ video inputs, ``mm_encoder_outputs`` encoded outside the patch (and so beam sear
 ``num_return_sequences`` > 1, which copy them), ``inputs_embeds`` without ``input_ids``, ``labels``,
 4-D/precomputed attention masks, adding images to a non-empty cache.
 
-Sequence surgery is done here rather than with ``llm_pruning.py``: that module assumes one image
-span per sample and the same kept count in every row; here a row may hold several images and rows
-keep different counts (re-padded on the left).
+Sequence surgery comes from :mod:`~tokencodec.models.llm_pruning`, the module the LLaVA adapter and
+the in-LLM stages use too; here with its multi-span layout (a row may hold several images and rows
+keep different counts, re-padded on the left: :func:`left_aligned_gather`).
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ from torch import Tensor, nn
 import tokencodec.tokens.compress  # noqa: F401  (fills METHODS)
 from tokencodec.models.hf_compat import cache_from
 from tokencodec.models.hooks import ModelPatch
+from tokencodec.models.llm_pruning import gather_seq, left_aligned_gather, prune_mask
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, TokenMethod, get_method
 from tokencodec.tokens.signals import CLS_SIGNALS, QWEN2_VL, Signal, resolve_request
@@ -159,44 +160,6 @@ def merged_signals(names: tuple[str, ...], q: Tensor, k_raw: Tensor, k_rot: Tens
     }
     out = {name: make[name]() for name in names}
     return {n: v if order is None else v[order] for n, v in out.items()}
-
-
-# -- sequence surgery: pure functions --------------------------------------------------------------
-
-def left_aligned_gather(keep: Tensor) -> Tensor:
-    """[B, S'] unpruned column of each slot: kept columns in order, left-padded with −1 to the longest row."""
-    rows = [k.nonzero().squeeze(1) for k in keep]
-    width = max(r.numel() for r in rows)
-    return torch.stack([torch.cat([r.new_full((width - r.numel(),), -1), r]) for r in rows])
-
-
-def gather_seq(x: Tensor, gather: Tensor, axis: int = 0, fill: float = 0) -> Tensor:
-    """Gather the sequence axis (``axis + 1``) of x at ``gather`` [B, S'] (batch at ``axis``); −1 gives ``fill``.
-
-    ``axis=0`` for inputs_embeds [B, S, D] and masks [B, S]; ``axis=1`` for position ids [R, B, S].
-    """
-    shape = [1] * x.dim()
-    shape[axis], shape[axis + 1] = gather.shape
-    size = list(x.shape)
-    size[axis + 1] = gather.shape[1]
-    out = x.gather(axis + 1, gather.clamp(min=0).view(shape).expand(size))
-    return out.masked_fill((gather < 0).view(shape).expand(size), fill)
-
-
-def prune_mask(mask: Tensor | None, gather: Tensor, full_len: int) -> Tensor | None:
-    """Map an unpruned-length 2-D mask [B, full_len + n] onto the pruned cache layout [B, S' + n]."""
-    if mask is None:
-        if (gather >= 0).all():
-            return None
-        mask = torch.ones(gather.shape[0], full_len, dtype=torch.long, device=gather.device)
-    if mask.dim() != 2:
-        raise NotImplementedError("Qwen2VLTokenCompression needs a 2-D attention mask [B, S] (or None); "
-                                  f"got shape {tuple(mask.shape)}")
-    if mask.shape[1] < full_len:
-        raise ValueError(f"attention mask covers {mask.shape[1]} tokens, fewer than the {full_len} of the "
-                         "unpruned prompt; pass the mask of the whole (unpruned) sequence")
-    head = gather_seq(mask[:, :full_len], gather)
-    return torch.cat([head, mask[:, full_len:]], 1)
 
 
 # -- the adapter ----------------------------------------------------------------------------------
