@@ -15,20 +15,35 @@ from enum import StrEnum
 
 
 class Signal(StrEnum):
-    """One per-token signal [B, N, ...] put into ``TokenBatch.signals`` by an adapter."""
+    """One signal an adapter puts into ``TokenBatch.signals`` (per token) or ``.context``; see DESCRIPTIONS."""
 
-    CLS_ATTENTION = "cls_attention"                          # [B, N] CLS row, softmax per head, summed over heads
-    CLS_ATTENTION_SINGLE_HEAD = "cls_attention_single_head"  # [B, N] CLS row of one full-width head (PruMerge)
-    MEAN_ATTENTION = "mean_attention"                        # [B, N] attention received, mean over heads and rows
-    KEYS = "keys"                                            # [B, N, d_head] keys averaged over heads
-    KEYS_FULL = "keys_full"                                  # [B, N, D] keys with the heads concatenated
-    TEXT_ATTENTION = "text_attention"                        # [B, N] in the LLM: text rows over the image span
-    NORMED_FEATURES = "normed_features"                      # [B, N, D] in the LLM: hidden states after the final norm
-    RATER_ATTENTION = "rater_attention"                      # context [B, R, N] in the LLM: SparseVLM's raters' rows
+    CLS_ATTENTION = "cls_attention"
+    CLS_ATTENTION_SINGLE_HEAD = "cls_attention_single_head"
+    MEAN_ATTENTION = "mean_attention"
+    KEYS = "keys"
+    KEYS_FULL = "keys_full"
+    TEXT_ATTENTION = "text_attention"
+    NORMED_FEATURES = "normed_features"
+    RATER_ATTENTION = "rater_attention"
+    TEXT_KEYS = "text_keys"
+    TEXT_FEATURES = "text_features"
 
     def __repr__(self) -> str:      # messages list requests as plain names: ['keys'], not <Signal.KEYS: 'keys'>
         return repr(self.value)
 
+
+DESCRIPTIONS: dict[Signal, str] = {
+    Signal.CLS_ATTENTION: "signals [B, N]: CLS row of softmax(QKᵀ/√d_head) over the patches, summed over heads",
+    Signal.CLS_ATTENTION_SINGLE_HEAD: "signals [B, N]: CLS row of a full-width single-head softmax(q·kᵀ/√D)",
+    Signal.MEAN_ATTENTION: "signals [B, N]: attention each patch receives, mean over heads and query rows",
+    Signal.KEYS: "signals [B, N, Dk]: the layer's keys averaged over heads",
+    Signal.KEYS_FULL: "signals [B, N, D]: the layer's keys with the heads concatenated",
+    Signal.TEXT_ATTENTION: "signals [B, N]: text-to-image attention (FastV: the last prompt token's row)",
+    Signal.NORMED_FEATURES: "signals [B, N, D]: hidden states after the LLM's final norm (DART)",
+    Signal.RATER_ATTENTION: "context [B, R, N]: attention of SparseVLM's rater text tokens over the image",
+    Signal.TEXT_KEYS: "context [B, M, Dk]: keys of the text tokens after the image (DART's text pivots)",
+    Signal.TEXT_FEATURES: "context [B, M, D]: normed hidden states of those text tokens (DART)",
+}
 
 CLS_SIGNALS = frozenset({Signal.CLS_ATTENTION, Signal.CLS_ATTENTION_SINGLE_HEAD})
 NO_CLS_FALLBACK = Signal.MEAN_ATTENTION       # the usual stand-in where an encoder has no CLS token
@@ -63,4 +78,5 @@ def resolve_request(method, supplied: frozenset[Signal], has_cls: bool, adapter:
     return needs
 
 
-__all__ = ["CLS_SIGNALS", "NO_CLS_FALLBACK", "QWEN2_VL", "VISION_TOWER", "Signal", "as_signals", "resolve_request"]
+__all__ = ["CLS_SIGNALS", "DESCRIPTIONS", "NO_CLS_FALLBACK", "QWEN2_VL", "VISION_TOWER", "Signal", "as_signals",
+           "resolve_request"]

@@ -19,22 +19,10 @@ from torch import Tensor
 
 from tokencodec.registry import Registry
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.signals import Signal, as_signals
+from tokencodec.tokens.signals import DESCRIPTIONS, Signal, as_signals
 
-# The signals adapters supply, by name. Per-token signals live in ``batch.signals`` ([B, N, ...]);
-# the others in ``batch.context``.
-SIGNALS: dict[str, str] = {
-    "cls_attention": "signals [B, N]: CLS row of softmax(QKᵀ/√d_head) over the patches, summed over heads",
-    "cls_attention_single_head": "signals [B, N]: CLS row of a full-width single-head softmax(q·kᵀ/√D)",
-    "mean_attention": "signals [B, N]: attention each patch receives, mean over heads and query rows",
-    "keys": "signals [B, N, Dk]: the layer's keys averaged over heads",
-    "keys_full": "signals [B, N, D]: the layer's keys with the heads concatenated",
-    "text_attention": "signals [B, N]: text-to-image attention (FastV: the last prompt token's row)",
-    "normed_features": "signals [B, N, D]: hidden states after the LLM's final norm (DART)",
-    "rater_attention": "context [B, R, N]: attention of SparseVLM's rater text tokens over the image",
-    "text_keys": "context [B, M, Dk]: keys of the text tokens after the image (DART's text pivots)",
-    "text_features": "context [B, M, D]: normed hidden states of those text tokens (DART)",
-}
+# The signal vocabulary, by name → where it lives, shape and meaning (tokens/signals.py holds the types)
+SIGNALS: dict[str, str] = {s.value: DESCRIPTIONS[s] for s in Signal}
 
 Stage = Literal["vision-encoder", "pre-llm", "llm"]
 Guidance = Literal["vision", "text"]
