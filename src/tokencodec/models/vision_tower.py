@@ -289,6 +289,34 @@ class VisionTokenCompressor(SignalCapture):
         return self.last_batch
 
 
+class TowerTokenPruning(VisionTokenCompressor):
+    """Compress the patch tokens after ``layer`` and let the later layers run on [CLS, kept tokens].
+
+    Token pruning inside a ViT classifier (the EViT / ToMe setting, with any "pre-llm" method): a
+    forward hook on ``layer`` replaces its output, so the remaining layers, the final norm and a
+    CLS head see the compressed set; the encoder passes nothing per token between layers, so no
+    mask or position has to follow. After a forward: ``last_batch`` (the kept tokens, CLS apart)
+    and ``tokens_per_layer`` (tokens each layer processed, CLS included).
+    """
+
+    def _install(self) -> None:
+        SignalCapture._install(self)          # records layer ``layer`` first, then this hook replaces it
+        self.add_hook(self.tower.layers[self.layer], self._replace)
+
+    def _replace(self, module, args, output):
+        hidden = _output(output)
+        batch = self.method(self.token_batch(), self.budget)
+        if batch.mask is not None:
+            raise NotImplementedError(f"method {self.method.name!r} kept different counts per image (a padded "
+                                      "batch); tower pruning needs one count for the whole batch")
+        self.last_batch = batch
+        p = self.tower.prefix
+        n, k = hidden.shape[1], p + batch.num_tokens
+        self.tokens_per_layer = [n] * (self.layer + 1) + [k] * (len(self.tower.layers) - self.layer - 1)
+        new = torch.cat([hidden[:, :p], batch.features.to(hidden.dtype)], 1)
+        return new if isinstance(output, Tensor) else (new, *output[1:])
+
+
 # -- ToMe inside every encoder layer --------------------------------------------------------------
 
 def size_bias(size: Tensor, dtype: torch.dtype) -> Tensor:
@@ -409,4 +437,4 @@ class ToMeVisionPatch(_TowerPatch):
 
 
 __all__ = ["SIGNALS", "Captured", "PatchError", "SignalCapture", "ToMeVisionPatch", "Tower",
-           "VisionTokenCompressor", "capture_signals", "compute_signals", "resolve_tower"]
+           "TowerTokenPruning", "VisionTokenCompressor", "capture_signals", "compute_signals", "resolve_tower"]

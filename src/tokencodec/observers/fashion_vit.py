@@ -1,0 +1,164 @@
+"""The Fashion-MNIST ViT as a machine observer: a CLS classifier on real labelled images.
+
+Tokens are the 196 patch tokens of a 4-layer CLIP-architecture ViT trained here
+(:mod:`tokencodec.models.fashion_vit`). A "pre-llm" method compresses the patch tokens after
+encoder layer ``prune_layer`` (default 1: the last two layers and the CLS head see the kept set,
+:class:`~tokencodec.models.vision_tower.TowerTokenPruning`); ToMe merges inside every layer
+(:class:`~tokencodec.models.vision_tower.ToMeVisionPatch`), its keep ratio turned into a per-layer
+``r`` schedule that ends at the budget (as even as ToMe's r ≤ n/2 rule allows). Distortions:
+``accuracy`` (the true label), ``top1_agreement`` / ``top5_agreement`` / ``kl`` against the
+uncompressed model on the original image. Rates: patch tokens at the last layer, patch tokens
+averaged over layers, analytic encoder FLOPs (``macs2``, CLS included). Pixel codecs code the
+28×28 image (greyscale replicated to RGB; the runner reads it back as the channel mean).
+
+Data: ``split="test"`` (the 10 000 test images, for reporting) or ``"val"`` (the 5 000 training
+images held out when the model was trained, for tuning), a ``seed``-ed subset of ``limit`` of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+
+from tokencodec.metrics.machine import classification_metrics
+from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
+from tokencodec.observers.registry import register_observer
+
+TRAIN_DATA_SEED = 0     # the seed scripts/train_fashion_vit.py split train/val with
+
+
+class FashionMNISTTask(Task):
+    """Fashion-MNIST classification: ground-truth accuracy and fidelity to the uncompressed model."""
+
+    measures = ("accuracy", "top1_agreement", "top5_agreement", "kl")
+
+    def samples(self, split: str = "test", limit: int | None = 500, seed: int = 0) -> list[Sample]:
+        from tokencodec.data.fashion_mnist import CLASSES, load_fashion_mnist
+
+        if split not in ("test", "val"):
+            raise ValueError(f"split={split!r}: allowed 'test' (report) or 'val' (tune)")
+        images, labels = load_fashion_mnist("test" if split == "test" else "train")
+        pool = np.arange(len(images)) if split == "test" else \
+            np.random.default_rng(TRAIN_DATA_SEED).permutation(len(images))[:5000]
+        if limit is not None:
+            if limit < 1:
+                raise ValueError(f"limit={limit!r}: give at least 1 image (or none for the whole split)")
+            pool = np.random.default_rng(seed).permutation(pool)[:limit]
+        out = []
+        for i in sorted(int(j) for j in pool):
+            rgb = np.repeat(images[i][..., None], 3, axis=2)
+            out.append(Sample(f"{split}/{i:05d}/{CLASSES[labels[i]]}", content_digest(rgb), rgb, int(labels[i])))
+        return out
+
+    def score(self, sample, output, reference) -> dict[str, float]:
+        return {"accuracy": float(int(output.argmax()) == sample.payload), **classification_metrics(output, reference)}
+
+    def group(self, sample_id: str) -> str:
+        return sample_id.rsplit("/", 1)[-1]      # ids are split/index/class
+
+
+def tome_schedule(n: int, keep: int, layers: int) -> list[int]:
+    """Per-layer r merging ``n`` patch tokens down to ``keep`` as evenly as ToMe's r ≤ n_i/2 allows
+    (more in early layers when the later ones could not reach it; the floor is ⌈n/2^layers⌉)."""
+    def reachable(t: int, m: int) -> int:          # fewest tokens m more layers can leave from t
+        for _ in range(m):
+            t -= t // 2
+        return t
+
+    out, t = [], n
+    for i in range(layers):
+        r = min(math.ceil(max(t - keep, 0) / (layers - i)), t // 2)
+        while r < t // 2 and reachable(t - r, layers - i - 1) > keep:
+            r += 1
+        out.append(r)
+        t -= r
+    return out
+
+
+class FashionViTRunner(Runner):
+    rates = ("tokens", "tokens_avg_layers", "flops")
+    stages = ("vision-encoder", "pre-llm")
+
+    def __init__(self, weights: str | None = None, prune_layer: int = 1):
+        from tokencodec.metrics.cost import VisionShape
+        from tokencodec.models.fashion_vit import FashionViT, weights_folder
+
+        self.model = FashionViT.from_pretrained(weights)
+        depth = self.model.config.num_hidden_layers
+        if not 0 <= prune_layer < depth - 1:
+            raise ValueError(f"prune_layer={prune_layer!r}: allowed 0 to {depth - 2} (a later layer must run "
+                             "on the kept tokens)")
+        self.prune_layer, self.depth = prune_layer, depth
+        self.shape = VisionShape.from_config(self.model.config)
+        folder = weights_folder() if weights is None else weights
+        with open(f"{folder}/model.safetensors", "rb") as f:
+            self.weights_id = hashlib.sha256(f.read()).hexdigest()[:12]
+
+    def key(self) -> str:
+        return f"fashion-vit-{self.weights_id}-L{self.prune_layer}"
+
+    def supports(self, method_cls) -> str | None:
+        return FashionViTObserver.method_support(method_cls)
+
+    @staticmethod
+    def _pixels(image: np.ndarray) -> torch.Tensor:
+        from tokencodec.models.fashion_vit import preprocess
+
+        grey = image.mean(2) if image.ndim == 3 else image
+        return preprocess(np.clip(np.rint(grey), 0, 255).astype(np.uint8)[None])
+
+    @torch.inference_mode()
+    def prepare(self, sample: Sample) -> Prepared:
+        return Prepared(reference=self.model(self._pixels(sample.image))[0].float())
+
+    @torch.inference_mode()
+    def run(self, sample, image, method, budget, prepared, pixels_changed):
+        from tokencodec.metrics.cost import vit_flops
+        from tokencodec.models.vision_tower import ToMeVisionPatch, TowerTokenPruning
+
+        x = self._pixels(image)
+        n = self.shape.num_patches
+        if method is None:
+            logits, per_layer = self.model(x), [n + 1] * self.depth
+        elif method.stage == "vision-encoder":
+            r = tome_schedule(n, budget.tokens(n), self.depth)
+            with ToMeVisionPatch(self.model, r) as patch:
+                logits = self.model(x)
+            per_layer = list(patch.token_counts)
+        else:
+            with TowerTokenPruning(self.model, method, budget, layer=self.prune_layer) as patch:
+                logits = self.model(x)
+            per_layer = patch.tokens_per_layer
+        patches = [t - 1 for t in per_layer]
+        return logits[0].float(), {"tokens": float(patches[-1]), "tokens_avg_layers": float(np.mean(patches)),
+                                   "flops": float(vit_flops(self.shape, per_layer).total)}
+
+
+@register_observer("fashion-vit")
+class FashionViTObserver(Observer):
+    """The Fashion-MNIST ViT (trained here, weights shipped) on real labelled images."""
+
+    task_class = FashionMNISTTask
+    runner_stages = ("vision-encoder", "pre-llm")
+    runner_rates = ("tokens", "tokens_avg_layers", "flops")
+
+    @classmethod
+    def method_support(cls, method_cls) -> str | None:
+        from tokencodec.tokens.signals import VISION_TOWER, resolve_request
+
+        if method_cls.stage not in cls.runner_stages:
+            return f"it acts at stage {method_cls.stage!r}; a ViT classifier has no LLM"
+        try:
+            resolve_request(method_cls, VISION_TOWER, True, "the ViT")
+        except ValueError as err:
+            return str(err)
+        return None
+
+    def __init__(self, weights: str | None = None, prune_layer: int = 1):
+        super().__init__(FashionMNISTTask(), FashionViTRunner(weights, prune_layer))
+
+
+__all__ = ["FashionMNISTTask", "FashionViTObserver", "FashionViTRunner", "tome_schedule"]
