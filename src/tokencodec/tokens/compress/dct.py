@@ -1,0 +1,168 @@
+"""``dct``: transform before reduction, the first stage of a visual codec applied to the token grid.
+
+A codec decorrelates pixels with a 2-D DCT and spends its rate on the low frequencies. Here the
+token grid (h×w, per feature channel) goes through an orthonormal 2-D DCT-II, keeps the h'×w'
+lowest-frequency coefficients and comes back with an h'×w' inverse DCT: spectral (ideal low-pass)
+resampling to a smaller grid, so the K = h'·w' output tokens stay in the model's feature space and
+carry the grid's smooth content with no aliasing of what is kept. Separable and linear: one
+[h'w', hw] operator per grid (:func:`dct_operator`), cached by shape.
+
+Pooling is its box-filter special case: average pooling multiplies the spectrum by the box
+window's sinc and keeps the aliases of the discarded frequencies; the DCT low-pass keeps the
+first h'×w' coefficients exactly (scaled by √(h'w'/hw), so a constant grid stays constant) and
+drops the rest. Both read only the grid, no attention signal.
+
+Choices left open, and ours:
+
+- **Zone** (``zone``). ``"rect"`` (default): the aspect-preserving h'×w' of the pooling baselines
+  (:func:`~tokencodec.tokens.compress.pool.target_grid`: 24×24 with K = 64 → 8×8). ``"energy"``:
+  per image, the h'×w' with h'·w' ≤ K whose low-pass block holds the most DCT energy (summed over
+  channels; the DC term included), the smallest such block when several hold it to 10⁻⁶: content
+  that varies along one axis gets a band, and fewer than K tokens when the rest would carry no
+  energy. Images of one batch may then keep different counts: the batch is padded and masked.
+- **Bookkeeping.** The output token (i, j) stands for the adaptive-pooling window (i, j) of the
+  input grid (its source, size and representative position are that window's, as for
+  ``pool-avg``): the DCT weights themselves are global, so "every patch" would be true but useless.
+- **Video.** Each frame separately, K/t tokens per frame (as pooling).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from tokencodec.tokens.batch import TokenBatch
+from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, register_method
+from tokencodec.tokens.compress.pool import centre_patches, grid_operator, target_grid
+
+
+def dct_matrix(n: int) -> Tensor:
+    """The orthonormal DCT-II [n, n] (float64): row k is frequency k; its transpose is the inverse."""
+    i = torch.arange(n, dtype=torch.float64)
+    c = torch.cos(math.pi * (2 * i[None, :] + 1) * i[:, None] / (2 * n)) * math.sqrt(2 / n)
+    c[0] /= math.sqrt(2)
+    return c
+
+
+def lowpass_axis(n: int, m: int) -> Tensor:
+    """[m, n]: keep the m lowest DCT frequencies of a length-n signal, inverse at length m, mean kept."""
+    return dct_matrix(m).T @ dct_matrix(n)[:m] * math.sqrt(m / n)
+
+
+@lru_cache(maxsize=64)
+def dct_operator(h: int, w: int, h2: int, w2: int) -> Tensor:
+    """[h2·w2, h·w] separable 2-D low-pass resampling of a raster-order grid (float64)."""
+    return torch.kron(lowpass_axis(h, h2), lowpass_axis(w, w2))
+
+
+def block_energy(features: Tensor, h: int, w: int) -> Tensor:
+    """[B, h, w]: energy of each 2-D DCT coefficient of a [B, h·w, D] grid, summed over channels."""
+    x = features.double().reshape(features.shape[0], h, w, -1)
+    coeffs = torch.einsum("ph,bhwd,qw->bpqd", dct_matrix(h).to(x.device), x, dct_matrix(w).to(x.device))
+    return coeffs.pow(2).sum(-1)
+
+
+def energy_grid(energy: Tensor, k: float, tolerance: float = 1e-6) -> tuple[int, int]:
+    """The h'×w' (h'·w' ≤ k) whose low-frequency block of ``energy`` [h, w] holds the most energy.
+
+    Blocks within ``tolerance`` (relative) of the best count as holding it (float noise), and of those
+    the one with the fewest tokens wins: a token that would carry no energy is not sent.
+    """
+    h, w = energy.shape
+    cum = energy.cumsum(0).cumsum(1)                      # cum[a−1, b−1] = energy of the a×b block
+    grids = [(a, b) for a in range(1, h + 1) for b in range(1, min(w, int(k // a)) + 1)]
+    held = {g: float(cum[g[0] - 1, g[1] - 1]) for g in grids}
+    best = max(held.values())
+    return min((g for g in grids if held[g] >= best * (1 - tolerance)), key=lambda g: (g[0] * g[1], g))
+
+
+def _lowpass(batch: TokenBatch, grid: tuple[int, int]) -> TokenBatch:
+    (h, w), t = batch.grid, batch.frames
+    op = torch.block_diag(*[dct_operator(h, w, *grid)] * t)
+    window = torch.block_diag(*[grid_operator(h, w, grid, "avg")] * t)
+    rep = centre_patches(grid_operator(h, w, grid, "avg"), w)
+    rep = torch.cat([rep + f * h * w for f in range(t)])
+    b, dev = batch.batch_size, batch.features.device
+    return batch.combine(op.to(dev).expand(b, -1, -1), (window > 0).to(dev).expand(b, -1, -1),
+                         rep.to(dev).expand(b, -1))
+
+
+def dct_reduce(batch: TokenBatch, k: int, zone: str = "rect", at_most: bool = False) -> TokenBatch:
+    """The DCT low-pass of the grid to about ``k`` tokens (see the module docstring)."""
+    if batch.mask is not None or batch.num_tokens != batch.num_original:
+        raise ValueError("dct needs the full token grid in raster order (no padding, nothing dropped)")
+    (h, w), t = batch.grid, batch.frames
+    if zone == "rect":
+        return _lowpass(batch, target_grid(h, w, k / t, at_most))
+    if t != 1:
+        raise ValueError("dct zone='energy' takes single images; use zone='rect' for video")
+    energy = block_energy(batch.features, h, w)
+    parts = [_lowpass(_single(batch, i), energy_grid(energy[i], k)) for i in range(batch.batch_size)]
+    return _stack(parts)
+
+
+def _single(batch: TokenBatch, i: int) -> TokenBatch:
+    """Sample i of a batch as a batch of one."""
+    def one(x):
+        return None if x is None else x[i:i + 1]
+    return TokenBatch(features=one(batch.features), grid=batch.grid, frames=batch.frames, cls=one(batch.cls),
+                      sizes=one(batch.sizes), source=one(batch.source), positions=one(batch.positions),
+                      signals={n: v[i:i + 1] for n, v in batch.signals.items()}, context=dict(batch.context))
+
+
+def _stack(parts: list[TokenBatch]) -> TokenBatch:
+    """Batches of one, with possibly different counts, as one batch padded at the end and masked."""
+    width = max(p.num_tokens for p in parts)
+    if len(parts) == 1:
+        return parts[0]
+
+    def pad(x: Tensor, fill) -> Tensor:
+        extra = width - x.shape[1]
+        return torch.cat([x, x.new_full((x.shape[0], extra, *x.shape[2:]), fill)], 1) if extra else x
+
+    mask = torch.cat([pad(torch.ones(1, p.num_tokens, dtype=torch.bool), False) for p in parts])
+    first = parts[0]
+    return TokenBatch(
+        features=torch.cat([pad(p.features, 0) for p in parts]), grid=first.grid, frames=first.frames,
+        cls=None if first.cls is None else torch.cat([p.cls for p in parts]),
+        sizes=torch.cat([pad(p.sizes, 0) for p in parts]), source=torch.cat([pad(p.source, False) for p in parts]),
+        positions=torch.cat([pad(p.positions, 0) for p in parts]),
+        mask=None if bool(mask.all()) else mask.to(first.features.device),
+        signals={n: torch.cat([pad(p.signals[n], 0) for p in parts]) for n in first.signals},
+        context=first.context)
+
+
+@dataclass(frozen=True)
+class DCTOptions(MethodOptions):
+    zone: Literal["rect", "energy"] = "rect"   # the kept low-frequency block: aspect-preserving, or by energy
+    at_most: bool = False                      # rect: the largest grid with at most K tokens, not the nearest
+
+
+@register_method("dct")
+class DCT(TokenMethod):
+    """2-D DCT-II of the token grid, low-pass to h'×w', inverse DCT: spectral resampling (module docstring).
+
+    Options: ``zone`` ("rect" aspect-preserving, default; "energy" per-image block with the most
+    energy), ``at_most`` (rect: never more than K tokens).
+    """
+
+    stage = "pre-llm"
+    guidance = "vision"
+    knob = "keep"
+    needs = ()
+    needs_cls = False
+    cls_fallback = "not needed: the transform reads only the patch grid"
+    paper = "tokencodec (coding → tokens): the DCT of JPEG/H.26x applied to the token grid; cf. Fourier-VLM"
+    Options = DCTOptions
+
+    def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
+        k = budget.tokens(batch.num_original)
+        return dct_reduce(batch, k, self.options.zone, self.options.at_most)
+
+
+__all__ = ["DCT", "block_energy", "dct_matrix", "dct_operator", "dct_reduce", "energy_grid", "lowpass_axis"]
