@@ -13,6 +13,7 @@ from tokencodec.tokens.compress import (  # noqa: F401  (each import registers i
     prumerge,
     pyramiddrop,
     random,
+    rdo,
     sparsevlm,
     tome,
     visionzip,
