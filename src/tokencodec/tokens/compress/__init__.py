@@ -14,6 +14,7 @@ from tokencodec.tokens.compress import (  # noqa: F401  (each import registers i
     pyramiddrop,
     random,
     rdo,
+    scalable,
     sparsevlm,
     tome,
     visionzip,

@@ -119,7 +119,8 @@ class RDO(TokenMethod):
         if self.options.rate_control == "vbr":
             table = {1.0: float("-inf"), **dict(zip(self.options.ratios, self.options.lambdas, strict=True))}
             if budget.ratio is None or budget.ratio not in table:
-                raise BudgetError(f"rdo (vbr) has λ for average keep ratios {sorted(table, reverse=True)}; got {budget} "
+                known = sorted(table, reverse=True)
+                raise BudgetError(f"rdo (vbr) has λ for average keep ratios {known}; got {budget} "
                                   "(calibrate that ratio first)")
             lam = torch.full((batch.batch_size,), table[budget.ratio], device=values.device)
             out = keep_above(batch, values, lam)         # λ = −∞ at ratio 1: every token
