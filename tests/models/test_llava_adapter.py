@@ -462,6 +462,10 @@ def test_tome_alone_on_llava_sends_merged_tokens_with_sizes(eager):
 
 
 def test_chain_refusals(eager):
+    import tokencodec
+
+    chain = tokencodec.compress(eager, [("tome", Budget(r=1)), ("fastv", 4)], layers=2)
+    assert isinstance(chain, LlavaTokenCompression) and chain.stage == "vision-encoder+llm"
     with pytest.raises(ValueError, match="followed by one 'llm' method"):
         LlavaTokenCompression(eager, [("fastv", 4), ("visionzip", 4)])
     with pytest.raises(ValueError, match="own budget"):
