@@ -12,10 +12,11 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 
-def compress(model, method, budget, **options):
+def compress(model, method, budget=None, **options):
     """The token-compression adapter for ``model`` (picked from its class), as a context manager.
 
-    ``with tokencodec.compress(model, "divprune", Budget(ratio=0.25)) as patch: model(...)``; see
+    ``with tokencodec.compress(model, "divprune", Budget(ratio=0.25)) as patch: model(...)``; on LLaVA
+    ``method`` may be a chain of (method, budget) steps, with ``budget`` None; see
     :mod:`tokencodec.models.adapters`. Imported lazily so that ``import tokencodec`` stays light.
     """
     from tokencodec.models.adapters import compress as _compress
