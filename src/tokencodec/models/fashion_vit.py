@@ -31,7 +31,7 @@ def weights_folder() -> Path:
 
 def preprocess(images: np.ndarray | Tensor) -> Tensor:
     """uint8 [N, 28, 28] → float32 [N, 1, 56, 56] (2×2 pixel repeat, standardised)."""
-    x = torch.as_tensor(np.asarray(images), dtype=torch.float32) / 255.0
+    x = torch.tensor(np.asarray(images), dtype=torch.float32) / 255.0   # a copy: the idx arrays are read-only
     if x.dim() != 3 or tuple(x.shape[1:]) != (28, 28):
         raise ValueError(f"expected greyscale images [N, 28, 28]; got shape {tuple(x.shape)}")
     x = x.repeat_interleave(UPSAMPLE, 1).repeat_interleave(UPSAMPLE, 2)
