@@ -60,6 +60,10 @@ def test_observer_runs_every_supported_method_and_scores_labels(random_vit, tmp_
     samples = obs.samples(split="val", limit=3, seed=1)
     assert len(samples) == 3 and samples[0].image.shape == (28, 28, 3) and isinstance(samples[0].payload, int)
     assert [s.id for s in obs.samples(split="val", limit=3, seed=2)] != [s.id for s in samples]   # seeded subsets
+    from tokencodec.data.fashion_mnist import CLASSES
+
+    groups = {obs.group(s.id) for s in obs.samples(split="test", limit=200)}
+    assert groups == {c.replace("/", "-") for c in CLASSES}                    # one group per class
     names = ["random", "token-norm", "visionzip", "prumerge", "divprune", "tome", "pool-avg"]
     assert all(obs.method_support(get_method(n).__class__) is None for n in names)
     assert "no LLM" in obs.method_support(get_method("fastv").__class__)

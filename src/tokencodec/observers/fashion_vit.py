@@ -50,7 +50,8 @@ class FashionMNISTTask(Task):
         out = []
         for i in sorted(int(j) for j in pool):
             rgb = np.repeat(images[i][..., None], 3, axis=2)
-            out.append(Sample(f"{split}/{i:05d}/{CLASSES[labels[i]]}", content_digest(rgb), rgb, int(labels[i])))
+            name = CLASSES[labels[i]].replace("/", "-")          # "T-shirt/top": ids split on "/"
+            out.append(Sample(f"{split}/{i:05d}/{name}", content_digest(rgb), rgb, int(labels[i])))
         return out
 
     def score(self, sample, output, reference) -> dict[str, float]:
