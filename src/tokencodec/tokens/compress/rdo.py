@@ -98,7 +98,7 @@ class RDO(TokenMethod):
     guidance = "vision"
     knob = "keep"
     needs = (Signal.CLS_ATTENTION,)
-    needs_cls = False
+    needs_cls = True
     cls_fallback = "reads 'mean_attention' (the attention each token receives) where there is no CLS"
     paper = "tokencodec (coding → tokens): the Lagrangian mode decision and rate control of video encoders"
     Options = RDOOptions
@@ -107,7 +107,7 @@ class RDO(TokenMethod):
         super().__init__(seed, **options)
         o = self.options
         if o.value == "norm":
-            self.needs = ()
+            self.needs, self.needs_cls = (), False
         if o.rate_control == "vbr" and (not o.ratios or len(o.ratios) != len(o.lambdas)):
             raise ValueError("rdo rate_control='vbr' needs ratios and lambdas of the same length (one λ per "
                              "average keep ratio, from calibrate_lambdas on a tuning split)")

@@ -81,7 +81,7 @@ class Scalable(TokenMethod):
     guidance = "vision"
     knob = "keep"
     needs = (Signal.CLS_ATTENTION,)
-    needs_cls = False
+    needs_cls = True
     cls_fallback = "reads 'mean_attention' (the attention each token receives) where there is no CLS"
     paper = "tokencodec (coding → tokens): embedded / scalable coding (SPIHT, JPEG 2000 layers) for tokens"
     Options = ScalableOptions
