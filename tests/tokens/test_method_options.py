@@ -32,6 +32,9 @@ DEFAULTS = {
     "pyramiddrop": {"layers": [8, 16, 24], "ratios": [0.5, 0.25, 0.125], "positions": "renumber"},
     "dart": {"layer": 2, "pivots": 4},
     "token-norm": {},
+    "dct": {"zone": "rect", "at_most": False},
+    "rdo": {"value": "cls-attention", "rate_control": "cbr", "ratios": [], "lambdas": []},
+    "scalable": {"order": "coarse-to-fine", "coarse_levels": None},
 }
 DEFAULTS["prumerge+"] = DEFAULTS["prumerge"]
 
