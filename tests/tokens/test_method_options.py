@@ -35,6 +35,7 @@ DEFAULTS = {
     "dct": {"zone": "rect", "at_most": False},
     "rdo": {"value": "cls-attention", "rate_control": "cbr", "ratios": [], "lambdas": []},
     "scalable": {"order": "coarse-to-fine", "coarse_levels": None},
+    "quadtree": {"criterion": "sse", "mode": "partition"},
 }
 DEFAULTS["prumerge+"] = DEFAULTS["prumerge"]
 

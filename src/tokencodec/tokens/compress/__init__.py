@@ -12,6 +12,7 @@ from tokencodec.tokens.compress import (  # noqa: F401  (each import registers i
     pool,
     prumerge,
     pyramiddrop,
+    quadtree,
     random,
     rdo,
     scalable,
