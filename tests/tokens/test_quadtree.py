@@ -48,3 +48,11 @@ def test_ablations_uniform_quadtree_and_density_only_selection():
     assert chosen.num_tokens == 20 and bool((chosen.sizes == 1).all())               # selection, no merging
     inside = (chosen.positions // 14 <= 5) & (chosen.positions % 14 <= 5)            # the detail and its rim
     assert bool(inside.all())
+
+
+def test_frames_get_their_own_trees_and_share_the_budget():
+    features = torch.randn(1, 5 * 36, 4, generator=torch.Generator().manual_seed(2))
+    video = TokenBatch.from_grid(features, (6, 6), frames=5)
+    out = get_method("quadtree")(video, Budget(keep=12))
+    assert out.num_tokens == 12 and float(out.sizes.sum()) == 180
+    assert (out.positions // 36).tolist() == [[0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 4, 4]]   # 12 = 3 + 3 + 2 + 2 + 2

@@ -16,6 +16,7 @@ every choice it leaves open is ours:
 - **Merged token**: size-weighted mean of the block's features; its source is the block, its size
   the block's summed sizes, its position the block's centre patch (top-left of the central 2×2).
   Output in raster order of those positions.
+- **Video / crops**: each frame its own tree, K split evenly over the frames.
 - **Ablation ``mode="select"``** (density-only selection): no partition; each token scored by its
   squared distance to the mean of its 3×3 neighbourhood, the top K kept, the rest dropped.
 
@@ -91,29 +92,28 @@ def partition(features: Tensor, sizes: Tensor, h: int, w: int, k: int, criterion
     return leaves + [b for _, b in heap]
 
 
-def merge_leaves(batch: TokenBatch, leaves: list[list[Block]]) -> TokenBatch:
-    """One token per leaf (size-weighted mean), per image; the same count in every image."""
-    (h, w) = batch.grid
-    n = h * w
+def merge_leaves(batch: TokenBatch, leaves: list[list[tuple[int, Block]]]) -> TokenBatch:
+    """One token per (frame, leaf) (size-weighted mean), per image; the same count in every image."""
+    (h, w), t = batch.grid, batch.frames
     bsz, k, dev = batch.batch_size, len(leaves[0]), batch.features.device
-    members = torch.zeros(bsz, k, n, dtype=torch.bool, device=dev)
-    rep = torch.zeros(bsz, k, dtype=torch.long, device=dev)
+    members = torch.zeros(bsz, k, t, h, w, dtype=torch.bool)
+    rep = torch.zeros(bsz, k, dtype=torch.long)
     for i, image in enumerate(leaves):
-        image = sorted(image, key=lambda b: ((b[0] + b[2] - 1) // 2, (b[1] + b[3] - 1) // 2))   # raster by centre
-        for j, (y0, x0, y1, x1) in enumerate(image):
-            block = torch.zeros(h, w, dtype=torch.bool)
-            block[y0:y1, x0:x1] = True
-            members[i, j] = block.reshape(-1).to(dev)
-            rep[i, j] = ((y0 + y1 - 1) // 2) * w + (x0 + x1 - 1) // 2
+        # raster order of the centre patches, frame by frame
+        image = sorted(image, key=lambda fb: (fb[0], (fb[1][0] + fb[1][2] - 1) // 2, (fb[1][1] + fb[1][3] - 1) // 2))
+        for j, (f, (y0, x0, y1, x1)) in enumerate(image):
+            members[i, j, f, y0:y1, x0:x1] = True
+            rep[i, j] = f * h * w + ((y0 + y1 - 1) // 2) * w + (x0 + x1 - 1) // 2
+    members, rep = members.reshape(bsz, k, t * h * w).to(dev), rep.to(dev)
     weights = members.to(torch.float32) * batch.sizes.float()[:, None, :]
     weights = weights / weights.sum(-1, keepdim=True)
     return batch.combine(weights, members, rep)
 
 
 def local_density(batch: TokenBatch) -> Tensor:
-    """[B, N] each token's squared distance to the mean of its 3×3 neighbourhood (edges replicated)."""
-    (h, w), x = batch.grid, batch.features.float()
-    grid = x.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
+    """[B, N] each token's squared distance to the mean of its 3×3 neighbourhood (edges replicated, per frame)."""
+    (h, w), t, x = batch.grid, batch.frames, batch.features.float()
+    grid = x.reshape(x.shape[0] * t, h, w, -1).permute(0, 3, 1, 2)
     mean = F.avg_pool2d(F.pad(grid, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     return (grid - mean).pow(2).sum(1).reshape(x.shape[0], -1)
 
@@ -139,13 +139,19 @@ class Quadtree(TokenMethod):
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         self.check_unpadded(batch)
-        if batch.num_tokens != batch.num_original or batch.frames != 1:
-            raise ValueError("quadtree needs one image's full token grid in raster order")
+        if batch.num_tokens != batch.num_original:
+            raise ValueError("quadtree needs the full token grid in raster order")
         k = budget.tokens(batch.num_tokens)
         if self.options.mode == "select":
             return keep_top_k(batch, local_density(batch), k)
-        (h, w) = batch.grid
-        leaves = [partition(batch.features[i], batch.sizes[i], h, w, k, self.options.criterion)
+        (h, w), t = batch.grid, batch.frames
+        per_frame = [k // t + (f < k % t) for f in range(t)]      # frames (video, crops) split separately
+        if min(per_frame) < 1:
+            raise ValueError(f"quadtree keeps at least one token per frame: K={k} for {t} frames")
+        n = h * w
+        leaves = [[(f, b) for f in range(t) for b in partition(batch.features[i, f * n:(f + 1) * n],
+                                                               batch.sizes[i, f * n:(f + 1) * n], h, w,
+                                                               per_frame[f], self.options.criterion)]
                   for i in range(batch.batch_size)]
         return merge_leaves(batch, leaves)
 
