@@ -472,3 +472,5 @@ def test_chain_refusals(eager):
         LlavaTokenCompression(eager, [("visionzip", 8), ("fastv", 4)], Budget(keep=4))
     with pytest.raises(BudgetError, match="r·layers"):
         LlavaTokenCompression(eager, "tome", Budget(r=9))
+    with pytest.raises(BudgetError, match=r"takes Budget\(r=...\)"):
+        LlavaTokenCompression(eager, "tome", Budget(keep=4))

@@ -82,7 +82,7 @@ import torch
 from torch import Tensor, nn
 
 from tokencodec.models import llm_pruning as lp
-from tokencodec.models.hf_compat import cache_from, cache_of
+from tokencodec.models.hf_compat import cache_from
 from tokencodec.models.hooks import ModelPatch
 from tokencodec.models.llm_stages import LLMStages, Run, Stage, StageRecord
 from tokencodec.models.vision_tower import SignalCapture, ToMeVisionPatch, method_signals, resolve_tower
@@ -191,10 +191,11 @@ class LlavaTokenCompression(LLMStages, ModelPatch):
             if features not in (None, "vision") or signal_layer is not None:
                 raise ValueError(f"{m.name} merges inside the vision tower: features= and signal_layer= do not apply")
             self.features = "vision"
-            self._tome = ToMeVisionPatch(self.llava, budget.r if budget.r is not None else budget, layer=layer,
-                                         prop_attn=prop_attn)
+            if budget.r is None:
+                raise BudgetError(f"{m.name} takes Budget(r=...) (tokens merged per tower layer); got {budget}")
+            self._tome = ToMeVisionPatch(self.llava, budget.r, layer=layer, prop_attn=prop_attn)
             merged = sum(self._tome.r)
-            if budget.r is None or merged >= self.n:
+            if merged >= self.n:
                 raise BudgetError(f"{m.name} takes Budget(r=...) with r·layers < {self.n} patches "
                                   f"({self._tome.layer + 1} merging layers); got {budget}")
             self.llm_tokens = self.n - merged
@@ -242,12 +243,10 @@ class LlavaTokenCompression(LLMStages, ModelPatch):
         self._pending = None
         if not bool(is_image.any()):
             return None
-        counts = is_image.sum(1)
-        start = is_image.to(torch.int8).argmax(1)
-        span = lp.span_slots(start, self.n).clamp_max(is_image.shape[1] - 1)
-        if bool((counts != self.n).any()) or not bool(is_image.gather(1, span).all()):
+        start = lp.image_spans(is_image, self.n)
+        if start is None:
             raise ValueError(f"every sample must hold exactly one image: {self.n} contiguous image tokens "
-                             f"(id {self.image_token_id}); got counts {counts.tolist()}")
+                             f"(id {self.image_token_id}); got counts {is_image.sum(1).tolist()}")
         self._pending = start
         return None
 
@@ -314,20 +313,16 @@ class LlavaTokenCompression(LLMStages, ModelPatch):
                 raise NotImplementedError("the image prompt must be the first chunk (empty KV cache)")
             if mask is not None and mask.dim() != 2:
                 raise NotImplementedError("pass a 2-D attention_mask (padding mask); 4-D masks are not supported")
-            b, s0 = embeds.shape[:2]
-            valid = mask.bool() if mask is not None else torch.ones(b, s0, dtype=torch.bool, device=embeds.device)
+            run = self._begin_run(start, self.n, embeds, mask)
             if pos is None:
-                pos = torch.arange(s0, device=embeds.device)[None]
-            run = Run(start=start.to(embeds.device), n=self.n, s0=s0, s_in=s0, valid=valid)
-            self._run, self.stages, self.kept, self.sequence_index = run, [], None, None
+                pos = torch.arange(run.s0, device=embeds.device)[None]
             if self.pre_method is not None:
                 kwargs.update(self._edit_input(run, embeds, mask, pos))
             if self.llm_method is not None and self.signal.query == "raters":
                 run.raters = self._raters(kwargs["inputs_embeds"], run)
             return args, kwargs
-        run = self._run
-        if run is None or run.phase == "prefill" or cache is None or cache is not run.cache:
-            self._run = None                                  # a forward unrelated to the last prefill
+        run = self._followup(cache)
+        if run is None:
             return None
         if self.pre_method is not None:
             kwargs.update(self._decode_input(run, embeds, mask, pos, cache))
@@ -394,15 +389,6 @@ class LlavaTokenCompression(LLMStages, ModelPatch):
     def _first_batch(self, run: Run) -> TokenBatch | None:
         return self._span_batch
 
-
-    def _after_lm(self, module, args, output):
-        run = self._run
-        if run is None:
-            return None
-        if run.phase == "prefill":
-            run.phase, run.cache = "decode", cache_of(output)
-            self._finish(run)
-        return None
 
     def _finish(self, run: Run) -> None:
         if self.llm_method is not None:

@@ -60,6 +60,15 @@ def span_index(start: Tensor, span: int, rep: Tensor, seq_len: int) -> Tensor:
     return torch.where(inside, spanned, outside)
 
 
+def image_spans(is_image: Tensor, n: int) -> Tensor | None:
+    """[B] the start of each row's one contiguous run of ``n`` image slots, or None if a row has another layout."""
+    start = is_image.to(torch.int8).argmax(1)
+    span = span_slots(start, n).clamp_max(is_image.shape[1] - 1)
+    if bool((is_image.sum(1) != n).any()) or not bool(is_image.gather(1, span).all()):
+        return None
+    return start
+
+
 def span_slots(start: Tensor, k: int) -> Tensor:
     """[B, K] the slots of the new span (it starts where the old one did)."""
     return start[:, None] + torch.arange(k, device=start.device)
@@ -234,6 +243,6 @@ def last_valid(valid: Tensor) -> Tensor:
 
 
 __all__ = ["allowed_keys", "attention_rows", "compose", "decode_columns", "decode_mask", "gather_seq",
-           "last_valid", "left_aligned_gather", "mask_invalid", "prune_mask", "query_key",
+           "image_spans", "last_valid", "left_aligned_gather", "mask_invalid", "prune_mask", "query_key",
            "renumber_positions", "repeat_kv", "sort_by_rep", "span_index", "span_slots", "take", "take_mask",
            "write_span"]

@@ -35,8 +35,9 @@ the model builds for layer 0's cache length is sliced to each pruned layer's kep
 
 Host contract: attributes ``layers``, ``lm`` (``rotary_emb``, ``norm``), ``llm_method``,
 ``llm_budget``, ``llm_tokens`` (N entering the LLM), ``grid``, ``positions``, ``_run``; calls
-``_init_llm`` once, ``_install_layer_hooks`` in ``_install``, ``_raters`` at prefill when the signal
-asks for raters, ``_finish_llm`` after the prefill; may override ``_first_batch``.
+``_init_llm`` once, ``_install_layer_hooks`` in ``_install`` (and hooks ``_after_lm`` on the language
+model), ``_begin_run`` and (when the signal asks for them) ``_raters`` at prefill, ``_followup`` at a
+decode step; may override ``_finish`` (default ``_finish_llm``) and ``_first_batch``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from tokencodec.models import llm_pruning as lp
+from tokencodec.models.hf_compat import cache_of
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, BudgetError, LLMSignal
 from tokencodec.tokens.compress.base import LLMStage as Stage
@@ -137,6 +139,32 @@ class LLMStages:
         else:
             keeps = tuple(s.keep for s in plan)
         return tuple(Stage(a, s, k) for (a, s), k in zip(stages, keeps, strict=True))
+
+    def _begin_run(self, start: Tensor, n: int, embeds: Tensor, mask: Tensor | None) -> Run:
+        """A new prefill: its span, its real tokens (from the 2-D mask), the records cleared."""
+        b, s0 = embeds.shape[:2]
+        valid = mask.bool() if mask is not None else torch.ones(b, s0, dtype=torch.bool, device=embeds.device)
+        run = Run(start=start.to(embeds.device), n=n, s0=s0, s_in=s0, valid=valid)
+        self._run, self.stages, self.kept, self.sequence_index = run, [], None, None
+        return run
+
+    def _followup(self, cache) -> Run | None:
+        """The run a decode step continues, or None (and the run is dropped) for an unrelated forward."""
+        run = self._run
+        if run is None or run.phase == "prefill" or cache is None or cache is not run.cache:
+            self._run = None
+            return None
+        return run
+
+    def _after_lm(self, module, args, output):
+        run = self._run
+        if run is not None and run.phase == "prefill":
+            run.phase, run.cache = "decode", cache_of(output)
+            self._finish(run)
+        return None
+
+    def _finish(self, run: Run) -> None:
+        self._finish_llm(run)
 
     def _install_layer_hooks(self) -> None:
         hooked = {s.layer for s in self.stage_plan} | {s.score_layer for s in self.stage_plan}

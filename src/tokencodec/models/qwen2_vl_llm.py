@@ -26,11 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from tokencodec.models import llm_pruning as lp
-from tokencodec.models.hf_compat import cache_from, cache_of
+from tokencodec.models.hf_compat import cache_from
 from tokencodec.models.hooks import ModelPatch
 from tokencodec.models.llm_stages import LLMStages, Run
 from tokencodec.models.qwen2_vl import resolve
@@ -119,9 +118,8 @@ class Qwen2VLLLMCompression(LLMStages, ModelPatch):
         t, h, w = grid[0].tolist()
         if bool((grid != grid[0]).any()) or t * (h // m) * (w // m) != n:
             raise ValueError(f"every image in the batch must have the same grid; got {grid.tolist()}")
-        start = is_image.to(torch.int8).argmax(1)
-        span = lp.span_slots(start, n).clamp_max(ids.shape[1] - 1)
-        if not bool(is_image.gather(1, span).all()):
+        start = lp.image_spans(is_image, n)
+        if start is None:
             raise ValueError("the image tokens of each sample must be contiguous (one image per sample)")
         self._pending = (start, n, (t * (h // m), w // m))
         return None
@@ -134,26 +132,14 @@ class Qwen2VLLLMCompression(LLMStages, ModelPatch):
             embeds, mask = kwargs["inputs_embeds"], kwargs.get("attention_mask")
             if isinstance(mask, dict) or (mask is not None and mask.dim() != 2):
                 raise NotImplementedError("Qwen2VLLLMCompression needs a 2-D attention mask [B, S] (or None)")
-            b, s0 = embeds.shape[:2]
-            valid = mask.bool() if mask is not None else torch.ones(b, s0, dtype=torch.bool, device=embeds.device)
             self.grid, self.llm_tokens = grid, n
             self.stage_plan = self._plan(*self._options)           # the method's counts for this N
             self.stage_keep = tuple(s.keep for s in self.stage_plan)
-            run = Run(start=start.to(embeds.device), n=n, s0=s0, s_in=s0, valid=valid)
-            self._run, self.stages, self.kept, self.sequence_index = run, [], None, None
+            run = self._begin_run(start, n, embeds, mask)
             if self.signal.query == "raters":
                 run.raters = self._raters(embeds, run)
             return None
-        run = self._run
-        if run is None or run.phase == "prefill" or cache is None or cache is not run.cache:
-            self._run = None                                  # a forward unrelated to the last prefill
-        return None
-
-    def _after_lm(self, module, args, output):
-        run = self._run
-        if run is not None and run.phase == "prefill":
-            run.phase, run.cache = "decode", cache_of(output)
-            self._finish_llm(run)
+        self._followup(cache)           # decode steps need nothing here: layer 0 caches the whole prompt
         return None
 
 

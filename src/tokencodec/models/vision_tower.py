@@ -300,8 +300,11 @@ class TowerTokenPruning(VisionTokenCompressor):
     """
 
     def _install(self) -> None:
-        SignalCapture._install(self)          # records layer ``layer`` first, then this hook replaces it
+        super()._install()                    # records layer ``layer`` first, then this hook replaces it
         self.add_hook(self.tower.layers[self.layer], self._replace)
+
+    def _finish(self) -> None:
+        pass                                  # last_batch was made when ``layer`` ran
 
     def _replace(self, module, args, output):
         hidden = _output(output)

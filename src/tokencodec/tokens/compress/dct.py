@@ -29,7 +29,7 @@ Choices left open, and ours:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal
 
@@ -81,15 +81,13 @@ def energy_grid(energy: Tensor, k: float, tolerance: float = 1e-6) -> tuple[int,
     return min((g for g in grids if held[g] >= best * (1 - tolerance)), key=lambda g: (g[0] * g[1], g))
 
 
-def _lowpass(batch: TokenBatch, grid: tuple[int, int]) -> TokenBatch:
-    (h, w), t = batch.grid, batch.frames
+def lowpass_plan(h: int, w: int, t: int, grid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """(weights [K, N], members [K, N], representatives [K]) of the low-pass to ``grid``, frame by frame."""
+    window = grid_operator(h, w, grid, "avg")
     op = torch.block_diag(*[dct_operator(h, w, *grid)] * t)
-    window = torch.block_diag(*[grid_operator(h, w, grid, "avg")] * t)
-    rep = centre_patches(grid_operator(h, w, grid, "avg"), w)
-    rep = torch.cat([rep + f * h * w for f in range(t)])
-    b, dev = batch.batch_size, batch.features.device
-    return batch.combine(op.to(dev).expand(b, -1, -1), (window > 0).to(dev).expand(b, -1, -1),
-                         rep.to(dev).expand(b, -1))
+    members = torch.block_diag(*[window] * t) > 0
+    rep = centre_patches(window, w)
+    return op, members, torch.cat([rep + f * h * w for f in range(t)])
 
 
 def dct_reduce(batch: TokenBatch, k: int, zone: str = "rect", at_most: bool = False) -> TokenBatch:
@@ -97,44 +95,22 @@ def dct_reduce(batch: TokenBatch, k: int, zone: str = "rect", at_most: bool = Fa
     if batch.mask is not None or batch.num_tokens != batch.num_original:
         raise ValueError("dct needs the full token grid in raster order (no padding, nothing dropped)")
     (h, w), t = batch.grid, batch.frames
+    b, dev = batch.batch_size, batch.features.device
     if zone == "rect":
-        return _lowpass(batch, target_grid(h, w, k / t, at_most))
+        op, members, rep = (x.to(dev) for x in lowpass_plan(h, w, t, target_grid(h, w, k / t, at_most)))
+        return batch.combine(op.expand(b, -1, -1), members.expand(b, -1, -1), rep.expand(b, -1))
     if t != 1:
         raise ValueError("dct zone='energy' takes single images; use zone='rect' for video")
     energy = block_energy(batch.features, h, w)
-    parts = [_lowpass(_single(batch, i), energy_grid(energy[i], k)) for i in range(batch.batch_size)]
-    return _stack(parts)
-
-
-def _single(batch: TokenBatch, i: int) -> TokenBatch:
-    """Sample i of a batch as a batch of one."""
-    def one(x):
-        return None if x is None else x[i:i + 1]
-    return TokenBatch(features=one(batch.features), grid=batch.grid, frames=batch.frames, cls=one(batch.cls),
-                      sizes=one(batch.sizes), source=one(batch.source), positions=one(batch.positions),
-                      signals={n: v[i:i + 1] for n, v in batch.signals.items()}, context=dict(batch.context))
-
-
-def _stack(parts: list[TokenBatch]) -> TokenBatch:
-    """Batches of one, with possibly different counts, as one batch padded at the end and masked."""
-    width = max(p.num_tokens for p in parts)
-    if len(parts) == 1:
-        return parts[0]
-
-    def pad(x: Tensor, fill) -> Tensor:
-        extra = width - x.shape[1]
-        return torch.cat([x, x.new_full((x.shape[0], extra, *x.shape[2:]), fill)], 1) if extra else x
-
-    mask = torch.cat([pad(torch.ones(1, p.num_tokens, dtype=torch.bool), False) for p in parts])
-    first = parts[0]
-    return TokenBatch(
-        features=torch.cat([pad(p.features, 0) for p in parts]), grid=first.grid, frames=first.frames,
-        cls=None if first.cls is None else torch.cat([p.cls for p in parts]),
-        sizes=torch.cat([pad(p.sizes, 0) for p in parts]), source=torch.cat([pad(p.source, False) for p in parts]),
-        positions=torch.cat([pad(p.positions, 0) for p in parts]),
-        mask=None if bool(mask.all()) else mask.to(first.features.device),
-        signals={n: torch.cat([pad(p.signals[n], 0) for p in parts]) for n in first.signals},
-        context=first.context)
+    plans = [lowpass_plan(h, w, 1, energy_grid(energy[i], k)) for i in range(b)]
+    width = max(len(r) for _, _, r in plans)
+    # one combine for the batch: each image's rows padded with zero weights to the widest, then masked
+    op, members = torch.zeros(b, width, h * w, dtype=torch.float64), torch.zeros(b, width, h * w, dtype=torch.bool)
+    rep, mask = torch.zeros(b, width, dtype=torch.long), torch.zeros(b, width, dtype=torch.bool)
+    for i, (o, m, r) in enumerate(plans):
+        op[i, :len(r)], members[i, :len(r)], rep[i, :len(r)], mask[i, :len(r)] = o, m, r, True
+    out = batch.combine(op.to(dev), members.to(dev), rep.to(dev))
+    return replace(out, mask=None if bool(mask.all()) else mask.to(dev))
 
 
 @dataclass(frozen=True)
@@ -165,4 +141,5 @@ class DCT(TokenMethod):
         return dct_reduce(batch, k, self.options.zone, self.options.at_most)
 
 
-__all__ = ["DCT", "block_energy", "dct_matrix", "dct_operator", "dct_reduce", "energy_grid", "lowpass_axis"]
+__all__ = ["DCT", "block_energy", "dct_matrix", "dct_operator", "dct_reduce", "energy_grid", "lowpass_axis",
+           "lowpass_plan"]
