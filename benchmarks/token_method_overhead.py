@@ -21,8 +21,9 @@ What is modelled (random weights and random data; only shapes matter for time):
   heads), text_attention [1, N]; context rater_attention [1, 16, N] (SparseVLM), text_keys [1, 46, 64]
   and text_features [1, 46, 1024] (DART's text pivots). The batch is built outside the timing; the
   adapter's signal extraction (hooks, CLS attention from q/k) is not timed, only ``method(batch, budget)``.
-- Budget: Budget(ratio=0.25) for every method except ToMe; one call = one stage for the multi-stage
-  methods (PyramidDrop, SparseVLM).
+- Budget: Budget(ratio=0.25) for every method except ToMe and uniform-frames (one whole crop of the
+  five); one call = one stage for the multi-stage methods (PyramidDrop, SparseVLM). Video methods
+  (temporal, uniform-frames) run at N = 2880 only, its 5 crops standing for 5 frames.
 - ToMe: the whole merge schedule of the ToMeVisionPatch-ed encoder with layer=-2, i.e. layers 0..22
   (23 merges), r per layer = round(0.75·576/23) = 19 (576 → 139 patches, 24 %): per layer, the
   head-averaged metric from k_proj output [B, T, 1024], bipartite_soft_matching (CLS protected),
@@ -162,8 +163,13 @@ def main() -> None:
                                               f"{fn()}/{per_crop} patches per crop"))
                 else:
                     method, batch = get_method(name), batches[n]
-                    out = method(batch, Budget(ratio=KEEP))
-                    jobs.append((name, n, lambda m=method, b=batch: m(b, Budget(ratio=KEEP)),
+                    if method.video and batch.frames == 1:
+                        print(f"{name} at N={n}: skipped (a video method; N={n} is one crop)")
+                        continue
+                    # uniform frame sampling keeps whole frames: one of the five
+                    budget = Budget(keep=per_crop) if name == "uniform-frames" else Budget(ratio=KEEP)
+                    out = method(batch, budget)
+                    jobs.append((name, n, lambda m=method, b=batch, k=budget: m(b, k),
                                  f"→ {out.num_tokens} tokens"))
 
         enc_times: list[float] = []

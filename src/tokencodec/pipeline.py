@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tokencodec.observers.base import Observer, Prepared, Sample
+from tokencodec.observers.base import Observer, Prepared, Sample, video_support
 
 
 class PipelineError(ValueError):
@@ -103,7 +103,8 @@ class PipelineSpec:
             except (BudgetError, ValueError, TypeError) as err:
                 raise PipelineError(f"method {self.method!r}: {err}") from None
             if observer_runner is not None:
-                why = observer_runner.supports(METHODS.get(self.method))
+                method_cls = METHODS.get(self.method)
+                why = video_support(observer_runner.video, method_cls) or observer_runner.supports(method_cls)
                 if why:
                     raise PipelineError(f"method {self.method!r} cannot run on this observer: {why}")
 

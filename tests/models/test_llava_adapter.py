@@ -474,3 +474,58 @@ def test_chain_refusals(eager):
         LlavaTokenCompression(eager, "tome", Budget(r=9))
     with pytest.raises(BudgetError, match=r"takes Budget\(r=...\)"):
         LlavaTokenCompression(eager, "tome", Budget(keep=4))
+
+
+# -- video: T frames as T images, one contiguous span of T·N tokens --------------------------------
+
+T = 2
+PV = [1, 5] + [IMG] * (T * N) + [7, 8]
+
+
+def video_inputs(static: bool = False):
+    px = pixels(2 * T, seed=5)
+    if static:
+        px = px.reshape(2, T, 3, 32, 32)[:, :1].expand(2, T, 3, 32, 32).reshape(2 * T, 3, 32, 32)
+    return dict(input_ids=torch.tensor([PV, PV]), pixel_values=px)
+
+
+@pytest.mark.parametrize("name", ["temporal", "uniform-frames", "divprune", "fastv"])
+def test_video_at_full_budget_equals_unpatched(model, name):
+    kw = video_inputs()
+    ref = logits(model, **kw)
+    with LlavaTokenCompression(model, name, Budget(ratio=1.0), frames=T, **LAYER_OPTS.get(name, {})) as tc:
+        out = logits(model, **kw)
+    assert torch.equal(out, ref)
+    assert tc.tokens_per_layer == [T * N] * LAYERS
+
+
+def test_video_spatial_method_runs_on_each_frame_alone(eager):
+    kw = video_inputs()
+    with LlavaTokenCompression(eager, "divprune", Budget(keep=T * 4), frames=T) as tc:
+        logits(eager, **kw)
+    frames = kw["pixel_values"].reshape(2, T, 3, 32, 32)
+    for f in range(T):       # the same frame as a one-image prompt
+        with LlavaTokenCompression(eager, "divprune", Budget(keep=4)) as alone:
+            logits(eager, input_ids=torch.tensor([P1, P1]), pixel_values=frames[:, f])
+        assert torch.equal(tc.kept.positions[:, 4 * f:4 * (f + 1)], alone.kept.positions + f * N)
+    assert tc.tokens_per_layer == [T * 4] * LAYERS
+
+
+def test_video_temporal_sends_the_key_frame_of_a_static_clip(eager):
+    kw = video_inputs(static=True)
+    with LlavaTokenCompression(eager, get_method("temporal", threshold=1e-3), Budget(ratio=1.0), frames=T) as tc:
+        out = logits(eager, **kw)
+    assert tc.kept.positions[0].tolist() == list(range(N)) and tc.kept.positions[1].tolist() == list(range(N))
+    assert tc.tokens_per_layer == [N] * LAYERS and out.shape[1] == len(PV) - (T - 1) * N
+    # skipped tokens are not repeated: the answer position keeps its original position id (RoPE gap)
+    assert tc.sequence_index[0, -1].item() == len(PV) - 1
+
+
+def test_video_refusals(eager):
+    with pytest.raises(ValueError, match="frames=0"):
+        LlavaTokenCompression(eager, "divprune", 8, frames=0)
+    with pytest.raises(NotImplementedError, match="video"):
+        LlavaTokenCompression(eager, "tome", Budget(r=2), frames=T)
+    with pytest.raises(ValueError, match=r"exactly one image \(2 frame\(s\)\): 32 contiguous"):
+        with LlavaTokenCompression(eager, "divprune", 8, frames=T):
+            logits(eager, input_ids=torch.tensor([P1, P1]), pixel_values=pixels())

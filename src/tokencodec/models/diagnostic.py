@@ -39,6 +39,8 @@ from torch import Tensor
 from tokencodec.data.vqa import ANSWERS, GRID, IMAGE_SIZE, PATCH, vocabulary
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "diagnostic"
+VIDEO_WEIGHTS_DIR = WEIGHTS_DIR.with_name("diagnostic-video")  # fine-tuned on VideoVQADataset
+ANSWERS_FILE = "answers.json"  # a folder's answer words, when they are not the image task's
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "<image>")
 PAD, UNK, BOS, IMAGE = SPECIAL_TOKENS
 N_IMAGE_TOKENS = GRID * GRID
@@ -152,6 +154,11 @@ def parameter_count(model: torch.nn.Module) -> int:
 
 # -- the helper ------------------------------------------------------------------------------------
 
+def pixels(sample) -> np.ndarray:
+    """A VQA sample's image (H×W×3) or a video sample's frames (T×H×W×3)."""
+    return sample.frames if hasattr(sample, "frames") else sample.image
+
+
 class DiagnosticMLLM:
     """The model, its tokenizer and the answer vocabulary, with ``answer`` and ``evaluate``."""
 
@@ -167,8 +174,11 @@ class DiagnosticMLLM:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, *, attn_implementation: str = "sdpa",
                         device: str | torch.device = "cpu") -> DiagnosticMLLM:
-        """Load from ``path`` (a folder with config.json, model.safetensors, tokenizer.json); ``None``
-        loads the weights shipped in the package (``tokencodec/models/weights/diagnostic``). Offline."""
+        """Load from ``path`` (a folder with config.json, model.safetensors, tokenizer.json, and
+        answers.json when its answer words are not the image task's); ``None`` loads the weights
+        shipped in the package (``tokencodec/models/weights/diagnostic``). Offline."""
+        import json
+
         from tokenizers import Tokenizer
         from transformers import LlavaForConditionalGeneration
 
@@ -182,28 +192,44 @@ class DiagnosticMLLM:
                                                               local_files_only=True)
         tok = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         tok.enable_padding(pad_id=tok.token_to_id(PAD), pad_token=PAD, direction="right")
-        return cls(model.to(device).eval(), tok)
+        answers = folder / ANSWERS_FILE
+        return cls(model.to(device).eval(), tok,
+                   tuple(json.loads(answers.read_text())) if answers.is_file() else ANSWERS)
 
     def save_pretrained(self, path: str | Path) -> None:
+        import json
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save(str(path / TOKENIZER_FILE))
+        if self.answers != tuple(ANSWERS):
+            (path / ANSWERS_FILE).write_text(json.dumps(list(self.answers)))
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def encode(self, questions: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
-        """(input_ids, attention_mask, index of each prompt's last token), right-padded."""
-        enc = self.tokenizer.encode_batch([build_prompt(q) for q in questions])
+    def encode(self, questions: Sequence[str], frames: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+        """(input_ids, attention_mask, index of each prompt's last token), right-padded; a video of
+        ``frames`` frames puts its frames' image tokens one after the other (LLaVA's multi-image layout)."""
+        enc = self.tokenizer.encode_batch([build_prompt(q, N_IMAGE_TOKENS * frames) for q in questions])
         ids = torch.tensor([e.ids for e in enc])
         mask = torch.tensor([e.attention_mask for e in enc])
         return ids, mask, mask.sum(1) - 1
 
     def inputs(self, images, questions: Sequence[str]) -> dict[str, Tensor]:
-        """The keyword arguments of ``model(...)`` for a batch (plus ``last``: the answer positions)."""
-        ids, mask, last = self.encode(questions)
+        """The keyword arguments of ``model(...)`` for a batch (plus ``last``: the answer positions).
+
+        ``images``: B×H×W×3 (one image per question) or B×T×H×W×3 (a video per question: the T frames
+        go to the tower as T images, in order)."""
+        frames = 1
+        if not isinstance(images, Tensor):
+            images = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
+        if images.ndim == 5:
+            frames = images.shape[1]
+            images = images.reshape(-1, *images.shape[2:])
+        ids, mask, last = self.encode(questions, frames)
         dev = self.device
         return dict(input_ids=ids.to(dev), attention_mask=mask.to(dev), pixel_values=preprocess(images).to(dev),
                     last=last.to(dev))
@@ -231,7 +257,7 @@ class DiagnosticMLLM:
         batch: list = []
 
         def flush():
-            preds = self.answer([s.image for s in batch], [s.question for s in batch])
+            preds = self.answer([pixels(s) for s in batch], [s.question for s in batch])
             for s, p in zip(batch, preds, strict=True):
                 total[s.qtype] += 1
                 right[s.qtype] += int(p == s.answer)

@@ -69,7 +69,16 @@ at the language model's input). New tokens continue the **original** numbering (
 (one :class:`StageRecord` per in-LLM stage, with the signals), ``stage_keep`` (budget used per
 stage), ``sequence_index`` ([B, S'] the caller's slot each output slot comes from: logits are S' long).
 
-Supported: one image per sample, its N image tokens contiguous; a Llama-style language model
+**Video** (``frames=T``): each sample's T frames go to the tower as T images, their T·N tokens one
+contiguous span (LLaVA's multi-image prompt). A method that declares ``video`` (temporal,
+uniform-frames) gets the whole video as one TokenBatch with ``frames=T``; any other pre-LLM method
+runs on each frame alone at K/T tokens (``spatial="per-frame"``, default:
+:func:`~tokencodec.tokens.frames.compress_per_frame`, the usual per-frame baseline) or on all T·N
+tokens at once (``spatial="joint"``: DivPrune then also drops tokens repeated across frames).
+Frames have no CLS between them: a method's ``sends_cls`` sends nothing on video. In-LLM methods
+see the T·N span as one set. ToMe is not supported on video.
+
+Supported: one image (or one T-frame video) per sample, its image tokens contiguous; a Llama-style language model
 (``layers[i].self_attn.q_proj/k_proj/head_dim``, ``input_layernorm``, ``rotary_emb``, ``norm``).
 """
 
@@ -90,6 +99,7 @@ from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, BudgetError, TokenMethod, get_method
 from tokencodec.tokens.compress.pyramiddrop import pyramiddrop_keeps  # noqa: F401  (importable from here too)
 from tokencodec.tokens.compress.sparsevlm import sparsevlm_keeps  # noqa: F401
+from tokencodec.tokens.frames import compress_per_frame
 
 SUPPORTED = ("LlavaForConditionalGeneration", "LlavaModel")
 FIRST = ("vision-encoder", "pre-llm")    # stages that may come first in a chain; "llm" comes last
@@ -122,14 +132,16 @@ class LlavaTokenCompression(LLMStages, ModelPatch):
     Options: ``layers`` (in-LLM: override the method's layer(s), e.g. on tiny models), ``positions``
     ("original" | "renumber"; default: each method's ``positions`` attribute, else "original"), ``query``
     (FastV "last" | "all"), ``stage_keep`` (explicit per-stage counts for multi-stage methods),
-    ``features`` (pre-LLM "vision" | "projected"), ``signal_layer`` (pre-LLM, CLIP layer of q/k) and
-    ``prop_attn`` (ToMe's proportional attention).
+    ``features`` (pre-LLM "vision" | "projected"), ``signal_layer`` (pre-LLM, CLIP layer of q/k),
+    ``prop_attn`` (ToMe's proportional attention), ``frames`` (T: each sample is a T-frame video) and
+    ``spatial`` (video: a spatial method runs "per-frame" at K/T, or "joint" over all frames).
     """
 
     def __init__(self, model: nn.Module, method, budget: Budget | int | float | None = None, *,
                  layers: int | Sequence[int] | None = None, positions: str | None = None,
                  query: str | None = None, stage_keep: Sequence[int] | None = None,
-                 features: str | None = None, signal_layer: int | None = None, prop_attn: bool = True):
+                 features: str | None = None, signal_layer: int | None = None, prop_attn: bool = True,
+                 frames: int = 1, spatial: str = "per-frame"):
         name = type(model).__name__
         if name not in SUPPORTED:
             raise TypeError(f"unsupported model {name}; LlavaTokenCompression supports {', '.join(SUPPORTED)} "
@@ -150,7 +162,12 @@ class LlavaTokenCompression(LLMStages, ModelPatch):
         self.image_token_id = cfg.image_token_id
         tower = resolve_tower(self.llava)
         side = cfg.vision_config.image_size // cfg.vision_config.patch_size
-        self.grid, self.n = (side, side), side * side
+        if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
+            raise ValueError(f"frames={frames!r}: the frames per sample, a positive int")
+        if spatial not in ("per-frame", "joint"):
+            raise ValueError(f"spatial must be 'per-frame' or 'joint', not {spatial!r}")
+        self.frames, self.frame_tokens, self.spatial = frames, side * side, spatial
+        self.grid, self.n = (side, side), side * side * frames     # the image span: every frame's tokens
         strategy = cfg.vision_feature_select_strategy
         if (strategy == "default") != tower.class_token:
             raise ValueError(f"vision_feature_select_strategy={strategy!r} with a tower "
@@ -191,6 +208,9 @@ class LlavaTokenCompression(LLMStages, ModelPatch):
             if features not in (None, "vision") or signal_layer is not None:
                 raise ValueError(f"{m.name} merges inside the vision tower: features= and signal_layer= do not apply")
             self.features = "vision"
+            if self.frames > 1:
+                raise NotImplementedError(f"{m.name} merges inside the tower per image; video (frames > 1) "
+                                          "is not supported")
             if budget.r is None:
                 raise BudgetError(f"{m.name} takes Budget(r=...) (tokens merged per tower layer); got {budget}")
             self._tome = ToMeVisionPatch(self.llava, budget.r, layer=layer, prop_attn=prop_attn)
@@ -245,7 +265,8 @@ class LlavaTokenCompression(LLMStages, ModelPatch):
             return None
         start = lp.image_spans(is_image, self.n)
         if start is None:
-            raise ValueError(f"every sample must hold exactly one image: {self.n} contiguous image tokens "
+            raise ValueError(f"every sample must hold exactly one image ({self.frames} frame(s)): {self.n} "
+                             "contiguous image tokens "
                              f"(id {self.image_token_id}); got counts {is_image.sum(1).tolist()}")
         self._pending = start
         return None
@@ -258,15 +279,21 @@ class LlavaTokenCompression(LLMStages, ModelPatch):
         captured = self._capture.captured()
         grid = self._capture.grid or self.grid
         hidden = captured.hidden
-        cls = hidden[:, 0] if hidden.shape[1] == self.n + 1 else None
-        method = self.pre_method
-        if self.features == "projected":
-            batch = TokenBatch.from_grid(output, grid, cls_token=cls, **captured.signals)
+        cls = hidden[:, 0] if hidden.shape[1] == self.frame_tokens + 1 and self.frames == 1 else None
+        method, signals = self.pre_method, captured.signals
+        t = self.frames
+        if t > 1:                  # B·T frame images → B videos of T·N tokens, frame after frame
+            signals = {k: v.reshape(v.shape[0] // t, t * v.shape[1], *v.shape[2:]) for k, v in signals.items()}
+        inputs = output if self.features == "projected" else args[0]
+        inputs = inputs.reshape(inputs.shape[0] // t, t * inputs.shape[1], inputs.shape[2])
+        batch = TokenBatch.from_grid(inputs, grid, frames=t, cls_token=cls, **signals)
+        if t > 1 and self.spatial == "per-frame" and not getattr(method, "video", False):
+            out = compress_per_frame(method, batch, self.pre_budget)
+        else:
             out = method(batch, self.pre_budget)
+        if self.features == "projected":
             projected = out.features
         else:
-            batch = TokenBatch.from_grid(args[0], grid, cls_token=cls, **captured.signals)
-            out = method(batch, self.pre_budget)
             projected = module.forward(out.features)       # forward, not __call__: this hook must not re-fire
         rep, valid = out.positions, out.mask
         if self.pre_positions == "renumber":                   # the method's order; padding (if any) last

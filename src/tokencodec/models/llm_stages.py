@@ -93,6 +93,8 @@ class Run:
 class LLMStages:
     """The in-LLM half of an adapter: plan, layer hooks, signals, sequence cuts; see the module docstring."""
 
+    frames = 1          # video frames in the image span (LLaVA's frames=); the span holds frames × grid tokens
+
     @staticmethod
     def _check_lm(lm: nn.Module) -> nn.ModuleList:
         layers = getattr(lm, "layers", None)
@@ -254,7 +256,7 @@ class LLMStages:
         tagged = {**signals, SLOT: torch.arange(n, device=h.device).expand(h.shape[0], n)}
         first = self._first_batch(run) if prev is None else prev.kept
         if first is None:
-            batch = TokenBatch.from_grid(feats, self.grid, context=context, **tagged)
+            batch = TokenBatch.from_grid(feats, self.grid, frames=self.frames, context=context, **tagged)
         else:
             batch = replace(first, features=feats, signals=tagged, context=context, mask=None)
         out = self.llm_method(batch, Budget(keep=stage.keep))

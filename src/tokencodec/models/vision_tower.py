@@ -320,6 +320,48 @@ class TowerTokenPruning(VisionTokenCompressor):
         return new if isinstance(output, Tensor) else (new, *output[1:])
 
 
+class TowerVideoCoding(TowerTokenPruning):
+    """Split inference on video at ``layer``: the sender codes the frames' patch tokens with a video
+    method (``temporal``), the receiver rebuilds every frame's grid from what was sent and runs the
+    later layers on [CLS, rebuilt grid] per frame.
+
+    The tower's batch holds ``frames`` consecutive frames per video (B·T images). The method must
+    leave the receiver's reconstruction in ``context["temporal_reconstruction"]``. The CLS of each
+    frame is sent as well (not counted in ``sent``). After a forward: ``last_batch`` (what was sent),
+    ``sent`` ([B] patch tokens sent per video) and ``tokens_per_layer`` (every layer processes every
+    token: the saving is on the wire, not in the receiver's compute).
+    """
+
+    def __init__(self, model: nn.Module, method, budget, layer: int = -2, frames: int = 2):
+        super().__init__(model, method, budget, layer)
+        if not getattr(self.method, "video", False):
+            raise ValueError(f"method {self.method.name!r} is not a video method; TowerVideoCoding codes a "
+                             "video's tokens (temporal); run spatial methods per frame with TowerTokenPruning")
+        if frames < 2:
+            raise ValueError(f"frames={frames}: a video needs at least 2 frames")
+        self.frames = frames
+        self.sent: Tensor | None = None
+
+    def _replace(self, module, args, output):
+        hidden = _output(output)
+        frames = self.token_batch()
+        t, (bt, n, d) = self.frames, frames.features.shape
+        if bt % t:
+            raise ValueError(f"{bt} images are not whole videos of {t} frames")
+        video = TokenBatch.from_grid(frames.features.reshape(bt // t, t * n, d), self.grid, frames=t,
+                                     **{k: v.reshape(bt // t, t * n, *v.shape[2:]) for k, v in frames.signals.items()})
+        out = self.method(video, self.budget)
+        recon = out.context.get("temporal_reconstruction")
+        if recon is None:
+            raise NotImplementedError(f"method {self.method.name!r} leaves the receiver no rebuilt frames "
+                                      "(context['temporal_reconstruction'])")
+        self.last_batch, self.sent = out, out.counts()
+        self.tokens_per_layer = [hidden.shape[1]] * len(self.tower.layers)
+        p = self.tower.prefix
+        new = torch.cat([hidden[:, :p], recon.reshape(bt, n, d).to(hidden.dtype)], 1)
+        return new if isinstance(output, Tensor) else (new, *output[1:])
+
+
 # -- ToMe inside every encoder layer --------------------------------------------------------------
 
 def size_bias(size: Tensor, dtype: torch.dtype) -> Tensor:
@@ -440,4 +482,5 @@ class ToMeVisionPatch(_TowerPatch):
 
 
 __all__ = ["SIGNALS", "Captured", "PatchError", "SignalCapture", "ToMeVisionPatch", "Tower",
-           "TowerTokenPruning", "VisionTokenCompressor", "capture_signals", "compute_signals", "resolve_tower"]
+           "TowerTokenPruning", "TowerVideoCoding", "VisionTokenCompressor", "capture_signals", "compute_signals",
+           "resolve_tower"]

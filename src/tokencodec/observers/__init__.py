@@ -4,7 +4,14 @@ Any observer judges any pipeline: pixel codecs hand decoded pixels to the runner
 inside it. Importing this package registers every observer in ``OBSERVERS``.
 """
 
-from tokencodec.observers import diagnostic, efficientnet, fashion_vit, human  # noqa: F401  (fill the registry)
+from tokencodec.observers import (  # noqa: F401  (fill the registry)
+    diagnostic,
+    diagnostic_video,
+    efficientnet,
+    fashion_vit,
+    fashion_vit_video,
+    human,
+)
 from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
 from tokencodec.observers.registry import OBSERVERS, ObserverOptionError, ObserverSpec, observer_for, register_observer
 

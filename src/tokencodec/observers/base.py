@@ -61,11 +61,20 @@ class Task(ABC):
         return None
 
 
+def video_support(shows_video: bool, method_cls) -> str | None:
+    """Why a video method cannot run on an image observer (None when the kinds agree)."""
+    if getattr(method_cls, "video", False) and not shows_video:
+        return (f"{method_cls.name!r} codes video and this observer shows single images (video observers: "
+                "diagnostic-video, fashion-vit-video)")
+    return None
+
+
 class Runner(ABC):
     """Turns pixels into an output, optionally with a token method acting inside the model."""
 
     rates: ClassVar[tuple[str, ...]] = ()          # rates ``run`` reports (tokens, flops…)
     stages: ClassVar[tuple[str, ...]] = ()         # method stages this runner can run
+    video: bool = False                            # samples are clips (T×H×W×3); video methods can run
 
     def key(self) -> str:
         """Identifies the model and its configuration (for caches and record keys)."""
@@ -95,10 +104,16 @@ class Observer:
     task_class: ClassVar[type[Task] | None] = None     # for checks made before any model is loaded
     runner_stages: ClassVar[tuple[str, ...]] = ()
     runner_rates: ClassVar[tuple[str, ...]] = ()
+    video: ClassVar[bool] = False                      # its samples are clips (the runner's ``video`` too)
 
     @classmethod
     def method_support(cls, method_cls) -> str | None:
         """None when the method can run on this observer, else why not (checked without a model)."""
+        return video_support(cls.video, method_cls) or cls.method_fits(method_cls)
+
+    @classmethod
+    def method_fits(cls, method_cls) -> str | None:
+        """The observer's own conditions (stage, signals); video against images is checked apart."""
         if method_cls.stage in cls.runner_stages:
             return None
         return (f"it acts at stage {method_cls.stage!r}; observer {cls.name!r} runs "

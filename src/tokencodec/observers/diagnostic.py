@@ -28,7 +28,7 @@ from tokencodec.observers.registry import register_observer
 @dataclass
 class Answer:
     logits: torch.Tensor            # over the answer vocabulary
-    covered: np.ndarray | None      # patches some kept token stands for (None: every patch)
+    covered: np.ndarray | None      # flat: patches some kept token stands for (None: every patch)
 
 
 class VQATask(Task):
@@ -44,14 +44,20 @@ class VQATask(Task):
         data = VQADataset(split, min(n, limit) if limit else n, seed, types)
         return [Sample(f"{split}/{s.index}/{s.qtype}", content_digest(s.image, s.question), s.image, s) for s in data]
 
+    @staticmethod
+    def masks(payload) -> tuple[np.ndarray, np.ndarray]:
+        """(object mask, relevant mask) of a sample, flat in token raster order."""
+        return payload.object_mask.reshape(-1), payload.relevant_mask.reshape(-1)
+
     def score(self, sample, output: Answer, reference) -> dict[str, float]:
         s = sample.payload
         pred = int(output.logits.argmax())
-        covered = output.covered if output.covered is not None else np.ones_like(s.object_mask)
+        objects, relevant = self.masks(s)
+        covered = output.covered if output.covered is not None else np.ones_like(objects)
         return {"accuracy": float(self.answers[pred] == s.answer),
                 "agreement": float(pred == int(reference.argmax())),
-                "object_recall": recall(covered, s.object_mask),
-                "relevant_recall": recall(covered, s.relevant_mask)}
+                "object_recall": recall(covered, objects),
+                "relevant_recall": recall(covered, relevant)}
 
     def group(self, sample_id: str) -> str:
         return sample_id.rsplit("/", 1)[-1]  # ids are split/index/question-type
@@ -61,11 +67,12 @@ class DiagnosticRunner(Runner):
     rates = ("tokens", "tokens_avg_layers", "flops")
     stages = ("pre-llm", "llm")
 
-    def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa"):
+    def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa", spatial: str = "per-frame"):
         from tokencodec.metrics.cost import MLLMShape
         from tokencodec.models.diagnostic import WEIGHTS_DIR, DiagnosticMLLM
 
         self.mllm = DiagnosticMLLM.from_pretrained(weights, attn_implementation=attn_implementation)
+        self.spatial = spatial      # video: spatial methods per frame or over all frames (LlavaTokenCompression)
         self.shape = MLLMShape.from_config(self.mllm.model.config)
         self.depth = self.mllm.model.config.text_config.num_hidden_layers
         folder = WEIGHTS_DIR if weights is None else weights
@@ -73,12 +80,17 @@ class DiagnosticRunner(Runner):
             self.weights_id = hashlib.sha256(f.read()).hexdigest()[:12]
 
     def key(self) -> str:
-        return f"diagnostic-mllm-{self.weights_id}"
+        return f"diagnostic-mllm-{self.weights_id}" + ("" if self.spatial == "per-frame" else f"-{self.spatial}")
 
     @torch.inference_mode()
     def prepare(self, sample: Sample) -> Prepared:
         logits = self.mllm.answer_logits([sample.image], [sample.payload.question])
         return Prepared(reference=logits[0])
+
+    @staticmethod
+    def frames_of(image: np.ndarray) -> int:
+        """1 for an image (H×W×3), T for a video (T×H×W×3)."""
+        return image.shape[0] if image.ndim == 4 else 1
 
     def _adapter_options(self, method) -> dict[str, Any]:
         if method.stage != "llm":
@@ -99,11 +111,14 @@ class DiagnosticRunner(Runner):
             logits = self.mllm.model(**kw).logits
             answer, covered, per_layer = logits[0, last, self.mllm.answer_ids].float(), None, [image_slots] * self.depth
         else:
-            with LlavaTokenCompression(self.mllm.model, method, budget, **self._adapter_options(method)) as patch:
+            frames = self.frames_of(image)
+            video = {"frames": frames, "spatial": self.spatial} if frames > 1 else {}
+            options = {**video, **self._adapter_options(method)}
+            with LlavaTokenCompression(self.mllm.model, method, budget, **options) as patch:
                 logits = self.mllm.model(**kw).logits
             slot = int((patch.sequence_index[0] == last).nonzero()[0, 0])  # logits are shorter after pruning
             answer = logits[0, slot, self.mllm.answer_ids].float()
-            covered = patch.kept.source[0].any(0).reshape(s.object_mask.shape).numpy()
+            covered = patch.kept.source[0].any(0).numpy()
             per_layer = patch.tokens_per_layer
         summary = tokens_per_layer_summary(per_layer)
         return Answer(answer, covered), {

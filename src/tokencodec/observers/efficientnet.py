@@ -97,7 +97,7 @@ class EfficientNetObserver(Observer):
     runner_rates = ("tokens",)
 
     @classmethod
-    def method_support(cls, method_cls) -> str | None:
+    def method_fits(cls, method_cls) -> str | None:
         from tokencodec.models.efficientnet_lite0 import supports
 
         if supports(method_cls):

@@ -147,7 +147,7 @@ class FashionViTObserver(Observer):
     runner_rates = ("tokens", "tokens_avg_layers", "flops")
 
     @classmethod
-    def method_support(cls, method_cls) -> str | None:
+    def method_fits(cls, method_cls) -> str | None:
         from tokencodec.tokens.signals import VISION_TOWER, resolve_request
 
         if method_cls.stage not in cls.runner_stages:

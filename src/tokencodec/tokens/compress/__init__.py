@@ -8,6 +8,7 @@ from tokencodec.tokens.compress import (  # noqa: F401  (each import registers i
     dct,
     divprune,
     fastv,
+    frame_sampling,
     norm,
     pool,
     prumerge,
@@ -17,6 +18,7 @@ from tokencodec.tokens.compress import (  # noqa: F401  (each import registers i
     rdo,
     scalable,
     sparsevlm,
+    temporal,
     tome,
     visionzip,
 )

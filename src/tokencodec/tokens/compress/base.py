@@ -270,6 +270,8 @@ class TokenMethod:
     features: ClassVar[str] = "vision"          # pre-LLM: "vision" (pre-projector) or "projected" embeddings
     signal_layer: ClassVar[int | None] = None   # pre-LLM: vision layer of the q/k signals (None: the feature layer)
     sends_cls: ClassVar[bool] = False           # pre-LLM: the CLS goes into the LLM first, counted in the budget
+    video: ClassVar[bool] = False               # pre-LLM: takes a whole video batch (frames > 1); a spatial method
+                                                # (False) runs on each frame alone at K/T (tokens/frames.py)
 
     def __init__(self, seed: int = 0, **options):
         self.seed = seed

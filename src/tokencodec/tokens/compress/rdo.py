@@ -73,12 +73,17 @@ def keep_above(batch: TokenBatch, values: Tensor, lam: Tensor) -> TokenBatch:
     """Per image the tokens with value ≥ λ (at least the best one), raster order; padded when counts differ."""
     keep = values >= lam[:, None]
     keep[torch.arange(values.shape[0]), values.argmax(1)] = True
+    return take_kept(batch, keep)
+
+
+def take_kept(batch: TokenBatch, keep: Tensor) -> TokenBatch:
+    """The tokens where ``keep`` [B, N] is True, raster order; padded (a mask) when the counts differ."""
     counts = keep.sum(1)
     width = int(counts.max())
     # kept slots first in raster order, then the others (masked): a stable sort on "not kept"
     order = (~keep).to(torch.int8).argsort(dim=1, stable=True)[:, :width]
     out = batch.take(order)
-    mask = torch.arange(width, device=values.device)[None] < counts[:, None]
+    mask = torch.arange(width, device=keep.device)[None] < counts[:, None]
     return replace(out, mask=None if bool(mask.all()) else mask)
 
 
@@ -131,4 +136,4 @@ class RDO(TokenMethod):
         return replace(out, context={**out.context, "rdo_lambda": lam})
 
 
-__all__ = ["RDO", "calibrate_lambdas", "cbr_lambda", "keep_above", "token_values"]
+__all__ = ["RDO", "calibrate_lambdas", "cbr_lambda", "keep_above", "take_kept", "token_values"]

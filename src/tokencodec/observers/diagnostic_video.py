@@ -1,0 +1,53 @@
+"""The diagnostic video MLLM as a machine observer: 4-frame procedural videos where one object
+moves (``tokencodec.data.vqa.VideoVQADataset``), answered by the diagnostic MLLM fine-tuned on them
+(``models/weights/diagnostic-video``, its MODEL_CARD.md).
+
+A video is T frames in one prompt (LLaVA's multi-image layout), T·64 image tokens. The question
+types need more than one frame: ``direction`` (which way does the red circle move?) and
+``mover_colour`` (what colour is the object that moves?); accuracy is reported per type. Video
+methods (temporal, uniform-frames) see the whole video; any other pre-LLM method runs on each frame
+at K/T tokens (``spatial="per-frame"``, default) or over all frames at once (``spatial="joint"``);
+in-LLM methods see the T·64-token span. Measures and rates as the image observer's;
+``object_recall`` / ``relevant_recall`` count patches over all frames (the moving object in every
+frame for ``relevant_recall``). Pixel codecs do not apply (a sample's pixels are a T×H×W×3 clip).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tokencodec.observers.base import Observer, Sample, content_digest
+from tokencodec.observers.diagnostic import DiagnosticRunner, VQATask
+from tokencodec.observers.registry import register_observer
+
+
+class VideoVQATask(VQATask):
+    def samples(self, split: str = "test", n: int = 400, seed: int = 0, frames: int = 4,
+                limit: int | None = None) -> list[Sample]:
+        from tokencodec.data.vqa import VideoVQADataset
+
+        data = VideoVQADataset(split, min(n, limit) if limit else n, seed, frames)
+        return [Sample(f"{split}/{s.index}/{s.qtype}", content_digest(s.frames, s.question), s.frames, s) for s in data]
+
+    @staticmethod
+    def masks(payload) -> tuple[np.ndarray, np.ndarray]:
+        return payload.object_masks.reshape(-1), payload.relevant_masks.reshape(-1)
+
+
+@register_observer("diagnostic-video")
+class DiagnosticVideoObserver(Observer):
+    """The diagnostic video MLLM on its video questions (see the module docstring)."""
+
+    task_class = VideoVQATask
+    video = True
+    runner_stages = ("pre-llm", "llm")
+    runner_rates = ("tokens", "tokens_avg_layers", "flops")
+
+    def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa", spatial: str = "per-frame"):
+        from tokencodec.models.diagnostic import VIDEO_WEIGHTS_DIR
+
+        if spatial not in ("per-frame", "joint"):
+            raise ValueError(f"observer diagnostic-video: spatial={spatial!r}; allowed: 'per-frame', 'joint'")
+        runner = DiagnosticRunner(str(VIDEO_WEIGHTS_DIR) if weights is None else weights, attn_implementation, spatial)
+        runner.video = True
+        super().__init__(VideoVQATask(runner.mllm.answers), runner)
