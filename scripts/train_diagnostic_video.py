@@ -40,7 +40,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--init-from", type=Path, default=None, help="image model folder (default: the shipped one)")
     p.add_argument("--frames", type=int, default=4)
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--min-lr", type=float, default=3e-5)
@@ -56,7 +56,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--order-seed", type=int, default=0)
     p.add_argument("--init-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--max-minutes", type=float, default=30.0)
+    p.add_argument("--max-minutes", type=float, default=28.0)
     return p.parse_args(argv)
 
 

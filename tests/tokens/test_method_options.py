@@ -36,7 +36,8 @@ DEFAULTS = {
     "rdo": {"value": "cls-attention", "rate_control": "cbr", "ratios": [], "lambdas": []},
     "scalable": {"order": "coarse-to-fine", "coarse_levels": None},
     "quadtree": {"criterion": "sse", "mode": "partition"},
-    "temporal": {"gop": 0, "search": 0, "intra": "all", "threshold": None},
+    "temporal": {"gop": 0, "search": 0, "intra": "all", "threshold": None, "rate_control": "cbr", "ratios": [],
+                 "thresholds": []},
     "uniform-frames": {},
 }
 DEFAULTS["prumerge+"] = DEFAULTS["prumerge"]

@@ -132,3 +132,21 @@ def test_per_frame_compression_equals_each_frame_alone():
     assert per_frame_budget(Budget(ratio=0.5), 3, HW) == Budget(ratio=0.5)
     with pytest.raises(BudgetError, match="multiple of 3"):
         per_frame_budget(Budget(keep=10), 3, HW)
+
+
+def test_vbr_one_threshold_meets_the_average_and_counts_follow_the_content():
+    from tokencodec.tokens.compress.temporal import calibrate_thresholds
+
+    g = torch.Generator().manual_seed(5)
+    x = video(b=8) + 0.01 * torch.randn(8, 4 * HW, 8, generator=g)
+    for v in range(8):                               # video v changes v cells from frame 1 on
+        for f in (1, 2, 3):
+            x[v, f * HW:f * HW + v] = x[v, HW:HW + v] + 1.0 if f == 1 else x[v, HW:HW + v]
+    (tau,) = calibrate_thresholds(x, (H, W), 4, [(HW + 3.5) / (4 * HW)])
+    method = get_method("temporal", rate_control="vbr", ratios=[(HW + 3.5) / (4 * HW)], thresholds=[tau])
+    out = method(TokenBatch.from_grid(x, (H, W), frames=4), Budget(ratio=(HW + 3.5) / (4 * HW)))
+    assert out.counts().tolist() == [HW + v for v in range(8)]        # each video its own count, mean 19.5
+    with pytest.raises(BudgetError, match="calibrate that ratio first"):
+        method(TokenBatch.from_grid(x, (H, W), frames=4), Budget(ratio=0.5))
+    with pytest.raises(ValueError, match="ratios and thresholds"):
+        get_method("temporal", rate_control="vbr")

@@ -10,11 +10,13 @@ from collections.abc import Callable
 
 from tokencodec.tokens.compress import METHODS, TokenMethod
 
-YES, FALLBACK, NO = "yes", "fallback", "—"
+YES, FALLBACK, NO, VIDEO = "yes", "fallback", "—", "video"
 
 
 def _vit(has_cls: bool) -> Callable[[type[TokenMethod]], str]:
     def rule(m: type[TokenMethod]) -> str:
+        if m.video:   # split inference on clips: the receiver rebuilds frames (TowerVideoCoding)
+            return VIDEO if m.rebuilds_frames else NO
         if m.stage == "vision-encoder":
             return YES  # ToMeVisionPatch
         if m.stage != "pre-llm":
@@ -29,18 +31,22 @@ def _vit(has_cls: bool) -> Callable[[type[TokenMethod]], str]:
 def _efficientnet(m: type[TokenMethod]) -> str:
     from tokencodec.models.efficientnet_lite0 import supports
 
-    return YES if supports(m) else NO
+    return YES if supports(m) and not m.video else NO
 
 
 def _llava(m: type[TokenMethod]) -> str:
     # LLaVA-1.5 layout with its CLIP tower: every method; ToMe merges in the tower (alone, or chained
-    # with an in-LLM method)
+    # with an in-LLM method); video methods on T-frame prompts (frames=T)
+    if m.video:
+        return VIDEO
     return YES if m.stage in ("vision-encoder", "pre-llm", "llm") else NO
 
 
 def _qwen2_vl(m: type[TokenMethod]) -> str:
     from tokencodec.models.qwen2_vl import support
 
+    if m.video:
+        return NO      # Qwen2-VL's own video path (temporal patches of 2 frames) is not adapted
     return YES if m.stage == "llm" else support(m)   # in-LLM: Qwen2VLLLMCompression
 
 
@@ -54,7 +60,8 @@ ADAPTERS: dict[str, tuple[str, Callable[[type[TokenMethod]], str]]] = {
 
 
 def support_matrix() -> dict[str, dict[str, str]]:
-    """``{method: {adapter: "yes" | "fallback" | "—"}}`` for every registered method."""
+    """``{method: {adapter: "yes" | "fallback" | "video" | "—"}}`` for every registered method ("video": runs
+    on clips only)."""
     return {name: {adapter: rule(METHODS.get(name)) for adapter, (_, rule) in ADAPTERS.items()}
             for name in METHODS.names()}
 

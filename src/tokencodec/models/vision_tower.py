@@ -334,9 +334,10 @@ class TowerVideoCoding(TowerTokenPruning):
 
     def __init__(self, model: nn.Module, method, budget, layer: int = -2, frames: int = 2):
         super().__init__(model, method, budget, layer)
-        if not getattr(self.method, "video", False):
-            raise ValueError(f"method {self.method.name!r} is not a video method; TowerVideoCoding codes a "
-                             "video's tokens (temporal); run spatial methods per frame with TowerTokenPruning")
+        if not self.method.rebuilds_frames:
+            raise ValueError(f"method {self.method.name!r} is not a video method that rebuilds frames; "
+                             "TowerVideoCoding codes a video's tokens (temporal); run spatial methods per frame "
+                             "with TowerTokenPruning")
         if frames < 2:
             raise ValueError(f"frames={frames}: a video needs at least 2 frames")
         self.frames = frames

@@ -67,12 +67,14 @@ class DiagnosticRunner(Runner):
     rates = ("tokens", "tokens_avg_layers", "flops")
     stages = ("pre-llm", "llm")
 
-    def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa", spatial: str = "per-frame"):
+    def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa", spatial: str = "per-frame",
+                 positions: str | None = None):
         from tokencodec.metrics.cost import MLLMShape
         from tokencodec.models.diagnostic import WEIGHTS_DIR, DiagnosticMLLM
 
         self.mllm = DiagnosticMLLM.from_pretrained(weights, attn_implementation=attn_implementation)
         self.spatial = spatial      # video: spatial methods per frame or over all frames (LlavaTokenCompression)
+        self.positions = positions  # None: each method's official layout; "original" | "renumber" for all
         self.shape = MLLMShape.from_config(self.mllm.model.config)
         self.depth = self.mllm.model.config.text_config.num_hidden_layers
         folder = WEIGHTS_DIR if weights is None else weights
@@ -80,7 +82,8 @@ class DiagnosticRunner(Runner):
             self.weights_id = hashlib.sha256(f.read()).hexdigest()[:12]
 
     def key(self) -> str:
-        return f"diagnostic-mllm-{self.weights_id}" + ("" if self.spatial == "per-frame" else f"-{self.spatial}")
+        return (f"diagnostic-mllm-{self.weights_id}" + ("" if self.spatial == "per-frame" else f"-{self.spatial}")
+                + ("" if self.positions is None else f"-positions-{self.positions}"))
 
     @torch.inference_mode()
     def prepare(self, sample: Sample) -> Prepared:
@@ -93,9 +96,11 @@ class DiagnosticRunner(Runner):
         return image.shape[0] if image.ndim == 4 else 1
 
     def _adapter_options(self, method) -> dict[str, Any]:
+        layout = {} if self.positions is None else {"positions": self.positions}
         if method.stage != "llm":
-            return {}
-        return {"layers": list(method.layers_for(self.depth))}   # the published layers, at the same relative depth
+            return layout
+        # the published layers, at the same relative depth
+        return {"layers": list(method.layers_for(self.depth)), **layout}
 
     @torch.inference_mode()
     def run(self, sample, image, method, budget, prepared, pixels_changed):

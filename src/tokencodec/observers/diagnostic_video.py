@@ -7,7 +7,9 @@ types need more than one frame: ``direction`` (which way does the red circle mov
 ``mover_colour`` (what colour is the object that moves?); accuracy is reported per type. Video
 methods (temporal, uniform-frames) see the whole video; any other pre-LLM method runs on each frame
 at K/T tokens (``spatial="per-frame"``, default) or over all frames at once (``spatial="joint"``);
-in-LLM methods see the T·64-token span. Measures and rates as the image observer's;
+in-LLM methods see the T·64-token span. ``positions`` overrides every method's layout in the LLM
+("original": each token keeps its position id, which on video carries the frame order; methods whose
+official layout renumbers, DivPrune and VisionZip, otherwise erase it). Measures and rates as the image observer's;
 ``object_recall`` / ``relevant_recall`` count patches over all frames (the moving object in every
 frame for ``relevant_recall``). Pixel codecs do not apply (a sample's pixels are a T×H×W×3 clip).
 """
@@ -43,11 +45,16 @@ class DiagnosticVideoObserver(Observer):
     runner_stages = ("pre-llm", "llm")
     runner_rates = ("tokens", "tokens_avg_layers", "flops")
 
-    def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa", spatial: str = "per-frame"):
+    def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa", spatial: str = "per-frame",
+                 positions: str | None = None):
         from tokencodec.models.diagnostic import VIDEO_WEIGHTS_DIR
 
         if spatial not in ("per-frame", "joint"):
             raise ValueError(f"observer diagnostic-video: spatial={spatial!r}; allowed: 'per-frame', 'joint'")
-        runner = DiagnosticRunner(str(VIDEO_WEIGHTS_DIR) if weights is None else weights, attn_implementation, spatial)
+        if positions not in (None, "original", "renumber"):
+            raise ValueError(f"observer diagnostic-video: positions={positions!r}; allowed: None (each method's "
+                             "official layout), 'original', 'renumber'")
+        folder = str(VIDEO_WEIGHTS_DIR) if weights is None else weights
+        runner = DiagnosticRunner(folder, attn_implementation, spatial, positions)
         runner.video = True
         super().__init__(VideoVQATask(runner.mllm.answers), runner)

@@ -15,8 +15,9 @@ the whole frame, so it is counted):
   (:class:`~tokencodec.models.vision_tower.TowerVideoCoding`) and runs the later layers on all of it.
   With ``search`` > 0 the receiver also needs each predicted token's motion vector (one of
   (2r+1)² offsets, log2 9 ≈ 3.2 bits at r = 1): side information that costs bits, not tokens.
-- **uniform-frames**: m = K/196 evenly spaced frames are sent whole; a frame in between takes the
-  prediction of the last sent frame before it (the receiver holds its answer).
+- **frame sampling** (methods that send ``whole_frames``: uniform-frames): m = K/196 frames are sent
+  whole; a frame in between takes the prediction of the last sent frame before it (the receiver
+  holds its answer). Which frames: the method's choice on the clip's layout (a content-blind rule).
 - **spatial methods** run on each frame at K/T tokens (``TowerTokenPruning``), the later layers on the
   kept set.
 
@@ -27,6 +28,8 @@ not the receiver's compute, and the FLOPs say so). Pixel codecs do not apply (a 
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -86,7 +89,7 @@ class FashionViTVideoRunner(FashionViTRunner):
     def run(self, sample, image, method, budget, prepared, pixels_changed):
         from tokencodec.metrics.cost import vit_flops
         from tokencodec.models.vision_tower import TowerTokenPruning, TowerVideoCoding
-        from tokencodec.tokens.compress.frame_sampling import sampled_frames
+        from tokencodec.tokens.batch import TokenBatch
         from tokencodec.tokens.frames import per_frame_budget
 
         x = self._clip(image)
@@ -94,15 +97,18 @@ class FashionViTVideoRunner(FashionViTRunner):
         full = float(vit_flops(self.shape, [n + 1] * self.depth).total)
         if method is None:
             return self.model(x).float(), {"tokens": float(n + 1), "flops": full}
-        if method.name == "uniform-frames":
-            k = budget.tokens(t * n)
-            if k % n:
-                raise BudgetError(f"uniform-frames keeps whole frames of {n} tokens; got K={k}")
-            sent = sampled_frames(t, k // n)
+        if method.whole_frames:                        # frame sampling: the receiver holds the last answer
+            # the choice is read from an all-zero clip of the right layout: frame sampling is content-blind
+            side = math.isqrt(n)
+            probe = TokenBatch.from_grid(torch.zeros(1, t * n, 1), (side, side), frames=t)
+            positions = method(probe, budget).positions[0]
+            sent = sorted({int(p) // n for p in positions})
+            if len(positions) != len(sent) * n:
+                raise BudgetError(f"{method.name} must send whole frames of {n} tokens; it sent {len(positions)}")
             logits = self.model(x[sent]).float()
             holder = [max(i for i, f in enumerate(sent) if f <= frame) for frame in range(t)]
             return logits[holder], {"tokens": len(sent) * (n + 1) / t, "flops": full * len(sent) / t}
-        if method.video:
+        if method.rebuilds_frames:
             with TowerVideoCoding(self.model, method, budget, layer=self.prune_layer, frames=t) as patch:
                 logits = self.model(x).float()
             return logits, {"tokens": (float(patch.sent.sum()) + t) / t, "flops": full}

@@ -272,6 +272,8 @@ class TokenMethod:
     sends_cls: ClassVar[bool] = False           # pre-LLM: the CLS goes into the LLM first, counted in the budget
     video: ClassVar[bool] = False               # pre-LLM: takes a whole video batch (frames > 1); a spatial method
                                                 # (False) runs on each frame alone at K/T (tokens/frames.py)
+    rebuilds_frames: ClassVar[bool] = False     # video: context["temporal_reconstruction"] rebuilds every frame
+    whole_frames: ClassVar[bool] = False        # video: sends some frames whole and nothing of the others
 
     def __init__(self, seed: int = 0, **options):
         self.seed = seed

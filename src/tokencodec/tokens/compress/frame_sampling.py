@@ -27,6 +27,7 @@ class UniformFrames(TokenMethod):
     guidance = "vision"
     knob = "keep"
     video = True
+    whole_frames = True
     needs = ()
     needs_cls = False
     cls_fallback = "not needed: reads nothing"

@@ -20,10 +20,15 @@ repeated** to the model: the receiver already holds its prediction (an earlier f
 - **Key frames** (``intra``): ``"all"`` (default) sends every key-frame token, as a codec sends an I
   frame; budgets below the key-frame tokens are refused. ``"residual"`` lets key-frame tokens compete
   too, by their residual against the frame's mean token (the DC intra prediction), so any budget works.
-- **Rate control**: by default (``threshold=None``) τ is bisected per video so that exactly K tokens
-  are sent (CBR; after the bisection, ties at τ are broken by the largest residuals). With
-  ``threshold=τ`` every video sends what exceeds τ, at most K (VBR with a cap: a static video costs
-  the key frame, a busy one more).
+- **Rate control** (``rate_control``), as a video encoder's:
+
+  - ``"cbr"`` (default): τ is bisected per video so that exactly K tokens are sent (after the
+    bisection, ties at τ are completed by the largest residuals).
+  - ``"vbr"``: one τ for the whole data set per average keep ratio, calibrated on a tuning split
+    (:func:`calibrate_thresholds`, ``scripts/calibrate_temporal.py``) and passed as ``ratios`` and
+    ``thresholds``: a static video costs its key frame, a busy one more, at a given **average**.
+
+  ``threshold=τ`` fixes τ directly (every video sends what exceeds it, at most K).
 
 The sent tokens come back in raster order (frame, row, column) at their original positions; sizes 1,
 each its own patch. ``context``: ``temporal_threshold`` [B] (τ used), ``temporal_reconstruction``
@@ -105,7 +110,10 @@ class TemporalOptions(MethodOptions):
     gop: int = 0                                    # frames per group of pictures (0: one key frame, the first)
     search: int = 0                                 # motion search radius in grid cells (0: co-located)
     intra: Literal["all", "residual"] = "all"       # key frames sent whole, or their tokens compete by residual
-    threshold: float | None = None                  # fixed τ (VBR, capped at K); None: τ per video for exactly K
+    threshold: float | None = None                  # a fixed τ (at most K sent); None: rate control decides
+    rate_control: Literal["cbr", "vbr"] = "cbr"     # τ per video for exactly K, or one τ per average ratio
+    ratios: tuple[float, ...] = ()                  # vbr: the average keep ratios calibrated…
+    thresholds: tuple[float, ...] = ()              # …and their τ (calibrate_thresholds)
 
 
 @register_method("temporal")
@@ -116,6 +124,7 @@ class Temporal(TokenMethod):
     guidance = "vision"
     knob = "keep"
     video = True
+    rebuilds_frames = True
     needs = ()
     needs_cls = False
     cls_fallback = "not needed: reads only the tokens"
@@ -129,6 +138,9 @@ class Temporal(TokenMethod):
             raise ValueError(f"temporal gop={o.gop}, search={o.search}: both must be ≥ 0 (gop 0 = one key frame)")
         if o.threshold is not None and o.threshold < 0:
             raise ValueError(f"temporal threshold={o.threshold}: a residual threshold is ≥ 0")
+        if o.rate_control == "vbr" and (not o.ratios or len(o.ratios) != len(o.thresholds)):
+            raise ValueError("temporal rate_control='vbr' needs ratios and thresholds of the same length (one τ "
+                             "per average keep ratio, from calibrate_thresholds on a tuning split)")
 
     def key_tokens(self, frames: int, hw: int) -> int:
         """Tokens the key frames must send (intra='all'), per video."""
@@ -151,8 +163,15 @@ class Temporal(TokenMethod):
         x = batch.features.float()
         gop = o.gop or t
         b = batch.batch_size
-        if o.threshold is not None:
-            tau = torch.full((b,), float(o.threshold), device=x.device)
+        fixed = o.threshold
+        if o.rate_control == "vbr":
+            table = dict(zip(o.ratios, o.thresholds, strict=True))
+            if budget.ratio is None or budget.ratio not in table:
+                raise BudgetError(f"temporal (vbr) has τ for average keep ratios {sorted(table, reverse=True)}; "
+                                  f"got {budget} (calibrate that ratio first)")
+            fixed, k = table[budget.ratio], n                 # no cap: the count follows the content
+        if fixed is not None:
+            tau = torch.full((b,), float(fixed), device=x.device)
             coded = dict(grid=batch.grid, frames=t, gop=gop, search=o.search, intra=o.intra)
             sent, residual, _ = code_video(x, tau=tau, **coded)
             sent = cap(sent, residual, k)
@@ -205,4 +224,27 @@ def exact_rate(x: Tensor, grid, frames: int, gop: int, k: int, search: int, intr
     return hi, sent, code_video(x, sent=sent, **coded)[2]
 
 
-__all__ = ["Temporal", "cap", "code_video", "exact_rate", "neighbours", "predict", "relative_residual"]
+def calibrate_thresholds(videos: Tensor, grid: tuple[int, int], frames: int, ratios, *, gop: int = 0,
+                         search: int = 0, intra: str = "all") -> tuple[float, ...]:
+    """One τ per average keep ratio over a tuning set of videos [V, T·hw, D] (same shape each): the τ whose
+    closed-loop coding sends ratio·N tokens per video on average (bisection; the count falls with τ)."""
+    x = videos.float()
+    v, n = x.shape[:2]
+    coded = dict(grid=grid, frames=frames, gop=gop or frames, search=search, intra=intra)
+    residual = code_video(x, tau=torch.zeros(v), **coded)[1]
+    top = float(2 * torch.nan_to_num(residual, posinf=0.0).max() + 1)
+    out = []
+    for r in ratios:
+        if not 0 < r <= 1:
+            raise BudgetError(f"keep ratio {r!r} outside the allowed range (0, 1]")
+        lo, hi = 0.0, top
+        for _ in range(BISECTION_STEPS):
+            mid = (lo + hi) / 2
+            sent = code_video(x, tau=torch.full((v,), mid), **coded)[0].sum(1).float().mean()
+            lo, hi = (mid, hi) if sent > r * n else (lo, mid)
+        out.append(hi)
+    return tuple(out)
+
+
+__all__ = ["Temporal", "calibrate_thresholds", "cap", "code_video", "exact_rate", "neighbours", "predict",
+           "relative_residual"]
