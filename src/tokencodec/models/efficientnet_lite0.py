@@ -234,8 +234,9 @@ class EfficientNetTokenCompression(ModelPatch):
 
 
 def supports(method_cls: type[TokenMethod]) -> bool:
-    """Methods that need nothing but the token features, acting before the head."""
-    return method_cls.stage == "pre-llm" and not method_cls.needs and not method_cls.needs_cls
+    """Methods that need nothing but the token features, acting before the head (images: no video methods)."""
+    return (method_cls.stage == "pre-llm" and not method_cls.needs and not method_cls.needs_cls
+            and not method_cls.video)
 
 
 def supported_methods() -> list[str]:

@@ -31,7 +31,7 @@ def _vit(has_cls: bool) -> Callable[[type[TokenMethod]], str]:
 def _efficientnet(m: type[TokenMethod]) -> str:
     from tokencodec.models.efficientnet_lite0 import supports
 
-    return YES if supports(m) and not m.video else NO
+    return YES if supports(m) else NO
 
 
 def _llava(m: type[TokenMethod]) -> str:
