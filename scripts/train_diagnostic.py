@@ -271,8 +271,6 @@ def main(argv=None) -> int:
 
 def write_card(a, n_params: int, minutes: float, test: dict, history: list, stopped: bool, device) -> None:
     cmd = "python scripts/train_diagnostic.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
-    rows = "\n".join(f"| {t} | {test['per_type'].get(t, float('nan')):.3f} |" for t in QUESTION_TYPES)
-    curve = "\n".join(f"| {h['step']} | {h['loss']:.3f} | {h['val']['overall']:.3f} |" for h in history)
     cfg = {k: getattr(a, k) for k in DEFAULT_CONFIG}
     text = f"""# Diagnostic MLLM (tokencodec)
 
@@ -298,21 +296,19 @@ toolkit's offline observer for token-compression studies; it knows nothing but t
   {a.data_seed}, init {a.init_seed}, order {a.order_seed}{' (stopped early at --max-minutes)' if stopped else ''}.
 - Wall time: {minutes:.1f} min on {device} ({a.threads} CPU threads).
 
-## Test accuracy ({test['n']} samples of `VQADataset("test", {a.test_n}, seed={a.data_seed})`)
-
-Overall: **{test['overall']:.3f}**
-
-| question type | accuracy |
-|---|---|
-{rows}
-
-## Training curve (validation, {a.val_n} samples)
-
-| step | train loss | val accuracy |
-|---|---|---|
-{curve}
 """
+    text += accuracy_sections(test, history, QUESTION_TYPES, f'VQADataset("test", {a.test_n}, seed={a.data_seed})',
+                              a.val_n)
     (a.out / "MODEL_CARD.md").write_text(text)
+
+
+def accuracy_sections(test: dict, history: list, types, test_data: str, val_n: int) -> str:
+    """A model card's test-accuracy table (per question type) and validation curve, in Markdown."""
+    rows = "\n".join(f"| {t} | {test['per_type'].get(t, float('nan')):.3f} |" for t in types)
+    curve = "\n".join(f"| {h['step']} | {h['loss']:.3f} | {h['val']['overall']:.3f} |" for h in history)
+    return (f"\n## Test accuracy ({test['n']} samples of `{test_data}`)\n\nOverall: **{test['overall']:.3f}**\n\n"
+            f"| question type | accuracy |\n|---|---|\n{rows}\n\n## Training curve (validation, {val_n} samples)\n\n"
+            f"| step | train loss | val accuracy |\n|---|---|---|\n{curve}\n")
 
 
 if __name__ == "__main__":

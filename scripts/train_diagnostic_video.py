@@ -31,8 +31,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tokencodec.data.vqa import VIDEO_ANSWERS, VIDEO_QUESTION_TYPES, VideoVQADataset
-from tokencodec.models.diagnostic import N_IMAGE_TOKENS, DiagnosticMLLM, build_prompt, parameter_count, preprocess
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_diagnostic import accuracy_sections  # noqa: E402  (the same model-card tables)
+
+from tokencodec.data.vqa import VIDEO_ANSWERS, VIDEO_QUESTION_TYPES, VideoVQADataset  # noqa: E402
+from tokencodec.models.diagnostic import (  # noqa: E402
+    N_IMAGE_TOKENS,
+    DiagnosticMLLM,
+    build_prompt,
+    parameter_count,
+    preprocess,
+)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -138,8 +147,6 @@ def main(argv=None) -> int:
 
 def write_card(a, n_params: int, minutes: float, test: dict, history: list, stopped: bool) -> None:
     cmd = "python scripts/train_diagnostic_video.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
-    rows = "\n".join(f"| {t} | {test['per_type'].get(t, float('nan')):.3f} |" for t in VIDEO_QUESTION_TYPES)
-    curve = "\n".join(f"| {h['step']} | {h['loss']:.3f} | {h['val']['overall']:.3f} |" for h in history)
     text = f"""# Diagnostic video MLLM (tokencodec)
 
 The diagnostic MLLM (see `../diagnostic/MODEL_CARD.md`) fine-tuned on `VideoVQADataset` ({a.frames}
@@ -156,20 +163,9 @@ reaches the LM only through token positions. Answers: the {len(VIDEO_ANSWERS)} w
   order {a.order_seed}{' (stopped early at --max-minutes)' if stopped else ''}.
 - Wall time: {minutes:.1f} min on CPU ({a.threads} threads).
 
-## Test accuracy ({test['n']} samples of `VideoVQADataset("test", {a.test_n}, seed={a.data_seed}, frames={a.frames})`)
-
-Overall: **{test['overall']:.3f}**
-
-| question type | accuracy |
-|---|---|
-{rows}
-
-## Training curve (validation, {a.val_n} samples)
-
-| step | train loss | val accuracy |
-|---|---|---|
-{curve}
 """
+    data = f'VideoVQADataset("test", {a.test_n}, seed={a.data_seed}, frames={a.frames})'
+    text += accuracy_sections(test, history, VIDEO_QUESTION_TYPES, data, a.val_n)
     (a.out / "MODEL_CARD.md").write_text(text)
 
 

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -330,6 +331,80 @@ def study(
 
 
 app.command("tokens", help="Alias of 'study' (kept for older scripts).")(study)
+
+
+def _split_errors() -> tuple[type[BaseException], ...]:
+    from tokencodec.entropy import QuantizerError, TokenBitstreamError
+    from tokencodec.split import SplitError
+
+    return (SplitError, TokenBitstreamError, QuantizerError, FileNotFoundError, *_user_errors())
+
+
+@app.command()
+def encode(
+    image: Annotated[Path, typer.Argument(help="an image file (resized to the observer's input if needed)")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.tcb", help="token bitstream to write")],
+    observer: Annotated[str, typer.Option(help="the model whose vision side runs here")] = "diagnostic-mllm",
+    method: Annotated[str, typer.Option(help="pre-LLM method that keeps the tokens")] = "rdo",
+    keep: Annotated[int, typer.Option(min=1, help="tokens kept")] = 16,
+    step: Annotated[float, typer.Option(help="quantiser step (a shipped profile)")] = 4.0,
+) -> None:
+    """Split inference, sender: run the vision side on IMAGE and write its tokens as a bitstream."""
+    from tokencodec.split import encode_image, load_image
+
+    try:
+        enc = encode_image(load_image(image, 64), observer, method, keep, step)
+    except (ImportError, *_split_errors()) as err:
+        raise _fail(str(err)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_bytes(enc.data)
+    tmp.replace(out)                                  # atomic: a file is whole or absent
+    console.print(f"{out}: {keep} tokens, {len(enc.data)} bytes (header {enc.header_bits // 8}, positions "
+                  f"{enc.position_bits // 8}, payload {enc.payload_bits // 8}; ideal payload "
+                  f"{enc.ideal_payload_bits / 8:.1f})", highlight=False)
+
+
+@app.command()
+def decode(
+    file: Annotated[Path, typer.Argument(metavar="FILE.tcb", help="a token bitstream")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    tokens: Annotated[Path | None, typer.Option(metavar="OUT.safetensors",
+            help="write the decoded tokens and positions")] = None,
+) -> None:
+    """Print a token bitstream's header and bit budget; optionally write its tokens (safetensors)."""
+    from tokencodec.split import decode_file
+
+    try:
+        head, decoded, profile = decode_file(file)
+    except (ImportError, *_split_errors()) as err:
+        raise _fail(str(err)) from None
+    info = {**head, "profile_file": str(profile), "dim": int(decoded.features.shape[1])}
+    if tokens is not None:
+        from safetensors.numpy import save_file
+
+        save_file({"features": decoded.features, "positions": decoded.positions.astype(np.int64)}, str(tokens),
+                  metadata={"grid": json.dumps(list(decoded.grid)), "frames": str(decoded.frames)})
+        info["tokens_file"] = str(tokens)
+    if as_json:
+        print(json.dumps(info))
+        return
+    for key, value in info.items():
+        console.print(f"{key}: {value}", highlight=False)
+
+
+@app.command()
+def answer(
+    file: Annotated[Path, typer.Argument(metavar="FILE.tcb", help="a token bitstream of the diagnostic MLLM")],
+    question: Annotated[str, typer.Argument(help='e.g. "what colour is the circle?"')],
+) -> None:
+    """Split inference, receiver: the diagnostic MLLM answers QUESTION from the bitstream alone."""
+    from tokencodec.split import answer as answer_from
+
+    try:
+        console.print(answer_from(file, question), highlight=False)
+    except (ImportError, *_split_errors()) as err:
+        raise _fail(str(err)) from None
 
 
 @app.command()

@@ -4,7 +4,9 @@ A module is a pixel codec at a quality (encode → real bytes → decode) or a t
 keep ratio (acting inside the observer's model); a chain "codec, then token method" is allowed.
 Each module adds its rates to the operating point: a codec its ``bytes``, ``bits``, ``bpp`` and
 coding times; the token method's rates (tokens, tokens averaged over layers, FLOPs) come from the
-observer's runner, which is where the tokens exist.
+observer's runner, which is where the tokens exist; a method that writes a token bitstream
+(``coded``) reports its ``bits``, ``bytes``, ``payload_bytes`` in ``last_rates``, and ``bpp`` /
+``payload_bpp`` follow per pixel of the sample's image, the pixel codecs' axis.
 
 A :class:`PipelineSpec` sweeps one knob: a codec's qualities, or a method's keep ratios; a chain
 fixes the method's keep ratio (one spec per ratio) and sweeps the codec's qualities. So each spec
@@ -145,7 +147,13 @@ def run_point(observer: Observer, sample: Sample, spec: PipelineSpec, knob: dict
                      encoding_time=t_dec - t_enc, decoding_time=t_end - t_dec)
         changed = not np.array_equal(image, sample.image)
     budget = Budget(ratio=knob["keep_ratio"]) if spec.method else None
+    if hasattr(method, "last_rates"):
+        method.last_rates = {}
     measured = observer.observe(sample, image, method, budget, prepared, changed)
+    coded = getattr(method, "last_rates", None)
+    if coded:            # a token bitstream (the coded method): its bits per pixel of the sample's image
+        h, w = sample.image.shape[-3:-1]
+        rates.update(coded, bpp=coded["bits"] / (h * w), payload_bpp=8 * coded["payload_bytes"] / (h * w))
     return {**rates, **measured, "latency_s": time.perf_counter() - t0}
 
 

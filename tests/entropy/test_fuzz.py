@@ -69,12 +69,17 @@ def decode_or_refuse(data, profile, reference):
     return outcome
 
 
-@pytest.mark.parametrize("make", [scalar_profile, vector_profile])
-def test_ten_thousand_mutations_are_refused_or_decode_identically(make):
-    profile = make()
+@pytest.fixture(scope="module", params=["scalar", "vector"])
+def coded(request):
+    """(profile, a 40-token bitstream over 4 frames of 8×8, its decoded tokens)."""
+    profile = scalar_profile() if request.param == "scalar" else vector_profile()
     x, pos = tokens(k=40, n0=4 * 64)
     data = encode_tokens(x, pos, (8, 8), 4, profile).data
-    reference = decode_tokens(data, profile)
+    return profile, data, decode_tokens(data, profile)
+
+
+def test_ten_thousand_mutations_are_refused_or_decode_identically(coded):
+    profile, data, reference = coded
     rng = np.random.default_rng(0)
     outcomes = {"refused": 0, "identical": 0, "decoded": 0}
     for _ in range(10_000):
@@ -84,12 +89,8 @@ def test_ten_thousand_mutations_are_refused_or_decode_identically(make):
     assert outcomes["refused"] > 9_900, outcomes
 
 
-@pytest.mark.parametrize("make", [scalar_profile, vector_profile])
-def test_header_extremes_with_a_valid_checksum_are_bounded(make):
-    profile = make()
-    x, pos = tokens(k=40, n0=4 * 64)
-    data = encode_tokens(x, pos, (8, 8), 4, profile).data
-    reference = decode_tokens(data, profile)
+def test_header_extremes_with_a_valid_checksum_are_bounded(coded):
+    profile, data, reference = coded
     rng = np.random.default_rng(1)
     seen = {"refused": 0, "identical": 0, "decoded": 0}
     for _ in range(1_000):

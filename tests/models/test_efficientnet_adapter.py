@@ -24,7 +24,8 @@ def images():
 
 
 def test_supported_methods_are_the_feature_only_ones():
-    assert supported_methods() == ["dct", "divprune", "pool-avg", "pool-resize", "quadtree", "random", "token-norm"]
+    assert supported_methods() == ["coded", "dct", "divprune", "pool-avg", "pool-resize", "quadtree", "random",
+                                   "token-norm"]
 
 
 @pytest.mark.parametrize("method", ["random", "divprune"])
@@ -55,7 +56,7 @@ def test_each_image_is_compressed_on_its_own(model, images):
 
 
 def test_bad_inputs(model, images):
-    with pytest.raises(ValueError, match="Supported here: dct, divprune, pool-avg, pool-resize, quadtree"):
+    with pytest.raises(ValueError, match="Supported here: coded, dct, divprune, pool-avg, pool-resize, quadtree"):
         EfficientNetTokenCompression(model, "visionzip", Budget(keep=8))
     with pytest.raises(KeyError, match="unknown token-compression method 'nope'"):
         EfficientNetTokenCompression(model, "nope", Budget(keep=8))

@@ -40,7 +40,8 @@ def test_scaled_layers_and_each_methods_layers_for_a_shallow_llm():
 def test_every_method_the_mllm_takes_runs_through_the_llava_adapter(diagnostic, tmp_path):
     samples = diagnostic.samples(split="test", n=7)  # one sample of each question type
     assert len({s.payload.qtype for s in samples}) == 7
-    names = [n for n in METHODS if DiagnosticObserver.method_support(METHODS.get(n)) is None]
+    # coded is a pipeline wrapper that needs a profile fitted to the model (tests/test_split.py runs it)
+    names = [n for n in METHODS if DiagnosticObserver.method_support(METHODS.get(n)) is None and n != "coded"]
     assert {"sparsevlm", "dart", "prumerge+", "pool-resize", "fastv"} <= set(names) and "tome" not in names
     curves = run_sweep(diagnostic, samples, [PipelineSpec(method=n, keep_ratios=(1.0, 0.25)) for n in names], tmp_path)
     assert {diagnostic.group(s.id) for s in samples} == {s.payload.qtype for s in samples}

@@ -39,6 +39,7 @@ DEFAULTS = {
     "temporal": {"gop": 0, "search": 0, "intra": "all", "threshold": None, "rate_control": "cbr", "ratios": [],
                  "thresholds": []},
     "uniform-frames": {},
+    "coded": {"inner": "random", "profile": ""},
 }
 DEFAULTS["prumerge+"] = DEFAULTS["prumerge"]
 

@@ -35,6 +35,7 @@ from tokencodec.rd.results import save_curve
 KEY_FIELDS = ("pipeline", "knob", "sample_digest", "config")
 TIMINGS = ("latency_s", "encoding_time", "decoding_time")
 CODEC_RATES = ("bytes", "bits", "bpp", "payload_bytes", "payload_bpp", "encoding_time", "decoding_time")
+BITSTREAM_RATES = ("bytes", "bits", "bpp", "payload_bytes", "payload_bpp", "ideal_bits")   # a method's token bitstream
 
 
 class SweepError(RuntimeError):
@@ -204,7 +205,8 @@ def build_curve(observer: Observer, spec: PipelineSpec, cid: str, samples: Seque
     from tokencodec.codecs import get_codec
     from tokencodec.tokens.compress import get_method
 
-    names = [*(CODEC_RATES if spec.codec else ()), *observer.rates, "latency_s", *observer.measures]
+    names = [*(CODEC_RATES if spec.codec else ()), *(BITSTREAM_RATES if spec.method else ()), *observer.rates,
+             "latency_s", *observer.measures]
     names = list(dict.fromkeys(names))
     per_item: dict[str, dict[str, list[float]]] = {s.id: {m: [] for m in names} for s in samples}
     unavailable = {s.id: why for s in samples if (why := observer.task.unavailable(s))}
@@ -236,6 +238,8 @@ def build_curve(observer: Observer, spec: PipelineSpec, cid: str, samples: Seque
         method = get_method(spec.method, seed=seed, **spec.options)
         extra["method"] = method.describe() if hasattr(method, "describe") else {
             "name": spec.method, "options": spec.options, "stage": method.stage, "paper": method.paper}
+        if hasattr(method, "versions"):          # a method that writes a bitstream names its coder
+            libraries = {**libraries, **method.versions()}
     if unavailable:
         extra["unavailable"] = unavailable
     what = " then ".join(x for x in (spec.codec, spec.method) if x)

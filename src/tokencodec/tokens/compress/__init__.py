@@ -4,6 +4,7 @@ Importing this package imports every method module so that the registry is compl
 """
 
 from tokencodec.tokens.compress import (  # noqa: F401  (each import registers its methods)
+    coded,
     dart,
     dct,
     divprune,

@@ -1,0 +1,116 @@
+"""``coded``: a token bitstream in the pipeline — a pre-LLM method, then the token codec, then the receiver.
+
+Split inference: the sender runs the vision side and a selection method (``inner``, e.g. random,
+divprune, visionzip), quantises and entropy-codes the kept tokens with a fitted profile
+(:mod:`tokencodec.entropy`: real bytes, every byte counted), and the receiver decodes them and
+carries on. The tokens the model then reads are the **decoded** ones, at the decoded positions, so
+fidelity includes quantisation. Rates of its own (``last_rates``, merged by the pipeline):
+``bits`` and ``bytes`` (the whole file), ``payload_bytes`` (positions + payload, no header), and
+the observer's usual token rates. ``bpp`` / ``payload_bpp`` are per pixel of the sample's image
+(the pipeline divides), so token bitstreams and pixel codecs share one rate axis.
+
+Choices: the codec acts on the **vision-tower features** (``features="vision"``: on LLaVA the
+pre-projector layer −2, D = 1024 on CLIP-L, the receiver projects), for every inner method (DivPrune
+officially ranks projected embeddings; here it ranks the same features it sends); the CLS is not
+sent (``sends_cls`` off); the decoded tokens arrive in raster order at their original positions
+(``positions="original"``, whatever the inner method's layout: the bitstream carries positions).
+``profile``: a profile file, or a name under ``tokencodec/entropy/profiles/`` (e.g.
+``diagnostic-mllm/step-0.5``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tokencodec.tokens.batch import TokenBatch
+from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, get_method, register_method
+
+PROFILES = Path(__file__).resolve().parents[2] / "entropy" / "profiles"
+
+
+def profile_path(name: str) -> Path:
+    """A profile file by path, or by name under the shipped profiles folder."""
+    p = Path(name)
+    if p.suffix != ".safetensors":
+        p = PROFILES / f"{name}.safetensors"
+    if not p.is_file():
+        shipped = sorted(str(f.relative_to(PROFILES).with_suffix("")) for f in PROFILES.rglob("*.safetensors"))
+        raise FileNotFoundError(f"token codec profile {name!r} not found ({p}); shipped profiles: "
+                                f"{', '.join(shipped) or 'none'}")
+    return p
+
+
+@dataclass(frozen=True)
+class CodedOptions(MethodOptions):
+    inner: str = "random"        # the pre-LLM selection method run before coding
+    profile: str = ""            # the quantiser + entropy model (a file, or a shipped name)
+
+
+@register_method("coded")
+class Coded(TokenMethod):
+    """A pre-LLM method, then the token codec (real bitstream) and its decoder, before the model goes on."""
+
+    stage = "pre-llm"
+    guidance = "vision"
+    knob = "keep"
+    needs = ()
+    needs_cls = False
+    cls_fallback = "as its inner method"
+    paper = "tokencodec (tokens → coding): split inference with a token bitstream"
+    features = "vision"
+    positions = "original"
+    Options = CodedOptions
+
+    def __init__(self, seed: int = 0, **options):
+        super().__init__(seed, **options)
+        self.inner = get_method(self.options.inner, seed=seed)
+        if self.inner.stage != "pre-llm" or self.inner.video:
+            raise ValueError(f"coded: inner={self.options.inner!r} must be a spatial pre-LLM method")
+        # the adapter supplies what the inner method reads, and lays out the decoded tokens its way
+        self.needs, self.needs_cls = self.inner.needs, self.inner.needs_cls
+        self.signal_layer = self.inner.signal_layer
+        self._profile = None
+        self.last_rates: dict[str, float] = {}
+
+    @property
+    def profile(self):
+        if self._profile is None:
+            from tokencodec.entropy import TokenCodecProfile
+
+            if not self.options.profile:
+                raise ValueError("coded needs a profile (option profile=...: a file or a shipped name)")
+            self._profile = TokenCodecProfile.load(profile_path(self.options.profile))
+        return self._profile
+
+    def versions(self) -> dict[str, str]:
+        from importlib.metadata import version
+
+        return {"constriction": version("constriction")}
+
+    def describe(self) -> dict:
+        out = super().describe()
+        return {**out, "profile_id": self.profile.id.hex()} if self.options.profile else out
+
+    def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
+        from tokencodec.entropy import decode_tokens, encode_tokens
+
+        out = self.inner(batch, budget)
+        if out.mask is not None or out.batch_size != 1:
+            raise NotImplementedError("coded codes one image at a time, with one count (no padded batch)")
+        enc = encode_tokens(out.features[0].float().cpu().numpy(), out.positions[0].cpu().numpy(), batch.grid,
+                            batch.frames, self.profile)
+        dec = decode_tokens(enc.data, self.profile)
+        order = torch.from_numpy(np.argsort(out.positions[0].cpu().numpy(), kind="stable"))
+        out = out.take(order[None].to(out.positions.device))        # the decoder returns raster order
+        features = torch.from_numpy(dec.features)[None].to(out.features.device, out.features.dtype)
+        self.last_rates = {"bits": float(enc.total_bits), "bytes": enc.total_bits / 8,
+                           "payload_bytes": (enc.position_bits + enc.payload_bits) / 8,
+                           "ideal_bits": enc.ideal_payload_bits + enc.ideal_position_bits}
+        return replace(out, features=features)
+
+
+__all__ = ["Coded", "profile_path"]
