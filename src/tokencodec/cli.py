@@ -132,7 +132,7 @@ def codecs(
                        ",".join(map(str, r["default_qualities"])),
                        ", ".join(f"{k} {v}" for k, v in r["libraries"].items())] for r in rows])
         return
-    names = codec or CODECS.names()
+    names = codec or plain_codecs()          # machine-guided variants only when asked for by name
     start = time.perf_counter()
     try:
         chosen = parse_qualities(qualities)
@@ -410,13 +410,13 @@ def answer(
 @app.command()
 def version() -> None:
     """Versions of tokencodec and of the libraries behind its numbers."""
-    from tokencodec.codecs import CODECS, get_codec
+    from tokencodec.codecs import get_codec, plain_codecs
     from tokencodec.provenance import package_versions
 
     console.print(f"tokencodec {__version__}", highlight=False)
     for name, v in package_versions().items():
         console.print(f"  {name} {v}", highlight=False)
-    for name in CODECS:
+    for name in plain_codecs():
         for lib, v in get_codec(name).versions().items():
             v = str(v)
             if v.lower().startswith(lib.lower()):  # some bindings prefix the library name ("libjxl 0.11.2")

@@ -17,7 +17,35 @@ MAGIC = {
 
 
 def test_all_six_codecs_are_registered():
-    assert set(CODECS.names()) == set(MAGIC)
+    from tokencodec.codecs import plain_codecs
+
+    assert set(plain_codecs()) == set(MAGIC)
+    assert set(CODECS.names()) - set(MAGIC) == {"jpegxl-semantic", "jpeg2000-semantic"}   # machine-guided
+
+
+@pytest.mark.parametrize("name", ["jpegxl-semantic", "jpeg2000-semantic"])
+def test_semantic_prefilter_writes_a_standard_file_and_spends_less_on_the_background(name):
+    from tokencodec.codecs.semantic import flatten_unimportant, important_patches
+    from tokencodec.data.vqa import VQADataset
+
+    s = VQADataset("val", 3, 0)[0]
+    codec = get_codec(name)
+    inner = get_codec(codec.inner)
+    q = codec.default_qualities[len(codec.default_qualities) // 2]
+    data = codec.encode(s.image, q)
+    assert MAGIC[codec.inner](data)                                       # a plain JPEG XL / JPEG 2000 file
+    keep = important_patches(s.image)
+    assert (keep & s.object_mask).sum() >= 0.9 * s.object_mask.sum()      # the model's attention finds the objects
+    assert np.array_equal(inner.decode(data), codec.decode(data))         # the standard decoder reads it
+    assert len(data) < len(inner.encode(s.image, q))                      # the flat background is cheaper
+    def patches(img):                                                     # [8, 8 patches, 8, 8 pixels, 3]
+        return img.reshape(8, 8, 8, 8, 3).transpose(0, 2, 1, 3, 4)
+
+    flat = patches(flatten_unimportant(s.image, keep))
+    assert np.array_equal(flat[keep], patches(s.image)[keep])            # important patches untouched
+    assert (flat[~keep].std(axis=(1, 2)) < 0.6).all()                    # each other patch is one colour
+    with pytest.raises(CodecError, match="64×64"):
+        codec.encode(np.zeros((32, 32, 3), np.uint8), q)
 
 
 @pytest.mark.parametrize("name", sorted(MAGIC))

@@ -1,7 +1,12 @@
 """Pixel codecs behind one interface (``Codec``) and one registry (``CODECS``)."""
 
-from tokencodec.codecs import avif, heic, jpeg, jpeg2000, jpegxl, webp  # noqa: F401  (fill the registry)
+from tokencodec.codecs import avif, heic, jpeg, jpeg2000, jpegxl, semantic, webp  # noqa: F401  (fill the registry)
 from tokencodec.codecs.base import CODECS, Codec, CodecError, get_codec, register_codec
 from tokencodec.codecs.payload import container_overhead, payload_bytes
 
-__all__ = ["CODECS", "Codec", "CodecError", "container_overhead", "get_codec", "payload_bytes", "register_codec"]
+def plain_codecs() -> list[str]:
+    """The standard codecs (not the machine-guided variants that read a model): what benchmarks sweep by default."""
+    return [n for n in CODECS.names() if not CODECS.get(n).machine_guided]
+
+
+__all__ = ["CODECS", "plain_codecs", "Codec", "CodecError", "container_overhead", "get_codec", "payload_bytes", "register_codec"]

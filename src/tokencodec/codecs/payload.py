@@ -55,7 +55,13 @@ __all__ = ["container_overhead", "payload_bytes"]
 
 
 def payload_bytes(codec: str, data: bytes) -> int:
-    """Bytes of coded image data in ``data`` (a whole file written by ``codec``), per the rules above."""
+    """Bytes of coded image data in ``data`` (a whole file written by ``codec``), per the rules above.
+
+    A machine-guided variant (``jpegxl-semantic``) writes its inner codec's standard file: that codec's rule."""
+    from tokencodec.codecs.base import CODECS
+
+    if codec not in _PARSERS and codec in CODECS and getattr(CODECS.get(codec), "inner", ""):
+        codec = CODECS.get(codec).inner
     try:
         parse = _PARSERS[codec]
     except KeyError:
