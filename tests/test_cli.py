@@ -99,6 +99,14 @@ def test_parse_qualities():
     assert parse_qualities(None) is None
 
 
+def test_codecs_without_c_runs_the_six_plain_codecs(folder, tmp_path):
+    # what the README's main job types: no -c, so every plain codec (the machine-guided ones only by name)
+    r = runner.invoke(app, ["codecs", "-d", str(folder), "-q", "50", "-o", str(tmp_path), "-j", "1", "--limit", "1"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(
+        ["avif", "heic", "jpeg", "jpeg2000", "jpegxl", "webp"])
+
+
 def test_list_codecs():
     result = runner.invoke(app, ["codecs", "--list"])
     assert result.exit_code == 0 and "jpeg2000" in result.output

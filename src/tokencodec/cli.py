@@ -114,7 +114,7 @@ def codecs(
     """Benchmark pixel codecs on human metrics: RD curves (results JSON per codec), an RD plot, BD-rate tables."""
     from tokencodec.bench.engine import SweepError, run_sweep
     from tokencodec.bench.executors import make_executor
-    from tokencodec.codecs import CODECS, get_codec
+    from tokencodec.codecs import CODECS, get_codec, plain_codecs
     from tokencodec.observers import ObserverSpec, observer_for
     from tokencodec.pipeline import PipelineSpec
 

@@ -4,9 +4,12 @@ from tokencodec.codecs import avif, heic, jpeg, jpeg2000, jpegxl, semantic, webp
 from tokencodec.codecs.base import CODECS, Codec, CodecError, get_codec, register_codec
 from tokencodec.codecs.payload import container_overhead, payload_bytes
 
+
 def plain_codecs() -> list[str]:
-    """The standard codecs (not the machine-guided variants that read a model): what benchmarks sweep by default."""
+    """The standard codecs (not the machine-guided variants that read a model): what a benchmark sweeps
+    by default."""
     return [n for n in CODECS.names() if not CODECS.get(n).machine_guided]
 
 
-__all__ = ["CODECS", "plain_codecs", "Codec", "CodecError", "container_overhead", "get_codec", "payload_bytes", "register_codec"]
+__all__ = ["CODECS", "Codec", "CodecError", "container_overhead", "get_codec", "payload_bytes", "plain_codecs",
+           "register_codec"]

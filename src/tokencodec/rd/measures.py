@@ -33,7 +33,8 @@ def _m(name: str, unit: str, higher: bool, kind: Kind, description: str) -> tupl
 KNOWN: dict[str, Measure] = dict([
     _m("bpp", "bit/pixel", False, "rate", "bits of the real bitstream per image pixel"),
     _m("bits", "bit", False, "rate", "size of the real bitstream"),
-    _m("ideal_bits", "bit", False, "rate", "ideal code length −Σ log2 p of a token bitstream's sections under its tables"),
+    _m("ideal_bits", "bit", False, "rate",
+       "ideal code length −Σ log2 p of a token bitstream's sections under its tables"),
     _m("bytes", "byte", False, "rate", "size of the real bitstream"),
     _m("payload_bytes", "byte", False, "rate", "coded image data of the bitstream, container and tables left out"),
     _m("payload_bpp", "bit/pixel", False, "rate", "payload bits per image pixel (container and tables left out)"),
