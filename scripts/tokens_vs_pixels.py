@@ -60,7 +60,20 @@ def main(argv: list[str] | None = None) -> int:
                              + (f" ({r.overlap:.0%})" if r.status == "low-overlap" else ""))
             print(f"| {rate} | " + " | ".join(cells) + " |")
         plot(fronts["bpp"], tokens, pixels, metric, args.tokens / f"tokens_vs_pixels_{metric}.png")
+        latency(fronts["bpp"], pixels, metric)
     return 0
+
+
+def latency(front: Curve, pixels: dict[str, Curve], metric: str) -> None:
+    """Decode time (ms, mean per file) beside the fidelity: the frontier's points, and each pixel codec's range."""
+    print(f"\nDecode latency (ms per file; the bitstream only, not the model) along the token frontier ({metric}):\n")
+    print("| bpp | " + metric + " | decode ms |\n|---|---|---|")
+    for p in front.points:
+        print(f"| {p['bpp']:.3f} | {p[metric]:.3f} | {1e3 * p.values.get('decoding_time', float('nan')):.2f} |")
+    print("\n| pixel codec | decode ms (min–max over qualities) |\n|---|---|")
+    for name, c in pixels.items():
+        t = 1e3 * c.column("decoding_time")
+        print(f"| {name} | {t.min():.2f}–{t.max():.2f} |")
 
 
 def plot(front: Curve, tokens: list[Curve], pixels: dict[str, Curve], metric: str, path: Path) -> None:

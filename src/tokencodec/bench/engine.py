@@ -35,7 +35,8 @@ from tokencodec.rd.results import save_curve
 KEY_FIELDS = ("pipeline", "knob", "sample_digest", "config")
 TIMINGS = ("latency_s", "encoding_time", "decoding_time")
 CODEC_RATES = ("bytes", "bits", "bpp", "payload_bytes", "payload_bpp", "encoding_time", "decoding_time")
-BITSTREAM_RATES = ("bytes", "bits", "bpp", "payload_bytes", "payload_bpp", "ideal_bits")   # a method's token bitstream
+BITSTREAM_RATES = ("bytes", "bits", "bpp", "payload_bytes", "payload_bpp", "ideal_bits", "encoding_time",
+                   "decoding_time")   # a method's token bitstream
 
 
 class SweepError(RuntimeError):

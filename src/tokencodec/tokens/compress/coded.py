@@ -5,9 +5,11 @@ divprune, visionzip), quantises and entropy-codes the kept tokens with a fitted 
 (:mod:`tokencodec.entropy`: real bytes, every byte counted), and the receiver decodes them and
 carries on. The tokens the model then reads are the **decoded** ones, at the decoded positions, so
 fidelity includes quantisation. Rates of its own (``last_rates``, merged by the pipeline):
-``bits`` and ``bytes`` (the whole file), ``payload_bytes`` (positions + payload, no header), and
-the observer's usual token rates. ``bpp`` / ``payload_bpp`` are per pixel of the sample's image
-(the pipeline divides), so token bitstreams and pixel codecs share one rate axis.
+``bits`` and ``bytes`` (the whole file), ``payload_bytes`` (positions + payload, no header),
+``encoding_time`` / ``decoding_time`` of the bitstream (quantise + entropy-code, and back; the
+model's own time is the observer's ``latency_s``), and the observer's usual token rates. ``bpp`` /
+``payload_bpp`` are per pixel of the sample's image (the pipeline divides), so token bitstreams and
+pixel codecs share one rate axis.
 
 Choices: the codec acts on the **vision-tower features** (``features="vision"``: on LLaVA the
 pre-projector layer −2, D = 1024 on CLIP-L, the receiver projects), for every inner method (DivPrune
@@ -20,6 +22,7 @@ sent (``sends_cls`` off); the decoded tokens arrive in raster order at their ori
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -101,15 +104,19 @@ class Coded(TokenMethod):
         out = self.inner(batch, budget)
         if out.mask is not None or out.batch_size != 1:
             raise NotImplementedError("coded codes one image at a time, with one count (no padded batch)")
+        t0 = time.perf_counter()
         enc = encode_tokens(out.features[0].float().cpu().numpy(), out.positions[0].cpu().numpy(), batch.grid,
                             batch.frames, self.profile)
+        t1 = time.perf_counter()
         dec = decode_tokens(enc.data, self.profile)
+        t2 = time.perf_counter()
         order = torch.from_numpy(np.argsort(out.positions[0].cpu().numpy(), kind="stable"))
         out = out.take(order[None].to(out.positions.device))        # the decoder returns raster order
         features = torch.from_numpy(dec.features)[None].to(out.features.device, out.features.dtype)
         self.last_rates = {"bits": float(enc.total_bits), "bytes": enc.total_bits / 8,
                            "payload_bytes": (enc.position_bits + enc.payload_bits) / 8,
-                           "ideal_bits": enc.ideal_payload_bits + enc.ideal_position_bits}
+                           "ideal_bits": enc.ideal_payload_bits + enc.ideal_position_bits,
+                           "encoding_time": t1 - t0, "decoding_time": t2 - t1}
         return replace(out, features=features)
 
 
