@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     observer = ObserverSpec(args.observer).build()
     recorder = TokenRecorder()
     samples = observer.samples(**parse_data(args.data))
-    for sample in samples:
-        observer.runner.run(sample, sample.image, recorder, Budget(ratio=1.0), None, False)
+    for sample in samples:     # pixels_changed=True: the runner encodes this image itself (no cached tokens)
+        observer.runner.run(sample, sample.image, recorder, Budget(ratio=1.0), None, True)
     cal = np.concatenate(recorder.tokens)
     args.out.mkdir(parents=True, exist_ok=True)
     print(json.dumps({"observer": args.observer, "data": parse_data(args.data), "samples": len(samples),

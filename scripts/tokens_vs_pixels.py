@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n### {metric}: BD-rate of the token frontier against each pixel codec (negative = fewer bits)\n")
         print("| rate | " + " | ".join(pixels) + " |\n|---|" + "---|" * len(pixels))
         fronts = {}
-        for rate in ("bpp", "payload_bpp"):
+        rates = ["bpp"] + (["payload_bpp"] if all("payload_bpp" in c.measures for c in pixels.values()) else [])
+        for rate in rates:          # older pixel results may lack payload_bpp
             front = frontier(tokens, rate, metric)
             fronts[rate] = front
             save_curve(front, args.tokens / f"frontier-{rate}-{metric}.json")

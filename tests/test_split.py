@@ -58,7 +58,7 @@ def test_bad_files_get_one_line_and_exit_code_2(scene, tmp_path):
         assert r.exit_code == 2 and "Traceback" not in r.output, (name, r.output)
         assert name in r.output and len(r.output.strip().splitlines()) <= 2, r.output
     r = runner.invoke(app, ["encode", str(path), "-o", str(tmp_path / "x.tcb"), "--step", "3"])
-    assert r.exit_code == 2 and "shipped steps" in r.output
+    assert r.exit_code == 2 and "shipped profiles" in r.output
     r = runner.invoke(app, ["encode", str(path), "-o", str(tmp_path / "x.tcb"), "--method", "fastv"])
     assert r.exit_code == 2 and "pre-LLM" in r.output
     r = runner.invoke(app, ["answer", str(good), "what is the meaning of life?"])
@@ -83,3 +83,27 @@ def test_coded_pipeline_reports_the_bitstream_bits(tmp_path):
         run_sweep(obs, samples[:1], [PipelineSpec(method="coded", options={"profile": "nope/step-1"},
                                                   keep_ratios=(0.5,))], tmp_path / "x")
     assert np.isfinite(full["accuracy"])
+
+
+def test_efficientnet_sender_and_classify_receiver(tmp_path):
+    from skimage import data
+
+    from tokencodec.models.efficientnet_lite0 import EfficientNetLite0, imagenet_class_names, preprocess
+
+    Image.fromarray(data.coffee()).save(tmp_path / "coffee.png")
+    out = tmp_path / "coffee.tcb"
+    r = runner.invoke(app, ["encode", str(tmp_path / "coffee.png"), "-o", str(out), "--observer", "efficientnet-lite0",
+                            "--method", "random", "--keep", "49", "--profile", "step-0.5"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["classify", str(out), "--top", "1"])
+    assert r.exit_code == 0, r.output
+    import torch
+
+    with torch.inference_mode():
+        want = imagenet_class_names()[int(EfficientNetLite0.from_pretrained()(preprocess(data.coffee(), 224)).argmax())]
+    assert r.output.strip().endswith(want)                  # the fine step keeps the uncompressed top-1
+    r = runner.invoke(app, ["answer", str(out), "what colour is the circle?"])
+    assert r.exit_code == 2 and "reads diagnostic-mllm files" in r.output
+    r = runner.invoke(app, ["encode", str(tmp_path / "coffee.png"), "-o", str(out), "--observer", "efficientnet-lite0",
+                            "--method", "visionzip", "--profile", "step-1"])
+    assert r.exit_code == 2 and "attention" in r.output

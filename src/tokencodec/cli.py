@@ -347,13 +347,15 @@ def encode(
     observer: Annotated[str, typer.Option(help="the model whose vision side runs here")] = "diagnostic-mllm",
     method: Annotated[str, typer.Option(help="pre-LLM method that keeps the tokens")] = "rdo",
     keep: Annotated[int, typer.Option(min=1, help="tokens kept")] = 16,
-    step: Annotated[float, typer.Option(help="quantiser step (a shipped profile)")] = 4.0,
+    step: Annotated[float, typer.Option(help="quantiser step: the shipped profile step-<STEP>")] = 4.0,
+    profile: Annotated[str | None, typer.Option(help="a shipped profile by name instead (e.g. vq-1024)")] = None,
 ) -> None:
     """Split inference, sender: run the vision side on IMAGE and write its tokens as a bitstream."""
     from tokencodec.split import encode_image, load_image
 
     try:
-        enc = encode_image(load_image(image, 64), observer, method, keep, step)
+        size = 64 if observer == "diagnostic-mllm" else None
+        enc = encode_image(load_image(image, size), observer, method, keep, profile or f"step-{step:g}")
     except (ImportError, *_split_errors()) as err:
         raise _fail(str(err)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -391,6 +393,21 @@ def decode(
         return
     for key, value in info.items():
         console.print(f"{key}: {value}", highlight=False)
+
+
+@app.command()
+def classify(
+    file: Annotated[Path, typer.Argument(metavar="FILE.tcb", help="a token bitstream of EfficientNet-Lite0")],
+    top: Annotated[int, typer.Option(min=1, max=1000, help="classes to print")] = 5,
+) -> None:
+    """Split inference, receiver: EfficientNet-Lite0 classifies from the bitstream alone."""
+    from tokencodec.split import classify as classify_from
+
+    try:
+        for name, p in classify_from(file, top):
+            console.print(f"{p:.3f}  {name}", highlight=False)
+    except (ImportError, *_split_errors()) as err:
+        raise _fail(str(err)) from None
 
 
 @app.command()

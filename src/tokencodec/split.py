@@ -1,13 +1,15 @@
 """Split inference with token bitstreams: the sender runs the vision side and writes a file, the receiver
 finishes the job from the file alone (no pixels).
 
-Supported observers: ``diagnostic-mllm`` (the receiver answers questions). The sender runs the tower
-on the 64×64 image (resized if needed), takes layer −2's patch tokens, keeps K with a pre-LLM
-method, and codes them with a shipped profile (``tokencodec/entropy/profiles/<observer>/step-<s>``).
-The receiver finds the profile by the id in the file's header, decodes the tokens and feeds them to
-the LLaVA adapter through :class:`Replay`, a method that returns the decoded tokens at their
-positions: the tower runs on a blank image whose tokens are replaced, so only the decoded tokens
-reach the LLM.
+Supported observers: ``diagnostic-mllm`` (the receiver answers questions: the sender runs the tower on
+the 64×64 image, resized if needed, and takes layer −2's patch tokens) and ``efficientnet-lite0``
+(the receiver classifies: the sender runs the backbone at 224 px and takes the final 7×7 feature
+map's tokens). The sender keeps K tokens with a pre-LLM method and codes them with a shipped profile
+(``tokencodec/entropy/profiles/<observer>/<name>``: ``step-<s>`` scalar, ``vq-<k>`` codebook). The
+receiver finds the profile by the id in the file's header and decodes the tokens; the MLLM gets them
+through the LLaVA adapter and :class:`Replay` (a method that returns the decoded tokens at their
+positions; the tower runs on a blank image whose tokens are replaced, so only the decoded tokens
+reach the LLM); EfficientNet-Lite0's head pools them directly.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, TokenMethod
 from tokencodec.tokens.compress.coded import PROFILES
 
-SPLIT_OBSERVERS = ("diagnostic-mllm",)
+SPLIT_OBSERVERS = ("diagnostic-mllm", "efficientnet-lite0")
 
 
 class SplitError(ValueError):
@@ -70,11 +72,12 @@ def _diagnostic():
     return DiagnosticMLLM.from_pretrained()
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
+def load_image(path: Path, size: int | None) -> np.ndarray:
+    """An RGB image file, resized to size×size when ``size`` is given."""
     from tokencodec.data.images import read_image
 
     img = read_image(path)
-    if img.shape[:2] != (size, size):
+    if size is not None and img.shape[:2] != (size, size):
         from PIL import Image
 
         img = np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
@@ -82,34 +85,52 @@ def load_image(path: Path, size: int) -> np.ndarray:
 
 
 def encode_image(image: np.ndarray, observer: str = "diagnostic-mllm", method: str = "rdo", keep: int = 16,
-                 step: float = 4.0):
-    """(bitstream bytes, EncodedTokens report) of one image at K tokens and a quantiser step."""
+                 profile: str = "step-4"):
+    """The EncodedTokens (bytes and bit budget) of one image at K tokens under a shipped profile."""
     from tokencodec.entropy import TokenCodecProfile, encode_tokens
-    from tokencodec.models.diagnostic import IMAGE_SIZE, preprocess
-    from tokencodec.models.vision_tower import VisionTokenCompressor
     from tokencodec.tokens.compress import get_method
 
     if observer not in SPLIT_OBSERVERS:
         raise SplitError(f"observer {observer!r}: split inference supports {', '.join(SPLIT_OBSERVERS)}")
     profiles = shipped_profiles(observer)
-    name = f"step-{step:g}"
-    if name not in profiles:
-        steps = ", ".join(p.removeprefix("step-") for p in profiles)
-        raise SplitError(f"step={step:g}: no profile for it; the shipped steps for {observer} are {steps}")
-    profile = TokenCodecProfile.load(profiles[name])
-    mllm = _diagnostic()
+    if profile not in profiles:
+        raise SplitError(f"profile {profile!r}: the shipped profiles for {observer} are {', '.join(profiles)}")
     inner = get_method(method)
     if inner.stage != "pre-llm" or inner.video:
         raise SplitError(f"method {method!r} acts at stage {inner.stage!r}; the sender runs spatial pre-LLM methods")
-    n = mllm.model.config.image_seq_length
-    if not 1 <= keep <= n:
-        raise SplitError(f"keep={keep}: between 1 and {n} tokens")
+    tokens = _sender_tokens(observer, image)
+    if not 1 <= keep <= tokens.num_tokens:
+        raise SplitError(f"keep={keep}: between 1 and {tokens.num_tokens} tokens")
+    if observer == "efficientnet-lite0" and (inner.needs or inner.needs_cls):
+        raise SplitError(f"method {method!r} reads attention; EfficientNet-Lite0 tokens have none")
+    out = _keep(observer, inner, tokens, image, keep)
+    return encode_tokens(out.features[0].float().numpy(), out.positions[0].numpy(), out.grid, out.frames,
+                         TokenCodecProfile.load(profiles[profile]))
+
+
+def _sender_tokens(observer: str, image: np.ndarray) -> TokenBatch:
+    """The tokens the sender's vision side produces (before any method), for their count and layout."""
+    if observer == "efficientnet-lite0":
+        from tokencodec.models.efficientnet_lite0 import EfficientNetLite0, image_tokens, preprocess
+
+        with torch.inference_mode():
+            return image_tokens(EfficientNetLite0.from_pretrained(), preprocess(image, 224))
+    from tokencodec.models.diagnostic import IMAGE_SIZE, N_IMAGE_TOKENS
+
     if image.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
         raise SplitError(f"image of shape {image.shape}; the diagnostic MLLM takes {IMAGE_SIZE}×{IMAGE_SIZE}×3")
-    with torch.inference_mode():
-        out = VisionTokenCompressor(mllm.model.model, inner, Budget(keep=keep), layer=-2).compress(preprocess(image))
-    enc = encode_tokens(out.features[0].float().numpy(), out.positions[0].numpy(), out.grid, out.frames, profile)
-    return enc
+    return TokenBatch.from_grid(torch.zeros(1, N_IMAGE_TOKENS, 1))
+
+
+def _keep(observer: str, inner: TokenMethod, tokens: TokenBatch, image: np.ndarray, keep: int) -> TokenBatch:
+    if observer == "efficientnet-lite0":
+        return inner(tokens, Budget(keep=keep))
+    from tokencodec.models.diagnostic import preprocess
+    from tokencodec.models.vision_tower import VisionTokenCompressor
+
+    with torch.inference_mode():      # layer −2 of the tower, with the signals the method reads
+        return VisionTokenCompressor(_diagnostic().model.model, inner, Budget(keep=keep), layer=-2).compress(
+            preprocess(image))
 
 
 def decode_file(path: Path):
@@ -127,7 +148,9 @@ def answer(path: Path, question: str) -> str:
     from tokencodec.models.diagnostic import IMAGE_SIZE
     from tokencodec.models.llava import LlavaTokenCompression
 
-    _, tokens, _ = decode_file(path)
+    _, tokens, where = decode_file(path)
+    if where.parent.name != "diagnostic-mllm":
+        raise SplitError(f"{path}: its profile is for {where.parent.name}; answer reads diagnostic-mllm files")
     mllm = _diagnostic()
     unknown = [w for w in question.replace("?", " ?").split() if mllm.tokenizer.token_to_id(w) is None]
     if unknown:
@@ -145,4 +168,21 @@ def answer(path: Path, question: str) -> str:
     return mllm.answers[int(logits[0, slot, mllm.answer_ids].argmax())]
 
 
-__all__ = ["Replay", "SplitError", "answer", "decode_file", "encode_image", "find_profile", "shipped_profiles"]
+def classify(path: Path, top: int = 5) -> list[tuple[str, float]]:
+    """EfficientNet-Lite0's top classes (name, probability) from a token bitstream alone."""
+    from tokencodec.models.efficientnet_lite0 import EfficientNetLite0, classify_batch, imagenet_class_names
+
+    _, tokens, where = decode_file(path)
+    if where.parent.name != "efficientnet-lite0":
+        raise SplitError(f"{path}: its profile is for {where.parent.name}; classify reads efficientnet-lite0 files")
+    batch = TokenBatch(features=torch.from_numpy(tokens.features)[None], grid=tokens.grid, frames=tokens.frames,
+                       positions=torch.from_numpy(tokens.positions)[None])
+    with torch.inference_mode():
+        p = classify_batch(EfficientNetLite0.from_pretrained(), batch)[0].float().softmax(-1)
+    names = imagenet_class_names()
+    best = p.topk(top)
+    return [(names[i], float(v)) for v, i in zip(best.values, best.indices, strict=True)]
+
+
+__all__ = ["Replay", "SplitError", "answer", "classify", "decode_file", "encode_image", "find_profile",
+           "shipped_profiles"]

@@ -151,14 +151,14 @@ def load_folder(folder: str | Path, limit: int | None = None) -> list[ImageItem]
 
 
 def _loaders() -> dict[str, Callable[[int | None], list[ImageItem]]]:
-    from tokencodec.data.embedded import load_embedded
+    from tokencodec.data.embedded import load_calibration, load_embedded
     from tokencodec.data.kodak import load_kodak
 
-    return {"embedded": load_embedded, "kodak": load_kodak}
+    return {"embedded": load_embedded, "kodak": load_kodak, "calibration": load_calibration}
 
 
 def load_dataset(spec: str, limit: int | None = None) -> list[ImageItem]:
-    """``embedded``, ``kodak``, or the path of a folder of images."""
+    """``embedded``, ``kodak``, ``calibration`` (a tuning set of other bundled images), or a folder of images."""
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise DatasetError(f"limit={limit!r}: allowed an integer >= 1 (or no limit)")
     loaders = _loaders()
