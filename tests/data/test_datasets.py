@@ -82,7 +82,7 @@ def test_folder_loader_and_corrupt_images(tmp_path, photo):
 
 
 def test_unknown_dataset_names_the_choices(tmp_path):
-    with pytest.raises(DatasetError, match="use one of embedded, kodak or a folder"):
+    with pytest.raises(DatasetError, match="use one of embedded, kodak, calibration or a folder"):
         load_dataset("imagenet")
     with pytest.raises(DatasetError, match="holds no images"):
         load_dataset(str(tmp_path))
@@ -90,3 +90,8 @@ def test_unknown_dataset_names_the_choices(tmp_path):
         load_dataset(str(tmp_path / "no-such-folder"))
     with pytest.raises(DatasetError, match=r"limit=0: allowed an integer >= 1"):
         load_dataset("embedded", 0)
+
+
+def test_the_calibration_set_is_disjoint_from_the_embedded_photos():
+    names = {i.name for i in load_dataset("calibration")}
+    assert len(names) == 5 and not names & {i.name for i in load_dataset("embedded")}
