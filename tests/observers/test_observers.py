@@ -97,3 +97,11 @@ def test_efficientnet_observer_on_real_photos(tmp_path):
 
 def test_registry_lists_the_observers():
     assert {"human", "efficientnet-lite0", "diagnostic-mllm"} <= set(OBSERVERS.names())
+
+
+def test_efficientnet_view_samples_are_what_the_model_sees():
+    photo = observer_for(ObserverSpec("efficientnet-lite0"))
+    view = observer_for(ObserverSpec("efficientnet-lite0", {"view": True}))
+    a, b = photo.samples(dataset="embedded", limit=1)[0], view.samples(dataset="embedded", limit=1)[0]
+    assert b.image.shape == (224, 224, 3) and a.id == b.id and view.key() != photo.key()
+    assert torch.equal(photo.prepare(a).reference, view.prepare(b).reference)   # same pixels reach the model

@@ -166,20 +166,26 @@ class EfficientNetLite0(nn.Module):
         return model.eval()
 
 
-def preprocess(image: np.ndarray | Image.Image, size: int = 224, crop: float = CROP_FRACTION) -> Tensor:
-    """Image (``HxWx3`` uint8 array or PIL image) → ``[1, 3, size, size]`` float tensor in [-1, 1].
-
-    Resizes the shorter side to ``size / crop`` (bicubic) and centre crops ``size`` (``crop=1`` keeps
-    the whole shorter side). A multiple of 32 gives a ``size/32`` token grid (224 → 7×7, 320 → 10×10,
-    448 → 14×14).
-    """
+def model_view(image: np.ndarray | Image.Image, size: int = 224, crop: float = CROP_FRACTION) -> np.ndarray:
+    """The ``size×size×3`` uint8 pixels the model sees: the shorter side resized to ``size / crop``
+    (bicubic), then the centre ``size×size`` crop (``crop=1`` keeps the whole shorter side)."""
     img = Image.fromarray(np.asarray(image, dtype=np.uint8)) if isinstance(image, np.ndarray) else image
     img = img.convert("RGB")
     scale = size / crop / min(img.size)
     w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
-    img = img.resize((w, h), Image.BICUBIC)
+    if (w, h) != img.size:
+        img = img.resize((w, h), Image.BICUBIC)
     left, top = (w - size) // 2, (h - size) // 2
-    arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.float32)
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def preprocess(image: np.ndarray | Image.Image, size: int = 224, crop: float = CROP_FRACTION) -> Tensor:
+    """Image (``HxWx3`` uint8 array or PIL image) → ``[1, 3, size, size]`` float tensor in [-1, 1].
+
+    The pixels of :func:`model_view`, normalised. A multiple of 32 gives a ``size/32`` token grid
+    (224 → 7×7, 320 → 10×10, 448 → 14×14).
+    """
+    arr = model_view(image, size, crop).astype(np.float32)
     return torch.from_numpy((arr - MEAN) / STD).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 

@@ -28,9 +28,16 @@ def centre_and_corner_crops(image: np.ndarray, crops: int) -> list[tuple[str, np
 
 
 class ClassifierAgreement(Task):
-    """Photos (whole and as corner crops); no labels: the uncompressed model is the reference."""
+    """Photos (whole and as corner crops); no labels: the uncompressed model is the reference.
+
+    ``view``: a size, when each sample is the ``view×view`` crop the model sees rather than the
+    photo (so a pixel codec codes only what the model reads; the fair pixel baseline for token
+    bitstreams)."""
 
     measures = ("top1_agreement", "top5_agreement", "kl")
+
+    def __init__(self, view: int | None = None):
+        self.view = view
 
     def samples(self, dataset: str | list[str] = "embedded", limit: int | None = None,
                 crops: int = 0) -> list[Sample]:
@@ -42,6 +49,10 @@ class ClassifierAgreement(Task):
         for name in [dataset] if isinstance(dataset, str) else list(dataset):
             for item in load_dataset(name, limit):
                 for crop_name, image in centre_and_corner_crops(item.image, crops):
+                    if self.view:
+                        from tokencodec.models.efficientnet_lite0 import model_view
+
+                        image = model_view(image, self.view)
                     out.append(Sample(f"{item.name}/{crop_name}", content_digest(image), image))
         return out
 
@@ -53,14 +64,15 @@ class EfficientNetRunner(Runner):
     rates = ("tokens",)
     stages = ("pre-llm",)
 
-    def __init__(self, size: int = 224, weights: str | None = None):
-        from tokencodec.models.efficientnet_lite0 import EfficientNetLite0
+    def __init__(self, size: int = 224, weights: str | None = None, view: bool = False):
+        from tokencodec.models.efficientnet_lite0 import CROP_FRACTION, EfficientNetLite0
 
-        self.size = size
+        self.size, self.view = size, view
+        self.crop = 1.0 if view else CROP_FRACTION     # a view is already the model's crop: no second crop
         self.model = EfficientNetLite0.from_pretrained(weights)
 
     def key(self) -> str:
-        return f"efficientnet-lite0-{self.size}"
+        return f"efficientnet-lite0-{self.size}" + ("-view" if self.view else "")
 
     def supports(self, method_cls) -> str | None:
         return EfficientNetObserver.method_support(method_cls)
@@ -69,7 +81,7 @@ class EfficientNetRunner(Runner):
     def _tokens(self, image: np.ndarray):
         from tokencodec.models.efficientnet_lite0 import image_tokens, preprocess
 
-        return image_tokens(self.model, preprocess(image, self.size))
+        return image_tokens(self.model, preprocess(image, self.size, self.crop))
 
     @torch.inference_mode()
     def prepare(self, sample: Sample) -> Prepared:
@@ -105,5 +117,6 @@ class EfficientNetObserver(Observer):
         return (f"it acts at stage {method_cls.stage!r} or needs signals {list(method_cls.needs)} that a CNN "
                 "feature map does not have")
 
-    def __init__(self, size: int = 224, weights: str | None = None):
-        super().__init__(ClassifierAgreement(), EfficientNetRunner(size, weights))
+    def __init__(self, size: int = 224, weights: str | None = None, view: bool = False):
+        """``view=True``: samples are the size×size pixels the model sees (see ClassifierAgreement)."""
+        super().__init__(ClassifierAgreement(size if view else None), EfficientNetRunner(size, weights, view))
