@@ -13,14 +13,6 @@ from tokencodec.pipeline import PipelineSpec
 from tokencodec.tokens.compress import Budget, get_method
 
 
-@pytest.fixture(scope="module")
-def random_vit(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("fvit")
-    FashionViT().save_pretrained(folder)
-    return folder
-
-
 def _images(n=3):
     return np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
 

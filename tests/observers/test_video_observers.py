@@ -53,14 +53,6 @@ def test_video_observers_refuse_what_they_cannot_run(tmp_path):
         run_sweep(obs, obs.samples(split="test", n=1), [PipelineSpec(method="tome", keep_ratios=(0.5,))], tmp_path)
 
 
-@pytest.fixture(scope="module")
-def random_vit(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("fvit-video")
-    FashionViT().save_pretrained(folder)
-    return folder
-
-
 def test_tower_video_coding_runs_the_later_layers_on_the_rebuilt_frames(random_vit):
     model = FashionViT.from_pretrained(random_vit, attn_implementation="eager")
     img = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
