@@ -78,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         path = args.out / f"step-{step:g}.safetensors"
         profile.save(path)
         clipped, _ = tables.clip(symbols)
-        bits = -sum(float(np.log2(c[clipped[:, i] - tables.lo[i]] / c.sum()).sum())
-                    for i, c in enumerate(tables.counts)) / len(cal)
+        bits = tables.ideal_bits(clipped) / len(cal)
         mse = float(((q.dequantize(clipped) - cal) ** 2).mean())
         print(json.dumps({"profile": str(path), "id": profile.id.hex(), "step": step,
                           "bits_per_token": round(bits, 1), "mse": mse}))

@@ -98,39 +98,33 @@ def encode_image(image: np.ndarray, observer: str = "diagnostic-mllm", method: s
     inner = get_method(method)
     if inner.stage != "pre-llm" or inner.video:
         raise SplitError(f"method {method!r} acts at stage {inner.stage!r}; the sender runs spatial pre-LLM methods")
-    tokens = _sender_tokens(observer, image)
-    if not 1 <= keep <= tokens.num_tokens:
-        raise SplitError(f"keep={keep}: between 1 and {tokens.num_tokens} tokens")
     if observer == "efficientnet-lite0" and (inner.needs or inner.needs_cls):
         raise SplitError(f"method {method!r} reads attention; EfficientNet-Lite0 tokens have none")
-    out = _keep(observer, inner, tokens, image, keep)
+    out = _sender(observer, image, inner, keep)
     return encode_tokens(out.features[0].float().numpy(), out.positions[0].numpy(), out.grid, out.frames,
                          TokenCodecProfile.load(profiles[profile]))
 
 
-def _sender_tokens(observer: str, image: np.ndarray) -> TokenBatch:
-    """The tokens the sender's vision side produces (before any method), for their count and layout."""
-    if observer == "efficientnet-lite0":
-        from tokencodec.models.efficientnet_lite0 import EfficientNetLite0, image_tokens, preprocess
+def _sender(observer: str, image: np.ndarray, inner: TokenMethod, keep: int) -> TokenBatch:
+    """The vision side: the observer's tokens of ``image``, K of them kept by ``inner``."""
+    def check(n: int) -> Budget:
+        if not 1 <= keep <= n:
+            raise SplitError(f"keep={keep}: between 1 and {n} tokens")
+        return Budget(keep=keep)
 
-        with torch.inference_mode():
-            return image_tokens(EfficientNetLite0.from_pretrained(), preprocess(image, 224))
-    from tokencodec.models.diagnostic import IMAGE_SIZE, N_IMAGE_TOKENS
+    with torch.inference_mode():
+        if observer == "efficientnet-lite0":
+            from tokencodec.models.efficientnet_lite0 import EfficientNetLite0, image_tokens, preprocess
 
-    if image.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise SplitError(f"image of shape {image.shape}; the diagnostic MLLM takes {IMAGE_SIZE}×{IMAGE_SIZE}×3")
-    return TokenBatch.from_grid(torch.zeros(1, N_IMAGE_TOKENS, 1))
+            tokens = image_tokens(EfficientNetLite0.from_pretrained(), preprocess(image, 224))
+            return inner(tokens, check(tokens.num_tokens))
+        from tokencodec.models.diagnostic import IMAGE_SIZE, N_IMAGE_TOKENS, preprocess
+        from tokencodec.models.vision_tower import VisionTokenCompressor
 
-
-def _keep(observer: str, inner: TokenMethod, tokens: TokenBatch, image: np.ndarray, keep: int) -> TokenBatch:
-    if observer == "efficientnet-lite0":
-        return inner(tokens, Budget(keep=keep))
-    from tokencodec.models.diagnostic import preprocess
-    from tokencodec.models.vision_tower import VisionTokenCompressor
-
-    with torch.inference_mode():      # layer −2 of the tower, with the signals the method reads
-        return VisionTokenCompressor(_diagnostic().model.model, inner, Budget(keep=keep), layer=-2).compress(
-            preprocess(image))
+        if image.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise SplitError(f"image of shape {image.shape}; the diagnostic MLLM takes {IMAGE_SIZE}×{IMAGE_SIZE}×3")
+        budget = check(N_IMAGE_TOKENS)       # layer −2 of the tower, with the signals the method reads
+        return VisionTokenCompressor(_diagnostic().model.model, inner, budget, layer=-2).compress(preprocess(image))
 
 
 def decode_file(path: Path):

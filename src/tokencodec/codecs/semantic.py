@@ -15,6 +15,7 @@ are refused (the importance map is the model's view of its own input).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import ClassVar
 
@@ -34,6 +35,14 @@ def _diagnostic():
 
         _MODEL = DiagnosticMLLM.from_pretrained()
     return _MODEL
+
+
+@functools.cache
+def _weights_id() -> str:
+    """The importance model's weights, as 12 hex digits of their SHA-256 (read once per process)."""
+    from tokencodec.models.diagnostic import WEIGHTS_DIR
+
+    return hashlib.sha256((WEIGHTS_DIR / "model.safetensors").read_bytes()).hexdigest()[:12]
 
 
 def importance(image: np.ndarray) -> np.ndarray:
@@ -87,13 +96,10 @@ class SemanticPrefilter(Codec):
         return self.codec.extension
 
     def settings(self):
-        from tokencodec.models.diagnostic import WEIGHTS_DIR
-
-        weights = hashlib.sha256((WEIGHTS_DIR / "model.safetensors").read_bytes()).hexdigest()[:12]
         return {"inner": self.inner, "inner_settings": self.codec.settings(), "patch": PATCH,
                 "importance": "diagnostic-mllm tower, last layer, CLS attention summed over heads",
                 "rule": "keep patches above the mean attention, others to their mean colour",
-                "weights": weights}
+                "weights": _weights_id()}
 
     def versions(self):
         return self.codec.versions()

@@ -107,11 +107,14 @@ class FactorizedTables:
     def encode(self, encoder, symbols: np.ndarray) -> float:
         """Channel after channel (each a run of K symbols under one model); returns the ideal bits."""
         idx = np.ascontiguousarray((symbols - self.lo).astype(np.int32).T)     # one row per channel
-        bits = 0.0
         for c, model in enumerate(self._models):
             encoder.encode(idx[c], model)
-            bits -= float(self._log2p[c][idx[c]].sum())
-        return bits
+        return self.ideal_bits(symbols)
+
+    def ideal_bits(self, symbols: np.ndarray) -> float:
+        """−Σ log2 p of in-table symbols [K, D] under these tables."""
+        idx = (symbols - self.lo).astype(np.int64)
+        return -float(sum(self._log2p[c][idx[:, c]].sum() for c in range(self.dim)))
 
     def decode(self, decoder, k: int) -> np.ndarray:
         out = np.empty((k, self.dim), dtype=np.int32)

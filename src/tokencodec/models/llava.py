@@ -99,7 +99,7 @@ from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, BudgetError, TokenMethod, get_method
 from tokencodec.tokens.compress.pyramiddrop import pyramiddrop_keeps  # noqa: F401  (importable from here too)
 from tokencodec.tokens.compress.sparsevlm import sparsevlm_keeps  # noqa: F401
-from tokencodec.tokens.frames import compress_per_frame
+from tokencodec.tokens.frames import compress_per_frame, stack_frames
 
 SUPPORTED = ("LlavaForConditionalGeneration", "LlavaModel")
 FIRST = ("vision-encoder", "pre-llm")    # stages that may come first in a chain; "llm" comes last
@@ -280,14 +280,13 @@ class LlavaTokenCompression(LLMStages, ModelPatch):
         grid = self._capture.grid or self.grid
         hidden = captured.hidden
         cls = hidden[:, 0] if hidden.shape[1] == self.frame_tokens + 1 and self.frames == 1 else None
-        method, signals = self.pre_method, captured.signals
-        t = self.frames
-        if t > 1:                  # B·T frame images → B videos of T·N tokens, frame after frame
-            signals = {k: v.reshape(v.shape[0] // t, t * v.shape[1], *v.shape[2:]) for k, v in signals.items()}
+        method, t = self.pre_method, self.frames
         inputs = output if self.features == "projected" else args[0]
-        inputs = inputs.reshape(inputs.shape[0] // t, t * inputs.shape[1], inputs.shape[2])
-        batch = TokenBatch.from_grid(inputs, grid, frames=t, cls_token=cls, **signals)
-        if t > 1 and self.spatial == "per-frame" and not getattr(method, "video", False):
+        if t > 1:                  # B·T frame images → B videos of T·N tokens, frame after frame
+            batch = stack_frames(inputs, grid, t, captured.signals)
+        else:
+            batch = TokenBatch.from_grid(inputs, grid, cls_token=cls, **captured.signals)
+        if t > 1 and self.spatial == "per-frame" and not method.video:
             out = compress_per_frame(method, batch, self.pre_budget)
         else:
             out = method(batch, self.pre_budget)

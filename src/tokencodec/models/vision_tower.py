@@ -345,13 +345,11 @@ class TowerVideoCoding(TowerTokenPruning):
 
     def _replace(self, module, args, output):
         hidden = _output(output)
+        from tokencodec.tokens.frames import stack_frames
+
         frames = self.token_batch()
-        t, (bt, n, d) = self.frames, frames.features.shape
-        if bt % t:
-            raise ValueError(f"{bt} images are not whole videos of {t} frames")
-        video = TokenBatch.from_grid(frames.features.reshape(bt // t, t * n, d), self.grid, frames=t,
-                                     **{k: v.reshape(bt // t, t * n, *v.shape[2:]) for k, v in frames.signals.items()})
-        out = self.method(video, self.budget)
+        bt, n, d = frames.features.shape
+        out = self.method(stack_frames(frames.features, self.grid, self.frames, frames.signals), self.budget)
         recon = out.context.get("temporal_reconstruction")
         if recon is None:
             raise NotImplementedError(f"method {self.method.name!r} leaves the receiver no rebuilt frames "

@@ -33,6 +33,20 @@ def split_frames(batch: TokenBatch) -> TokenBatch:
     return TokenBatch.from_grid(per_frame(batch.features), batch.grid, cls_token=cls, context=batch.context, **signals)
 
 
+def stack_frames(features, grid: tuple[int, int], frames: int, signals: dict | None = None) -> TokenBatch:
+    """An encoder's B·T frame images ([B·T, N, D] tokens and per-token signals) → B videos of T·N tokens,
+    frame after frame (the inverse of :func:`split_frames`; no CLS: one per frame does not describe a video)."""
+    bt, n = features.shape[:2]
+    if bt % frames:
+        raise ValueError(f"{bt} images are not whole videos of {frames} frames")
+
+    def per_video(x):
+        return x.reshape(bt // frames, frames * n, *x.shape[2:])
+
+    return TokenBatch.from_grid(per_video(features), grid, frames=frames,
+                                **{k: per_video(v) for k, v in (signals or {}).items()})
+
+
 def per_frame_budget(budget: Budget, frames: int, n_frame: int) -> Budget:
     """A video budget spread evenly over its frames: a ratio stays, a count K becomes K/T per frame."""
     if budget.keep is None:
@@ -75,4 +89,4 @@ def compress_per_frame(method, batch: TokenBatch, budget: Budget) -> TokenBatch:
     return join_frames(out, batch.batch_size, batch.frames)
 
 
-__all__ = ["compress_per_frame", "join_frames", "per_frame_budget", "split_frames"]
+__all__ = ["compress_per_frame", "join_frames", "per_frame_budget", "split_frames", "stack_frames"]

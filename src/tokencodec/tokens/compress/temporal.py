@@ -173,9 +173,10 @@ class Temporal(TokenMethod):
         if fixed is not None:
             tau = torch.full((b,), float(fixed), device=x.device)
             coded = dict(grid=batch.grid, frames=t, gop=gop, search=o.search, intra=o.intra)
-            sent, residual, _ = code_video(x, tau=tau, **coded)
-            sent = cap(sent, residual, k)
-            recon = code_video(x, sent=sent, **coded)[2]
+            sent, residual, recon = code_video(x, tau=tau, **coded)
+            capped = cap(sent, residual, k)
+            if not torch.equal(capped, sent):       # fewer sent: the receiver's frames change with them
+                sent, recon = capped, code_video(x, sent=capped, **coded)[2]
         else:
             tau, sent, recon = exact_rate(x, batch.grid, t, gop, k, o.search, o.intra)
         out = take_kept(batch, sent)
