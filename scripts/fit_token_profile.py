@@ -41,12 +41,16 @@ class TokenRecorder(TokenMethod):
     name = "recorder"
     features = "vision"
 
-    def __init__(self):
+    def __init__(self, cls: bool = False):
         super().__init__()
         self.tokens: list[np.ndarray] = []
+        self.cls = cls
 
     def __call__(self, batch, budget):
-        self.tokens.extend(x.float().cpu().numpy() for x in batch.features)
+        if self.cls and batch.cls is None:
+            raise SystemExit("--cls: this observer's tokens have no CLS")
+        parts = [batch.features] if not self.cls else [batch.cls[:, None], batch.features]
+        self.tokens.extend(x.float().cpu().numpy() for x in torch.cat(parts, 1))
         return batch
 
 
@@ -58,11 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dist", default="laplace", choices=["laplace", "gaussian"])
     p.add_argument("--codebooks", nargs="*", type=int, default=[],
                    help="also fit k-means codebooks of these sizes (vq-<k>: one index per token)")
+    p.add_argument("--cls", action="store_true",
+                   help="the files also carry the CLS (prefix 1: a ViT classifier's receiver reads it)")
+    p.add_argument("--layer", type=int, default=-2, help="the layer the tokens come from (recorded in the profile)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     observer = ObserverSpec(args.observer).build()
-    recorder = TokenRecorder()
+    recorder = TokenRecorder(args.cls)
     samples = observer.samples(**parse_data(args.data))
     for sample in samples:     # pixels_changed=True: the runner encodes this image itself (no cached tokens)
         observer.runner.run(sample, sample.image, recorder, Budget(ratio=1.0), None, True)
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         q = ScalarQuantizer.fit(cal, step)
         symbols = q.quantize(cal)
         tables = FactorizedTables.fit(symbols, args.dist)
-        profile = TokenCodecProfile(observer.key(), -2, q, tables)
+        profile = TokenCodecProfile(observer.key(), args.layer, q, tables, int(args.cls))
         path = args.out / f"step-{step:g}.safetensors"
         profile.save(path)
         clipped, _ = tables.clip(symbols)
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.codebooks:
         vq = VectorQuantizer.fit(cal, k, iterations=20, seed=0)
         idx = vq.quantize(cal)
-        profile = TokenCodecProfile(observer.key(), -2, vq, AdaptiveCategorical.fit(idx, k))
+        profile = TokenCodecProfile(observer.key(), args.layer, vq, AdaptiveCategorical.fit(idx, k), int(args.cls))
         path = args.out / f"vq-{k}.safetensors"
         profile.save(path)
         hist = np.bincount(idx, minlength=k) / len(idx)

@@ -107,3 +107,42 @@ def test_efficientnet_sender_and_classify_receiver(tmp_path):
     r = runner.invoke(app, ["encode", str(tmp_path / "coffee.png"), "-o", str(out), "--observer", "efficientnet-lite0",
                             "--method", "visionzip", "--profile", "step-1"])
     assert r.exit_code == 2 and "attention" in r.output
+
+
+def test_fashion_vit_sender_sends_the_cls_and_the_receiver_classifies(tmp_path):
+    import torch
+
+    from tokencodec.data.fashion_mnist import CLASSES, load_fashion_mnist
+    from tokencodec.models.fashion_vit import FashionViT, preprocess
+
+    images, _ = load_fashion_mnist("test")
+    Image.fromarray(images[0]).save(tmp_path / "item.png")
+    out = tmp_path / "item.tcb"
+    r = runner.invoke(app, ["encode", str(tmp_path / "item.png"), "-o", str(out), "--observer", "fashion-vit",
+                            "--method", "random", "--keep", "98", "--profile", "step-0.5"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(runner.invoke(app, ["decode", str(out), "--json"]).output.strip().splitlines()[-1])
+    assert info["tokens"] == 98 and info["grid"] == [14, 14] and info["dim"] == 64
+    r = runner.invoke(app, ["classify", str(out), "--top", "1"])
+    assert r.exit_code == 0, r.output
+    with torch.inference_mode():
+        want = CLASSES[int(FashionViT.from_pretrained()(preprocess(images[:1])).argmax())]
+    assert r.output.strip().endswith(want)
+    r = runner.invoke(app, ["encode", str(tmp_path / "item.png"), "-o", str(out), "--observer", "fashion-vit",
+                            "--keep", "197"])
+    assert r.exit_code == 2 and "between 1 and 196" in r.output
+
+
+def test_coded_on_the_vit_codes_the_cls_and_the_later_layers_read_it(tmp_path):
+    from tokencodec.bench.engine import run_sweep
+    from tokencodec.observers import ObserverSpec, observer_for
+    from tokencodec.pipeline import PipelineSpec
+
+    obs = observer_for(ObserverSpec("fashion-vit"))
+    samples = obs.samples(split="test", limit=12)
+    specs = [PipelineSpec(method="coded", options={"inner": "random", "profile": f"fashion-vit/{p}"},
+                          keep_ratios=(1.0,)) for p in ("step-0.5", "vq-256")]
+    fine, coarse = (run_sweep(obs, samples, specs, tmp_path)[s.label].points[0] for s in specs)
+    assert fine["top1_agreement"] >= 0.9                                    # the fine step keeps the decisions
+    assert fine["kl"] < coarse["kl"]                                        # a coarser CLS and tokens cost fidelity
+    assert coarse["bits"] < fine["bits"] and fine["bits"] == 8 * fine["bytes"]

@@ -351,11 +351,11 @@ def encode(
     profile: Annotated[str | None, typer.Option(help="a shipped profile by name instead (e.g. vq-1024)")] = None,
 ) -> None:
     """Split inference, sender: run the vision side on IMAGE and write its tokens as a bitstream."""
-    from tokencodec.split import encode_image, load_image
+    from tokencodec.split import INPUT_SIZE, encode_image, load_image
 
     try:
-        size = 64 if observer == "diagnostic-mllm" else None
-        enc = encode_image(load_image(image, size), observer, method, keep, profile or f"step-{step:g}")
+        enc = encode_image(load_image(image, INPUT_SIZE.get(observer)), observer, method, keep,
+                           profile or f"step-{step:g}")
     except (ImportError, *_split_errors()) as err:
         raise _fail(str(err)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -397,10 +397,11 @@ def decode(
 
 @app.command()
 def classify(
-    file: Annotated[Path, typer.Argument(metavar="FILE.tcb", help="a token bitstream of EfficientNet-Lite0")],
+    file: Annotated[Path, typer.Argument(metavar="FILE.tcb",
+                                         help="a token bitstream of EfficientNet-Lite0 or fashion-vit")],
     top: Annotated[int, typer.Option(min=1, max=1000, help="classes to print")] = 5,
 ) -> None:
-    """Split inference, receiver: EfficientNet-Lite0 classifies from the bitstream alone."""
+    """Split inference, receiver: EfficientNet-Lite0 or the Fashion-MNIST ViT classifies from the bitstream alone."""
     from tokencodec.split import classify as classify_from
 
     try:

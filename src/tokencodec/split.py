@@ -2,14 +2,18 @@
 finishes the job from the file alone (no pixels).
 
 Supported observers: ``diagnostic-mllm`` (the receiver answers questions: the sender runs the tower on
-the 64×64 image, resized if needed, and takes layer −2's patch tokens) and ``efficientnet-lite0``
+the 64×64 image, resized if needed, and takes layer −2's patch tokens), ``efficientnet-lite0``
 (the receiver classifies: the sender runs the backbone at 224 px and takes the final 7×7 feature
-map's tokens). The sender keeps K tokens with a pre-LLM method and codes them with a shipped profile
+map's tokens) and ``fashion-vit`` (the receiver classifies: the sender runs the ViT's first two
+layers on the 28×28 greyscale image and sends the CLS and K patch tokens of layer 1; the receiver
+runs the last two layers and the head on them).
+The sender keeps K tokens with a pre-LLM method and codes them with a shipped profile
 (``tokencodec/entropy/profiles/<observer>/<name>``: ``step-<s>`` scalar, ``vq-<k>`` codebook). The
 receiver finds the profile by the id in the file's header and decodes the tokens; the MLLM gets them
 through the LLaVA adapter and :class:`Replay` (a method that returns the decoded tokens at their
 positions; the tower runs on a blank image whose tokens are replaced, so only the decoded tokens
-reach the LLM); EfficientNet-Lite0's head pools them directly.
+reach the LLM); EfficientNet-Lite0's head pools them directly; the ViT's later layers read them (and
+the decoded CLS) through the same replay, in :class:`~tokencodec.models.vision_tower.TowerTokenPruning`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, TokenMethod
 from tokencodec.tokens.compress.coded import PROFILES
 
-SPLIT_OBSERVERS = ("diagnostic-mllm", "efficientnet-lite0")
+SPLIT_OBSERVERS = ("diagnostic-mllm", "efficientnet-lite0", "fashion-vit")
+INPUT_SIZE = {"diagnostic-mllm": 64, "fashion-vit": 28}     # images are resized to this (EfficientNet crops)
+FASHION_LAYER = 1           # the fashion-vit observer's default prune_layer: the sender runs layers 0 and 1
 
 
 class SplitError(ValueError):
@@ -31,20 +37,23 @@ class SplitError(ValueError):
 
 
 class Replay(TokenMethod):
-    """Returns fixed decoded tokens (features [K, D], raster positions) in place of the encoder's."""
+    """Returns fixed decoded tokens (features [K, D], raster positions, optionally a CLS [D]) in place of
+    the encoder's."""
 
     name = "replay"
     positions = "original"
 
-    def __init__(self, features: np.ndarray, positions: np.ndarray):
+    def __init__(self, features: np.ndarray, positions: np.ndarray, cls: np.ndarray | None = None):
         super().__init__()
         self.tokens, self.at = torch.from_numpy(np.ascontiguousarray(features)), torch.from_numpy(positions)
+        self.cls = None if cls is None else torch.from_numpy(np.ascontiguousarray(cls)).reshape(1, -1)
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         k = len(self.at)
         dummy = batch.take(self.at.to(batch.features.device)[None].expand(batch.batch_size, k))
+        cls = None if self.cls is None else self.cls.to(batch.features)
         return TokenBatch(features=self.tokens[None].to(batch.features), grid=batch.grid, frames=batch.frames,
-                          positions=dummy.positions, source=dummy.source, sizes=dummy.sizes)
+                          positions=dummy.positions, source=dummy.source, sizes=dummy.sizes, cls=cls)
 
 
 def shipped_profiles(observer: str) -> dict[str, Path]:
@@ -64,6 +73,12 @@ def find_profile(profile_id: str):
             return profile, path
         seen.append(f"{path.parent.name}/{path.stem} ({profile.id.hex()})")
     raise SplitError(f"no shipped profile has id {profile_id}; shipped: {', '.join(seen) or 'none'}")
+
+
+def _fashion_vit():
+    from tokencodec.models.fashion_vit import FashionViT
+
+    return FashionViT.from_pretrained()
 
 
 def _diagnostic():
@@ -101,8 +116,9 @@ def encode_image(image: np.ndarray, observer: str = "diagnostic-mllm", method: s
     if observer == "efficientnet-lite0" and (inner.needs or inner.needs_cls):
         raise SplitError(f"method {method!r} reads attention; EfficientNet-Lite0 tokens have none")
     out = _sender(observer, image, inner, keep)
-    return encode_tokens(out.features[0].float().numpy(), out.positions[0].numpy(), out.grid, out.frames,
-                         TokenCodecProfile.load(profiles[profile]))
+    chosen = TokenCodecProfile.load(profiles[profile])
+    cls = out.cls.float().numpy() if chosen.prefix else None        # a ViT classifier's receiver reads the CLS
+    return encode_tokens(out.features[0].float().numpy(), out.positions[0].numpy(), out.grid, out.frames, chosen, cls)
 
 
 def _sender(observer: str, image: np.ndarray, inner: TokenMethod, keep: int) -> TokenBatch:
@@ -118,8 +134,19 @@ def _sender(observer: str, image: np.ndarray, inner: TokenMethod, keep: int) -> 
 
             tokens = image_tokens(EfficientNetLite0.from_pretrained(), preprocess(image, 224))
             return inner(tokens, check(tokens.num_tokens))
-        from tokencodec.models.diagnostic import IMAGE_SIZE, N_IMAGE_TOKENS, preprocess
         from tokencodec.models.vision_tower import VisionTokenCompressor
+
+        if observer == "fashion-vit":
+            from tokencodec.models.fashion_vit import preprocess as fashion_pixels
+
+            grey = np.rint(image.mean(2) if image.ndim == 3 else image).astype(np.uint8)
+            if grey.shape != (28, 28):
+                raise SplitError(f"image of shape {image.shape}; the Fashion-MNIST ViT takes 28×28 greyscale")
+            vit = _fashion_vit()
+            budget = check((vit.config.image_size // vit.config.patch_size) ** 2)
+            return VisionTokenCompressor(vit.vision_tower, inner, budget, layer=FASHION_LAYER).compress(
+                fashion_pixels(grey[None]))
+        from tokencodec.models.diagnostic import IMAGE_SIZE, N_IMAGE_TOKENS, preprocess
 
         if image.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise SplitError(f"image of shape {image.shape}; the diagnostic MLLM takes {IMAGE_SIZE}×{IMAGE_SIZE}×3")
@@ -163,12 +190,15 @@ def answer(path: Path, question: str) -> str:
 
 
 def classify(path: Path, top: int = 5) -> list[tuple[str, float]]:
-    """EfficientNet-Lite0's top classes (name, probability) from a token bitstream alone."""
-    from tokencodec.models.efficientnet_lite0 import EfficientNetLite0, classify_batch, imagenet_class_names
-
+    """The top classes (name, probability) of the file's classifier (EfficientNet-Lite0 or the Fashion-MNIST
+    ViT) from a token bitstream alone."""
     _, tokens, where = decode_file(path)
+    if where.parent.name == "fashion-vit":
+        return _classify_fashion(tokens, top)
     if where.parent.name != "efficientnet-lite0":
-        raise SplitError(f"{path}: its profile is for {where.parent.name}; classify reads efficientnet-lite0 files")
+        raise SplitError(f"{path}: its profile is for {where.parent.name}; classify reads efficientnet-lite0 "
+                         "and fashion-vit files")
+    from tokencodec.models.efficientnet_lite0 import EfficientNetLite0, classify_batch, imagenet_class_names
     batch = TokenBatch(features=torch.from_numpy(tokens.features)[None], grid=tokens.grid, frames=tokens.frames,
                        positions=torch.from_numpy(tokens.positions)[None])
     with torch.inference_mode():
@@ -176,6 +206,25 @@ def classify(path: Path, top: int = 5) -> list[tuple[str, float]]:
     names = imagenet_class_names()
     best = p.topk(top)
     return [(names[i], float(v)) for v, i in zip(best.values, best.indices, strict=True)]
+
+
+def _classify_fashion(tokens, top: int) -> list[tuple[str, float]]:
+    """The ViT's last layers and head on the decoded [CLS, K tokens] (the tower runs on a blank image
+    whose layer-1 output is replaced whole)."""
+    from tokencodec.data.fashion_mnist import CLASSES
+    from tokencodec.models.fashion_vit import preprocess
+    from tokencodec.models.vision_tower import TowerTokenPruning
+
+    if tokens.prefix is None:
+        raise SplitError("a fashion-vit file without its CLS (the profile has no prefix token)")
+    vit = _fashion_vit()
+    replay = Replay(tokens.features, tokens.positions, tokens.prefix[0])
+    blank = preprocess(np.zeros((1, 28, 28), dtype=np.uint8))
+    with torch.inference_mode(), TowerTokenPruning(vit.vision_tower, replay, Budget(keep=max(1, len(tokens.positions))),
+                                                   layer=FASHION_LAYER):
+        p = vit(blank)[0].float().softmax(-1)
+    best = p.topk(min(top, len(CLASSES)))
+    return [(CLASSES[i], float(v)) for v, i in zip(best.values, best.indices, strict=True)]
 
 
 __all__ = ["Replay", "SplitError", "answer", "classify", "decode_file", "encode_image", "find_profile",

@@ -114,3 +114,24 @@ def test_bad_inputs_are_refused_with_what_is_allowed():
                      (data[:40] + bytes([data[40] ^ 1]) + data[41:], "checksum mismatch")]:
         with pytest.raises(TokenBitstreamError, match=why):
             decode_tokens(bad, profile, "x.tcb")
+
+
+def test_prefix_tokens_travel_first_and_the_profile_fixes_their_count(tmp_path):
+    base = scalar_profile()
+    profile = TokenCodecProfile("unit-test", 1, base.quantizer, base.entropy, prefix=1)
+    assert profile.id != base.id                            # a file names whether it carries a CLS
+    profile.save(tmp_path / "p.safetensors")
+    assert TokenCodecProfile.load(tmp_path / "p.safetensors").prefix == 1
+    x, pos = tokens(k=20)
+    cls = np.random.default_rng(5).laplace(0, 1, (1, D)).astype(np.float32)
+    enc = encode_tokens(x, pos, (16, 16), 1, profile, cls)
+    dec = decode_tokens(enc.data, profile)
+    q = profile.quantizer
+    assert read_header(enc.data)["tokens"] == 20 and dec.features.shape == (20, D)
+    assert np.array_equal(dec.prefix, q.dequantize(profile.entropy.clip(q.quantize(cls))[0]))
+    assert np.array_equal(dec.features, decode_tokens(encode_tokens(x, pos, (16, 16), 1, base).data, base).features)
+    assert enc.payload_bits > encode_tokens(x, pos, (16, 16), 1, base).payload_bits      # the CLS costs bits
+    with pytest.raises(ValueError, match=r"prefix tokens \(0,\): the profile sends \[1, 32\]"):
+        encode_tokens(x, pos, (16, 16), 1, profile)
+    with pytest.raises(ValueError, match="prefix tokens"):
+        encode_tokens(x, pos, (16, 16), 1, base, cls)

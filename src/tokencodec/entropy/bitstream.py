@@ -14,7 +14,9 @@ not repeated per file; the rate counts every byte of the file.
 
 Header 32 bytes + CRC 4 (``header_bits`` = 288); ``position_bits`` and ``payload_bits`` are the two
 sections. The kept positions are a bitmap over the T·h·w grid (:func:`~tokencodec.entropy.models.encode_mask`);
-tokens are stored in raster order. The decoder checks, in order: length, magic, version, the
+tokens are stored in raster order, after the profile's ``prefix`` tokens (tokens outside the grid that
+every file carries, e.g. a ViT classifier's CLS: the profile fixes their count, so the header does not).
+The decoder checks, in order: length, magic, version, the
 section lengths against the file length (truncation), the checksum, the profile id, then every
 header field against its allowed range *before* allocating anything; each failure is a
 :class:`TokenBitstreamError` naming the file (when given) and what is wrong.
@@ -56,6 +58,7 @@ class TokenCodecProfile:
     layer: int                      # the layer the tokens come from (the model's own convention)
     quantizer: ScalarQuantizer | VectorQuantizer
     entropy: FactorizedTables | AdaptiveCategorical
+    prefix: int = 0                 # tokens outside the grid sent first in every file (a CLS)
 
     def __post_init__(self) -> None:
         q, e = self.quantizer, self.entropy
@@ -65,6 +68,8 @@ class TokenCodecProfile:
             raise ValueError(f"entropy tables for {e.dim} channels, quantiser for {q.dim}")
         if isinstance(q, VectorQuantizer) and len(e.prior) != q.size:
             raise ValueError(f"index model over {len(e.prior)} symbols, codebook of {q.size}")
+        if not 0 <= self.prefix <= 16:
+            raise ValueError(f"prefix={self.prefix}: 0 to 16 tokens outside the grid")
 
     @property
     def dim(self) -> int:
@@ -81,8 +86,9 @@ class TokenCodecProfile:
         return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
     def meta(self) -> dict[str, str]:
-        return {"format": "tokencodec-profile-1", "model": self.model, "layer": str(self.layer),
+        meta = {"format": "tokencodec-profile-1", "model": self.model, "layer": str(self.layer),
                 "quantizer": self.quantizer.kind}
+        return {**meta, "prefix": str(self.prefix)} if self.prefix else meta   # ids of prefix-free profiles unchanged
 
     @cached_property
     def id(self) -> bytes:
@@ -114,7 +120,7 @@ class TokenCodecProfile:
             entropy = FactorizedTables(a["lo"], tuple(np.split(a["counts"], ends)))
         else:
             quantizer, entropy = VectorQuantizer(a["codebook"]), AdaptiveCategorical(a["prior"])
-        return cls(meta["model"], int(meta["layer"]), quantizer, entropy)
+        return cls(meta["model"], int(meta["layer"]), quantizer, entropy, int(meta.get("prefix", 0)))
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,7 @@ class DecodedTokens:
     grid: tuple[int, int]
     frames: int
     profile: bytes
+    prefix: np.ndarray | None = None    # [P, D] the profile's tokens outside the grid (None when P = 0)
 
 
 @dataclass(frozen=True)
@@ -152,8 +159,9 @@ def _words(encoder) -> np.ndarray:
 
 
 def encode_tokens(features: np.ndarray, positions: np.ndarray, grid: tuple[int, int], frames: int,
-                  profile: TokenCodecProfile) -> EncodedTokens:
-    """Quantise and entropy-code K tokens [K, D] at their raster positions in a T·h·w grid."""
+                  profile: TokenCodecProfile, prefix: np.ndarray | None = None) -> EncodedTokens:
+    """Quantise and entropy-code K tokens [K, D] at their raster positions in a T·h·w grid, after the
+    profile's ``prefix`` tokens [P, D] (required when the profile has P > 0)."""
     import constriction
 
     x = np.asarray(features, dtype=np.float32)
@@ -168,6 +176,11 @@ def encode_tokens(features: np.ndarray, positions: np.ndarray, grid: tuple[int, 
         raise ValueError(f"positions must be distinct raster indices in [0, {n0}) (a selection, not merged tokens)")
     order = np.argsort(pos, kind="stable")
     x, pos = x[order], pos[order]
+    if profile.prefix or prefix is not None:
+        pre = np.asarray(prefix if prefix is not None else (), dtype=np.float32)
+        if pre.shape != (profile.prefix, profile.dim):
+            raise ValueError(f"prefix tokens {pre.shape}: the profile sends [{profile.prefix}, {profile.dim}]")
+        x = np.concatenate([pre, x])
     mask = np.zeros(n0, dtype=bool)
     mask[pos] = True
     penc = constriction.stream.queue.RangeEncoder()
@@ -180,7 +193,7 @@ def encode_tokens(features: np.ndarray, positions: np.ndarray, grid: tuple[int, 
     ideal_payload = profile.entropy.encode(yenc, symbols) if len(x) else 0.0
     pw, yw = _words(penc), _words(yenc)
     kind = 0 if isinstance(profile.quantizer, ScalarQuantizer) else 1
-    head = HEADER.pack(MAGIC, VERSION, kind, profile.id, h, w, int(frames), len(x), len(pw), len(yw))
+    head = HEADER.pack(MAGIC, VERSION, kind, profile.id, h, w, int(frames), len(pos), len(pw), len(yw))
     body = head + pw.tobytes() + yw.tobytes()
     data = body + CRC.pack(zlib.crc32(body))
     return EncodedTokens(data, 8 * (HEADER.size + CRC.size), 32 * len(pw), 32 * len(yw), ideal_pos, ideal_payload,
@@ -232,27 +245,27 @@ def decode_tokens(data: bytes, profile: TokenCodecProfile, name: str = "<bytes>"
     if head["quantizer"] != profile.quantizer.kind or profile.dim > MAX_DIM:
         raise TokenBitstreamError(f"{name}: quantiser {head['quantizer']} does not match the profile's")
     h, w = head["grid"]
-    n0, k = h * w * head["frames"], head["tokens"]
+    n0, k, p = h * w * head["frames"], head["tokens"], profile.prefix
     pw, yw = head["position_words"], head["payload_words"]
-    if isinstance(profile.entropy, FactorizedTables) and 32 * yw + 64 < k * profile.entropy.min_bits_per_token():
-        raise TokenBitstreamError(f"{name}: {k} tokens cannot fit in {32 * yw} payload bits (at least "
+    if isinstance(profile.entropy, FactorizedTables) and 32 * yw + 64 < (k + p) * profile.entropy.min_bits_per_token():
+        raise TokenBitstreamError(f"{name}: {k} + {p} tokens cannot fit in {32 * yw} payload bits (at least "
                                   f"{profile.entropy.min_bits_per_token():.1f} bits per token under this profile)")
     words = np.frombuffer(bytes(data), dtype="<u4", count=pw + yw, offset=HEADER.size)
     try:
         mask = decode_mask(constriction.stream.queue.RangeDecoder(words[:pw].astype(np.uint32)), n0, k)
         if int(mask.sum()) != k:
             raise TokenBitstreamError(f"{name}: the positions hold {int(mask.sum())} tokens, the header {k}")
-        if k:
+        if k + p:
             ydec = constriction.stream.queue.RangeDecoder(words[pw:].astype(np.uint32))
-            symbols = profile.entropy.decode(ydec, k)
-            features = profile.quantizer.dequantize(symbols)
+            features = profile.quantizer.dequantize(profile.entropy.decode(ydec, k + p))
         else:
             features = np.zeros((0, profile.dim), dtype=np.float32)
     except TokenBitstreamError:
         raise
     except Exception as err:   # constriction reports an exhausted or inconsistent stream as a plain error
         raise TokenBitstreamError(f"{name}: the entropy-coded data does not decode ({err})") from None
-    return DecodedTokens(features, np.flatnonzero(mask), (h, w), head["frames"], bytes.fromhex(head["profile"]))
+    return DecodedTokens(features[p:], np.flatnonzero(mask), (h, w), head["frames"], bytes.fromhex(head["profile"]),
+                         features[:p] if p else None)
 
 
 __all__ = ["MAGIC", "MAX_ALPHABET", "VERSION", "DecodedTokens", "EncodedTokens", "TokenBitstreamError",

@@ -295,7 +295,9 @@ class TowerTokenPruning(VisionTokenCompressor):
     Token pruning inside a ViT classifier (the EViT / ToMe setting, with any "pre-llm" method): a
     forward hook on ``layer`` replaces its output, so the remaining layers, the final norm and a
     CLS head see the compressed set; the encoder passes nothing per token between layers, so no
-    mask or position has to follow. After a forward: ``last_batch`` (the kept tokens, CLS apart)
+    mask or position has to follow. The later layers read the CLS of the method's batch (``batch.cls``:
+    unchanged unless the method replaces it, as the split receiver does with a decoded one).
+    After a forward: ``last_batch`` (the kept tokens, CLS apart)
     and ``tokens_per_layer`` (tokens each layer processed, CLS included).
     """
 
@@ -316,7 +318,10 @@ class TowerTokenPruning(VisionTokenCompressor):
         p = self.tower.prefix
         n, k = hidden.shape[1], p + batch.num_tokens
         self.tokens_per_layer = [n] * (self.layer + 1) + [k] * (len(self.tower.layers) - self.layer - 1)
-        new = torch.cat([hidden[:, :p], batch.features.to(hidden.dtype)], 1)
+        prefix = hidden[:, :p]
+        if p == 1 and batch.cls is not None and batch.cls.shape == hidden[:, 0].shape:
+            prefix = batch.cls[:, None].to(hidden.dtype)     # the method's CLS (a decoded one, in split inference)
+        new = torch.cat([prefix, batch.features.to(hidden.dtype)], 1)
         return new if isinstance(output, Tensor) else (new, *output[1:])
 
 

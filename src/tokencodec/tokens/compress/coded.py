@@ -14,7 +14,9 @@ pixel codecs share one rate axis.
 Choices: the codec acts on the **vision-tower features** (``features="vision"``: on LLaVA the
 pre-projector layer −2, D = 1024 on CLIP-L, the receiver projects), for every inner method (DivPrune
 officially ranks projected embeddings; here it ranks the same features it sends); the CLS is not
-sent (``sends_cls`` off); the decoded tokens arrive in raster order at their original positions
+sent (``sends_cls`` off) unless the profile has a prefix token: a ViT classifier's profile (e.g.
+``fashion-vit/step-1``) codes the CLS first and the later layers read the decoded one;
+the decoded tokens arrive in raster order at their original positions
 (``positions="original"``, whatever the inner method's layout: the bitstream carries positions).
 ``profile``: a profile file, or a name under ``tokencodec/entropy/profiles/`` (e.g.
 ``diagnostic-mllm/step-0.5``).
@@ -105,8 +107,14 @@ class Coded(TokenMethod):
         if out.mask is not None or out.batch_size != 1:
             raise NotImplementedError("coded codes one image at a time, with one count (no padded batch)")
         t0 = time.perf_counter()
+        cls = None
+        if self.profile.prefix:
+            if out.cls is None or out.cls.shape[-1] != self.profile.dim or self.profile.prefix != 1:
+                raise ValueError(f"coded: profile {self.options.profile!r} sends {self.profile.prefix} CLS token(s) "
+                                 f"of width {self.profile.dim}; this model's batch has none that fits")
+            cls = out.cls.float().cpu().numpy()
         enc = encode_tokens(out.features[0].float().cpu().numpy(), out.positions[0].cpu().numpy(), batch.grid,
-                            batch.frames, self.profile)
+                            batch.frames, self.profile, cls)
         t1 = time.perf_counter()
         dec = decode_tokens(enc.data, self.profile)
         t2 = time.perf_counter()
@@ -117,6 +125,8 @@ class Coded(TokenMethod):
                            "payload_bytes": (enc.position_bits + enc.payload_bits) / 8,
                            "ideal_bits": enc.ideal_payload_bits + enc.ideal_position_bits,
                            "encoding_time": t1 - t0, "decoding_time": t2 - t1}
+        if cls is not None:
+            out = replace(out, cls=torch.from_numpy(dec.prefix).to(out.cls.device, out.cls.dtype))
         return replace(out, features=features)
 
 
