@@ -425,6 +425,32 @@ def answer(
         raise _fail(str(err)) from None
 
 
+@app.command("lmms-curve")
+def lmms_curve(
+    results: Annotated[list[Path], typer.Argument(help="lmms-eval *_results.json files, or folders holding them")],
+    costs: Annotated[Path, typer.Option(help="the plugin's cost folder (model_args costs=)")] = Path("tokencodec-costs"),
+    task: Annotated[str, typer.Option(help="lmms-eval task name, e.g. pope")] = "pope",
+    metric: Annotated[str, typer.Option(help="the task's metric, e.g. pope_accuracy")] = "pope_accuracy",
+    name: Annotated[str, typer.Option(help="curve name, e.g. the method")] = "lmms-eval",
+    out: Annotated[Path, typer.Option("--out", "-o", help="curve JSON to write")] = Path("lmms-curve.json"),
+) -> None:
+    """Turn lmms-eval runs of the tokencodec model into one curve (then: tokencodec bd / plot)."""
+    from tokencodec.integrations.lmms_results import LmmsResultsError, curve_from_runs
+    from tokencodec.rd.results import save_curve
+
+    files = [f for p in results for f in (sorted(p.rglob("*_results.json")) if p.is_dir() else [p])]
+    try:
+        curve = curve_from_runs(files, costs, task, metric, name)
+    except (LmmsResultsError, OSError, ValueError) as err:
+        raise _fail(str(err)) from None
+    save_curve(curve, out)
+    for point in curve.points:
+        v = point.values
+        console.print(f"knob {point.knob:g}: {metric} {v[metric]:.4g}, tokens {v['tokens']:.1f}, "
+                      f"FLOPs {v['flops']:.3g}, latency {1000 * v['latency_s']:.1f} ms", highlight=False)
+    console.print(f"{out}: {len(curve.points)} points", highlight=False)
+
+
 @app.command()
 def version() -> None:
     """Versions of tokencodec and of the libraries behind its numbers."""

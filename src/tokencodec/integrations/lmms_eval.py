@@ -1,0 +1,129 @@
+"""lmms-eval plugin: any tokencodec method on a real LLaVA or Qwen2-VL, under the benchmark suite researchers use.
+
+Registered through lmms-eval's entry-point group ``lmms_eval.models`` (pyproject), so after
+``pip install "tokencodec[lmms]"`` (see docs/real-models.md for the install):
+
+    lmms-eval --model tokencodec \\
+        --model_args pretrained=llava-hf/llava-1.5-7b-hf,method=visionzip,keep=64 --tasks pope
+
+Model arguments: ``pretrained`` (hub name or folder; safetensors only), ``method`` (a registered
+method, or ``none``), ``keep`` (tokens) or ``ratio`` (of the visual tokens) or ``r`` (ToMe's merges
+per layer), ``device`` (default cuda when available), ``dtype``, ``seed``, ``max_new_tokens``
+(default: the task's), ``costs`` (folder for the cost records, default ``tokencodec-costs``) and
+any method option as ``opt_<name>=<value>`` (e.g. ``opt_layers=2`` for FastV's K).
+
+Per sample the plugin records, in ``<costs>/<run id>.jsonl`` (one JSON line per sample, flushed as
+it goes, the first line the run's configuration and provenance): visual tokens, tokens averaged
+over LLM layers, FLOPs (:data:`tokencodec.models.hf.FLOPS_CONVENTION`), latency and peak memory.
+:func:`curve_from_runs` (``tokencodec lmms-curve``) joins these with lmms-eval's results files
+into a tokencodec curve (one point per run: the task metric against the mean rates), which
+``tokencodec bd`` and ``tokencodec plot`` read like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib.metadata import version
+from pathlib import Path
+
+from lmms_eval.api.model import lmms
+
+from tokencodec.integrations.lmms_results import run_config, run_id
+
+
+def parse_budget(keep=None, ratio=None, r=None):
+    from tokencodec.tokens.compress import Budget
+
+    given = {k: v for k, v in (("keep", keep), ("ratio", ratio), ("r", r)) if v not in (None, "")}
+    if len(given) > 1:
+        raise ValueError(f"give one of keep, ratio, r; got {', '.join(given)}")
+    if not given:
+        return None
+    (name, value), = given.items()
+    return Budget(**{name: float(value) if name == "ratio" else int(value)})
+
+
+class TokencodecLMM(lmms):
+    """An lmms-eval model: an HF MLLM (tokencodec.models.hf.HFMLLM) with a token method hooked in."""
+
+    is_simple = True
+
+    def __init__(self, pretrained: str, method: str = "none", keep=None, ratio=None, r=None, device: str = "",
+                 dtype: str = "auto", seed: int = 0, max_new_tokens=None, costs: str = "tokencodec-costs",
+                 batch_size=1, **kwargs) -> None:
+        super().__init__()
+        import torch
+
+        from tokencodec.models.hf import HFMLLM
+        from tokencodec.provenance import provenance
+        from tokencodec.tokens.compress import get_method
+
+        options = {k[4:]: v for k, v in kwargs.items() if k.startswith("opt_")}
+        unknown = sorted(k for k in kwargs if not k.startswith("opt_"))
+        if unknown:
+            raise ValueError(f"tokencodec model: unknown model_args {unknown}; allowed: pretrained, method, keep, "
+                             "ratio, r, device, dtype, seed, max_new_tokens, costs, opt_<method option>")
+        if int(batch_size) != 1:
+            raise ValueError(f"batch_size={batch_size}: the tokencodec model runs one sample at a time")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(int(seed))
+        self.mllm = HFMLLM.load(str(pretrained), device=device, dtype=str(dtype))
+        self.method = None if method in (None, "", "none") else get_method(str(method), seed=int(seed), **options)
+        self.budget = parse_budget(keep, ratio, r)
+        if self.method is not None and self.budget is None:
+            raise ValueError(f"method={method!r} needs a budget: keep=, ratio= or r=")
+        self.max_new_tokens = None if max_new_tokens in (None, "") else int(max_new_tokens)
+        self.config = run_config(pretrained, method, keep, ratio, r, seed, dtype, max_new_tokens, options)
+        self.run = run_id(self.config)
+        self.costs_path = Path(costs) / f"{self.run}.jsonl"
+        self.costs_path.parent.mkdir(parents=True, exist_ok=True)
+        method_info = self.method.describe() if self.method is not None else {"name": "none"}
+        head = {"run": self.run, "config": self.config, "method": method_info, "model": self.mllm.info,
+                "device": device, "flops_convention": _convention(),
+                "provenance": provenance(config=self.config, seed=int(seed),
+                                         libraries={"lmms-eval": version("lmms_eval")})}
+        self._costs = self.costs_path.open("w", encoding="utf-8")      # a rerun of the same config starts afresh
+        self._write(head)
+
+    def _write(self, record: dict) -> None:
+        self._costs.write(json.dumps(record, default=str) + "\n")
+        self._costs.flush()
+        os.fsync(self._costs.fileno())
+
+    def generate_until(self, requests) -> list[str]:
+        out = []
+        for context, gen_kwargs, doc_to_visual, doc_id, task, split in [req.args for req in requests]:
+            visuals = [v for v in doc_to_visual(self.task_dict[task][split][doc_id]) if v is not None]
+            limit = self.max_new_tokens or int(gen_kwargs.get("max_new_tokens", 16))
+            g = self.mllm.generate(visuals, context, self.method, self.budget, max_new_tokens=limit)
+            text = g.text
+            for stop in gen_kwargs.get("until", []) or []:
+                if isinstance(stop, str) and stop and stop in text:
+                    text = text.split(stop)[0]
+            self._write({"task": task, "split": split, "doc_id": doc_id, **g.rates})
+            out.append(text)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+        return out
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("the tokencodec model answers generate_until tasks (POPE, GQA, MME, TextVQA, …)")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("multi-round generation is not supported by the tokencodec model")
+
+
+def _convention() -> str:
+    from tokencodec.models.hf import FLOPS_CONVENTION
+
+    return FLOPS_CONVENTION
+
+
+def manifest():
+    """The entry point lmms-eval loads (group ``lmms_eval.models``)."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id="tokencodec", simple_class_path="tokencodec.integrations.lmms_eval.TokencodecLMM")
+
+
+__all__ = ["TokencodecLMM", "manifest", "parse_budget"]

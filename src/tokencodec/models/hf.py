@@ -1,0 +1,200 @@
+"""Real Hugging Face MLLMs by hub name or local folder: load, prompt, generate under a token method, count the cost.
+
+The one path every real-model entry point shares (the lmms-eval plugin, the ``hf-mllm`` study observer):
+
+    mllm = HFMLLM.load("llava-hf/llava-1.5-7b-hf", device="cuda")       # or a folder; safetensors only
+    out = mllm.generate([image], "Is there a dog?", method="visionzip", budget=Budget(keep=64))
+    out.text, out.rates    # tokens, tokens_avg_layers, flops (LLM prefill, macs2), latency_s, peak_bytes
+
+Families: LLaVA (``LlavaForConditionalGeneration``: prompt ``USER: <image>\\n… ASSISTANT:``, the
+LLaVA-1.5 format, unless the processor has a chat template) and Qwen2-VL / Qwen2.5-VL (the
+``<|im_start|>`` chat format; the image processor and tokenizer are used apart and the
+``<|image_pad|>`` token is repeated once per merged patch, as ``Qwen2VLProcessor`` does: that
+processor insists on a video processor, which needs torchvision). The method runs through
+:func:`tokencodec.compress` (hooks, no fork), so every registered method a family supports works.
+
+Rates per call: ``tokens`` (visual tokens the LLM's first layer saw), ``tokens_avg_layers``,
+``flops`` (LLM prefill only, ``macs2``: 2 FLOPs per multiply-add, the convention of FastV-style
+papers; the vision tower and projector are not counted), ``latency_s`` (the whole ``generate``,
+CUDA-synchronised on a GPU) and ``peak_bytes`` (``torch.cuda.max_memory_allocated`` on CUDA,
+the process's resident set on CPU).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FAMILIES = {"llava": "LlavaForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration",
+            "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+FLOPS_CONVENTION = "LLM prefill only, macs2 (2 FLOPs per multiply-add), no vision tower or projector"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The weights are not where we looked; the message says where and how to get them."""
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()
+
+
+def resolve_source(name_or_path: str) -> tuple[str, bool]:
+    """(what from_pretrained reads, whether it is a local folder); ModelNotFoundError when absent."""
+    if _looks_local(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"model folder {path}: no config.json there (a save_pretrained folder, "
+                                     "with model.safetensors, is expected)")
+        return str(path), True
+    return name_or_path, False
+
+
+@dataclass
+class Generation:
+    text: str
+    rates: dict[str, float]
+    record: Any = None                      # the adapter's CompressionRecord (None without a method)
+
+
+@dataclass
+class HFMLLM:
+    model: Any
+    tokenizer: Any
+    image_processor: Any
+    family: str                             # a key of FAMILIES
+    source: str
+    processor: Any = None                   # LLaVA's processor (it expands <image>)
+    info: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, name_or_path: str, device: str = "cpu", dtype: str = "auto",
+             attn_implementation: str = "sdpa") -> HFMLLM:
+        """Load a checkpoint (safetensors only). A hub name is read from the local cache when offline."""
+        import torch
+        import transformers
+
+        source, local = resolve_source(str(name_or_path))
+        try:
+            config = transformers.AutoConfig.from_pretrained(source)
+        except OSError as err:
+            from huggingface_hub.constants import HF_HUB_CACHE
+
+            raise ModelNotFoundError(
+                f"model {source!r}: not in the hub cache ({HF_HUB_CACHE}) and the hub could not be reached "
+                f"({type(err).__name__}); download it where there is network (hf download {source}) or pass a "
+                "local folder") from None
+        family = config.model_type
+        if family not in FAMILIES:
+            raise ValueError(f"model {source!r} is a {family!r}; supported families: {', '.join(FAMILIES)}")
+        torch_dtype = {"auto": "auto", "float32": torch.float32, "float16": torch.float16,
+                       "bfloat16": torch.bfloat16}.get(dtype)
+        if torch_dtype is None:
+            raise ValueError(f"dtype {dtype!r}: allowed auto, float32, float16, bfloat16")
+        model = getattr(transformers, FAMILIES[family]).from_pretrained(
+            source, dtype=torch_dtype, use_safetensors=True, attn_implementation=attn_implementation)
+        model = model.to(device).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+        image_processor = transformers.AutoImageProcessor.from_pretrained(source)
+        processor = transformers.AutoProcessor.from_pretrained(source) if family == "llava" else None
+        return cls(model, tokenizer, image_processor, family, source, processor,
+                   {"model": source, "family": family, "local": str(local), "dtype": str(model.dtype)})
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    def prompt(self, question: str, n_images: int = 1) -> str:
+        template = getattr(self.processor or self.tokenizer, "chat_template", None)
+        if template:
+            content = [{"type": "image"}] * n_images + [{"type": "text", "text": question}]
+            owner = self.processor or self.tokenizer
+            return owner.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                             tokenize=False)
+        if self.family == "llava":
+            return "USER: " + "<image>\n" * n_images + question + " ASSISTANT:"
+        vision = "<|vision_start|><|image_pad|><|vision_end|>" * n_images
+        return f"<|im_start|>user\n{vision}{question}<|im_end|>\n<|im_start|>assistant\n"
+
+    def inputs(self, images: list, question: str) -> dict:
+        """Model inputs for one prompt with ``images`` (PIL images or uint8 arrays) and a question."""
+        images = [np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im) for im in images]
+        text = self.prompt(question, len(images))
+        if self.family == "llava":
+            out = self.processor(images=images or None, text=text, return_tensors="pt")
+        else:
+            out = dict(self.image_processor(images=images, return_tensors="pt")) if images else {}
+            if images:
+                merge = self.image_processor.merge_size ** 2
+                counts = iter((out["image_grid_thw"].prod(-1) // merge).tolist())
+                pad = "<|image_pad|>"
+                parts = text.split(pad)
+                text = parts[0] + "".join(pad * next(counts) + rest for rest in parts[1:])
+            out.update(self.tokenizer(text, return_tensors="pt"))
+        return {k: v.to(self.device) for k, v in dict(out).items()}
+
+    def generate(self, images: list, question: str, method=None, budget=None, max_new_tokens: int = 16,
+                 **method_options) -> Generation:
+        """Greedy answer to ``question`` about ``images``, with ``method`` (a name or TokenMethod) at ``budget``."""
+        import torch
+
+        from tokencodec.metrics.cost import _cpu_memory_probe
+        from tokencodec.models.adapters import compress, record_of
+
+        kw = self.inputs(images, question)
+        prompt_len = kw["input_ids"].shape[1]
+        n_visual = int((kw["input_ids"] == self.image_token_id).sum())
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            read_peak = lambda: torch.cuda.max_memory_allocated(self.device)  # noqa: E731
+        else:
+            _, read_peak, _ = _cpu_memory_probe()
+        record = None
+        start = time.perf_counter()
+        with torch.inference_mode():
+            if method is None or method == "none":
+                ids = self.model.generate(**kw, max_new_tokens=max_new_tokens, do_sample=False)
+            else:
+                with compress(self.model, method, budget, **method_options) as patch:
+                    ids = self.model.generate(**kw, max_new_tokens=max_new_tokens, do_sample=False)
+                record = record_of(patch)
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        latency = time.perf_counter() - start
+        text = self.tokenizer.decode(ids[0, prompt_len:], skip_special_tokens=True).strip()
+        layers = self.model.config.get_text_config().num_hidden_layers
+        per_layer = self._visual_per_layer(record, n_visual, layers)
+        rates = {**self.cost(per_layer, prompt_len - n_visual), "latency_s": latency,
+                 "peak_bytes": float(read_peak())}
+        return Generation(text, rates, record)
+
+    @staticmethod
+    def _visual_per_layer(record, n_visual: int, layers: int) -> list[int]:
+        if record is not None and record.tokens_per_layer:
+            return list(record.tokens_per_layer)
+        kept = None if record is None else record.kept
+        if kept is not None:                 # pre-LLM methods: the kept set enters every layer
+            n = sum(k.num_tokens for k in kept) if isinstance(kept, list) else kept.num_tokens
+            return [int(n)] * layers
+        return [n_visual] * layers
+
+    def cost(self, visual_per_layer: list[int], text_tokens: int) -> dict[str, float]:
+        """tokens, tokens_avg_layers and LLM prefill FLOPs (FLOPS_CONVENTION) for these visual counts."""
+        from tokencodec.metrics.cost import TextShape, llm_prefill_flops
+
+        shape = TextShape.from_config(self.model.config.get_text_config())
+        flops = llm_prefill_flops(shape, visual_per_layer, text_tokens, False, "macs2")
+        return {"tokens": float(visual_per_layer[0]), "tokens_avg_layers": float(np.mean(visual_per_layer)),
+                "flops": float(flops.total)}
+
+
+__all__ = ["FAMILIES", "FLOPS_CONVENTION", "Generation", "HFMLLM", "ModelNotFoundError", "resolve_source"]

@@ -1,0 +1,90 @@
+"""The lmms-eval plugin end to end, offline: tiny LLaVA and Qwen2-VL checkpoints saved with save_pretrained,
+a tiny local task, the real ``lmms-eval`` command line; then its results become a tokencodec curve."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("lmms_eval")
+
+from tokencodec.integrations.lmms_results import curve_from_runs, parse_model_args, read_costs, run_config, run_id  # noqa: E402,I001
+from tokencodec.integrations.lmms_task import write_task  # noqa: E402
+from tokencodec.models.tiny import save_tiny  # noqa: E402
+
+N = 4
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lmms")
+    models = {f: save_tiny(f, root / f) for f in ("llava", "qwen2-vl")}
+    write_task(root / "task", n=N)
+    return root, models
+
+
+def lmms_eval(root, model_args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(root / "hf")}
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "tokencodec", "--model_args",
+           f"{model_args},costs={root / 'costs'}", "--tasks", "tokencodec_vqa", "--include_path", str(root / "task"),
+           "--output_path", str(root / "out")]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def costs_of(root, model_args: str) -> list[dict]:
+    head, samples = read_costs(root / "costs" / f"{run_id(parse_model_args(model_args))}.jsonl")
+    assert head["config"]["pretrained"] == parse_model_args(model_args)["pretrained"]
+    assert head["provenance"]["tokencodec"] and head["provenance"]["libraries"]["lmms-eval"]
+    assert head["flops_convention"].startswith("LLM prefill")
+    return samples
+
+
+def test_lmms_eval_runs_methods_on_tiny_llava_and_qwen2_vl_and_results_become_a_curve(setup):
+    root, models = setup
+    runs = {"none": f"pretrained={models['llava']},method=none",
+            "visionzip": f"pretrained={models['llava']},method=visionzip,keep=4",
+            "qwen-divprune": f"pretrained={models['qwen2-vl']},method=divprune,keep=2"}
+    for name, args in runs.items():
+        done = lmms_eval(root, args)
+        assert done.returncode == 0, (name, done.stdout[-3000:], done.stderr[-3000:])
+        assert "exact_match" in done.stdout                          # lmms-eval printed its table
+    full, pruned, qwen = (costs_of(root, a) for a in runs.values())
+    assert len(full) == len(pruned) == len(qwen) == N               # one record per sample
+    assert {s["tokens"] for s in full} == {16.0} and {s["tokens"] for s in pruned} == {4.0}   # the method ran
+    assert {s["tokens"] for s in qwen} == {2.0}
+    assert all(p["flops"] < f["flops"] and p["latency_s"] > 0 for p, f in zip(pruned, full, strict=True))
+    curve = curve_from_runs(sorted((root / "out").rglob("*_results.json")), root / "costs", "tokencodec_vqa",
+                            "exact_match", "tiny")
+    assert sorted(p.values["tokens"] for p in curve.points) == [2.0, 4.0, 16.0]
+    assert all(0 <= p.values["exact_match"] <= 1 for p in curve.points)
+    assert curve.measures["exact_match"].higher_is_better
+
+
+def test_run_ids_agree_between_the_command_line_and_the_plugin():
+    a = parse_model_args("pretrained=/m,method=visionzip,keep=64,opt_layers=2,costs=/x")
+    b = run_config("/m", "visionzip", 64, None, None, 0, "auto", None, {"layers": 2})
+    assert a == b and run_id(a) == run_id(b)
+    assert run_id(parse_model_args("pretrained=/m,method=visionzip,keep=0.50")) == \
+        run_id(run_config("/m", "visionzip", 0.5))
+    assert run_id(parse_model_args("pretrained=/m,method=visionzip,keep=32")) != run_id(a)
+
+
+def test_the_plugin_refuses_bad_arguments(setup):
+    from tokencodec.integrations.lmms_eval import TokencodecLMM
+
+    _, models = setup
+    with pytest.raises(ValueError, match="needs a budget"):
+        TokencodecLMM(str(models["llava"]), method="visionzip")
+    with pytest.raises(ValueError, match="unknown model_args"):
+        TokencodecLMM(str(models["llava"]), method="visionzip", keep=4, kep=3)
+    with pytest.raises(ValueError, match="one of keep, ratio, r"):
+        TokencodecLMM(str(models["llava"]), method="visionzip", keep=4, ratio=0.5)
+
+
+def test_cost_file_with_a_torn_last_line_still_reads(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"config": {}}) + "\n" + json.dumps({"tokens": 1}) + "\n{\"tok")
+    head, samples = read_costs(path)
+    assert samples == [{"tokens": 1}]
