@@ -428,7 +428,7 @@ def answer(
 @app.command("lmms-curve")
 def lmms_curve(
     results: Annotated[list[Path], typer.Argument(help="lmms-eval *_results.json files, or folders holding them")],
-    costs: Annotated[Path, typer.Option(help="the plugin's cost folder (model_args costs=)")] = Path("tokencodec-costs"),
+    costs: Annotated[Path, typer.Option(help="the plugin's cost folder (costs=)")] = Path("tokencodec-costs"),
     task: Annotated[str, typer.Option(help="lmms-eval task name, e.g. pope")] = "pope",
     metric: Annotated[str, typer.Option(help="the task's metric, e.g. pope_accuracy")] = "pope_accuracy",
     name: Annotated[str, typer.Option(help="curve name, e.g. the method")] = "lmms-eval",
