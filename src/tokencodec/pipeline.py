@@ -1,6 +1,7 @@
 """Pipelines: a chain of modules, each with a knob, between the data and an observer.
 
-A module is a pixel codec at a quality (encode → real bytes → decode) or a token method at a
+A module is a pixel codec at a quality (encode → real bytes → decode; on a video observer a video
+codec, H.264 / H.265 / AV1, codes the whole clip) or a token method at a
 keep ratio (acting inside the observer's model); a chain "codec, then token method" is allowed.
 Each module adds its rates to the operating point: a codec its ``bytes``, ``bits``, ``bpp`` and
 coding times; the token method's rates (tokens, tokens averaged over layers, FLOPs) come from the
@@ -28,6 +29,20 @@ from tokencodec.observers.base import Observer, Prepared, Sample, video_support
 
 class PipelineError(ValueError):
     """A pipeline that cannot run: unknown module, knob out of range, or a module the observer cannot judge."""
+
+
+def is_video_codec(name: str) -> bool:
+    from tokencodec.codecs.video import VIDEO_CODECS
+
+    return name in VIDEO_CODECS
+
+
+def codec_for(name: str):
+    """The image codec, or the video codec, of that name."""
+    from tokencodec.codecs import get_codec
+    from tokencodec.codecs.video import get_video_codec
+
+    return get_video_codec(name) if is_video_codec(name) else get_codec(name)
 
 
 @dataclass(frozen=True)
@@ -74,17 +89,24 @@ class PipelineSpec:
 
     def check(self, observer_runner=None) -> None:
         """Refuse unknown codecs/methods/options and knobs out of range, before any work."""
-        from tokencodec.codecs import CODECS, CodecError, get_codec
+        from tokencodec.codecs import CODECS, CodecError
+        from tokencodec.codecs.video import VIDEO_CODECS
         from tokencodec.tokens.compress import METHODS, Budget, BudgetError, get_method
 
         if not self.codec and not self.method:
             raise PipelineError("a pipeline needs a codec, a method, or both")
         if self.codec:
-            if self.codec not in CODECS:
-                raise PipelineError(f"unknown codec {self.codec!r}; known: {', '.join(CODECS.names())}")
+            if self.codec not in CODECS and self.codec not in VIDEO_CODECS:
+                raise PipelineError(f"unknown codec {self.codec!r}; known: {', '.join(CODECS.names())}; video: "
+                                    f"{', '.join(VIDEO_CODECS.names())}")
             if not self.qualities:
                 raise PipelineError(f"codec {self.codec!r}: give qualities (a non-empty list)")
-            codec = get_codec(self.codec)
+            if observer_runner is not None and is_video_codec(self.codec) != bool(observer_runner.video):
+                kind = "video codec" if is_video_codec(self.codec) else "image codec"
+                raise PipelineError(f"{kind} {self.codec!r} cannot run on this observer: it shows "
+                                    + ("clips (use h264, h265 or av1)" if observer_runner.video else
+                                       "single images (video codecs need diagnostic-video or fashion-vit-video)"))
+            codec = codec_for(self.codec)
             try:
                 for q in self.qualities:
                     codec.check_quality(q)
@@ -112,9 +134,7 @@ class PipelineSpec:
 
     def config_id(self, observer_key: str, seed: int) -> str:
         """Identifies everything that changes a record except the knob and the sample."""
-        from tokencodec.codecs import get_codec
-
-        settings = get_codec(self.codec).settings() if self.codec else None
+        settings = codec_for(self.codec).settings() if self.codec else None
         text = json.dumps([observer_key, self.codec, settings, self.method, self.options, seed],
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -123,27 +143,27 @@ class PipelineSpec:
 def run_point(observer: Observer, sample: Sample, spec: PipelineSpec, knob: dict[str, float],
               prepared: Prepared, method=None) -> dict[str, float]:
     """Rates and distortions of one sample through the pipeline at one knob setting."""
-    from tokencodec.codecs import get_codec
     from tokencodec.codecs.payload import payload_bytes
     from tokencodec.tokens.compress import Budget
 
     rates: dict[str, float] = {}
     image, changed = sample.image, False
+    pixels = int(np.prod(sample.image.shape[:-1]))       # H·W, or T·H·W for a clip: bpp over every frame
     t0 = time.perf_counter()
     if spec.codec:
-        codec = get_codec(spec.codec)
+        codec = codec_for(spec.codec)
         t_enc = time.perf_counter()
         data = codec.encode(sample.image, int(knob["quality"]))
         t_dec = time.perf_counter()
         image = codec.decode(data)
         t_end = time.perf_counter()
-        h, w, _ = sample.image.shape
         if image.shape != sample.image.shape:
             raise PipelineError(f"{spec.codec} on {sample.id!r} at quality {knob['quality']}: decoded shape "
                                 f"{image.shape} differs from {sample.image.shape}")
-        payload = payload_bytes(spec.codec, data)
-        rates.update(bytes=float(len(data)), bits=8.0 * len(data), bpp=8.0 * len(data) / (h * w),
-                     payload_bytes=float(payload), payload_bpp=8.0 * payload / (h * w),
+        # video files: no payload parser for Matroska, the whole file counts as payload
+        payload = len(data) if is_video_codec(spec.codec) else payload_bytes(spec.codec, data)
+        rates.update(bytes=float(len(data)), bits=8.0 * len(data), bpp=8.0 * len(data) / pixels,
+                     payload_bytes=float(payload), payload_bpp=8.0 * payload / pixels,
                      encoding_time=t_dec - t_enc, decoding_time=t_end - t_dec)
         changed = not np.array_equal(image, sample.image)
     budget = Budget(ratio=knob["keep_ratio"]) if spec.method else None
@@ -152,9 +172,8 @@ def run_point(observer: Observer, sample: Sample, spec: PipelineSpec, knob: dict
     measured = observer.observe(sample, image, method, budget, prepared, changed)
     coded = getattr(method, "last_rates", None)
     if coded:            # a token bitstream (the coded method): its bits per pixel of the sample's image
-        h, w = sample.image.shape[-3:-1]
-        rates.update(coded, bpp=coded["bits"] / (h * w), payload_bpp=8 * coded["payload_bytes"] / (h * w))
+        rates.update(coded, bpp=coded["bits"] / pixels, payload_bpp=8 * coded["payload_bytes"] / pixels)
     return {**rates, **measured, "latency_s": time.perf_counter() - t0}
 
 
-__all__ = ["PipelineError", "PipelineSpec", "run_point"]
+__all__ = ["PipelineError", "PipelineSpec", "codec_for", "is_video_codec", "run_point"]

@@ -26,7 +26,7 @@ from tokencodec.bench.executors import Executor, SerialExecutor
 from tokencodec.bench.store import RecordStore
 from tokencodec.observers.base import Observer, Prepared, Sample
 from tokencodec.observers.registry import ObserverSpec, observer_for
-from tokencodec.pipeline import PipelineError, PipelineSpec, run_point
+from tokencodec.pipeline import PipelineError, PipelineSpec, codec_for, run_point
 from tokencodec.provenance import provenance
 from tokencodec.rd.curve import Curve, OperatingPoint
 from tokencodec.rd.measures import lookup
@@ -203,7 +203,6 @@ def _mean(values: list[float]) -> float:
 def build_curve(observer: Observer, spec: PipelineSpec, cid: str, samples: Sequence[Sample], store: RecordStore,
                 config: dict[str, Any], seed: int) -> Curve:
     """Per sample, then the mean over samples at each knob (CompressAI's averaging)."""
-    from tokencodec.codecs import get_codec
     from tokencodec.tokens.compress import get_method
 
     names = [*(CODEC_RATES if spec.codec else ()), *(BITSTREAM_RATES if spec.method else ()), *observer.rates,
@@ -232,7 +231,7 @@ def build_curve(observer: Observer, spec: PipelineSpec, cid: str, samples: Seque
     libraries: dict[str, str] = {}
     extra: dict[str, Any] = {"pipeline": spec.to_json(), "averaging": "per sample, then mean over samples"}
     if spec.codec:
-        codec = get_codec(spec.codec)
+        codec = codec_for(spec.codec)
         libraries = codec.versions()
         extra["codec"] = {"name": spec.codec, "settings": codec.settings(), "quality_meaning": codec.quality_meaning}
     if spec.method:
