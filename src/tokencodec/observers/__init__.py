@@ -10,6 +10,7 @@ from tokencodec.observers import (  # noqa: F401  (fill the registry)
     efficientnet,
     fashion_vit,
     fashion_vit_video,
+    hf_mllm,
     human,
 )
 from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
