@@ -13,7 +13,8 @@ LLaVA-1.5 format, unless the processor has a chat template) and Qwen2-VL / Qwen2
 processor insists on a video processor, which needs torchvision). The method runs through
 :func:`tokencodec.compress` (hooks, no fork), so every registered method a family supports works.
 
-Rates per call: ``tokens`` (visual tokens the LLM's first layer saw), ``tokens_avg_layers``,
+Rates per call: ``tokens`` (visual tokens at the LLM's last layer, as every tokencodec observer counts
+them; the same at every layer for pre-LLM methods), ``tokens_avg_layers``,
 ``flops`` (LLM prefill only, ``macs2``: 2 FLOPs per multiply-add, the convention of FastV-style
 papers; the vision tower and projector are not counted), ``latency_s`` (the whole ``generate``,
 CUDA-synchronised on a GPU) and ``peak_bytes`` (``torch.cuda.max_memory_allocated`` on CUDA,
@@ -193,7 +194,7 @@ class HFMLLM:
 
         shape = TextShape.from_config(self.model.config.get_text_config())
         flops = llm_prefill_flops(shape, visual_per_layer, text_tokens, False, "macs2")
-        return {"tokens": float(visual_per_layer[0]), "tokens_avg_layers": float(np.mean(visual_per_layer)),
+        return {"tokens": float(visual_per_layer[-1]), "tokens_avg_layers": float(np.mean(visual_per_layer)),
                 "flops": float(flops.total)}
 
 
