@@ -33,6 +33,14 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def register_named(self, name: str) -> Callable[[T], T]:
+        """Register a class and set its ``name`` attribute (codecs, methods, observers know their name)."""
+        def decorator(cls: T) -> T:
+            cls.name = name
+            return self.register(name)(cls)
+
+        return decorator
+
     def get(self, name: str) -> T:
         try:
             return self._entries[name]

@@ -86,11 +86,7 @@ CODECS: Registry[type[Codec]] = Registry("codec")
 
 
 def register_codec(name: str):
-    def decorator(cls: type[Codec]) -> type[Codec]:
-        cls.name = name
-        return CODECS.register(name)(cls)
-
-    return decorator
+    return CODECS.register_named(name)
 
 
 def get_codec(name: str) -> Codec:

@@ -218,11 +218,7 @@ VIDEO_CODECS: Registry[type[VideoCodec]] = Registry("video codec")
 
 
 def register_video_codec(name: str):
-    def decorator(cls: type[VideoCodec]) -> type[VideoCodec]:
-        cls.name = name
-        return VIDEO_CODECS.register(name)(cls)
-
-    return decorator
+    return VIDEO_CODECS.register_named(name)
 
 
 def get_video_codec(name: str) -> VideoCodec:

@@ -12,11 +12,7 @@ OBSERVERS: Registry[type] = Registry("observer")
 
 
 def register_observer(name: str):
-    def decorator(cls):
-        cls.name = name
-        return OBSERVERS.register(name)(cls)
-
-    return decorator
+    return OBSERVERS.register_named(name)
 
 
 class ObserverOptionError(ValueError):

@@ -379,8 +379,7 @@ METHODS: Registry[type[TokenMethod]] = Registry("token-compression method")
 def register_method(name: str):
     def decorator(cls: type[TokenMethod]) -> type[TokenMethod]:
         as_signals(cls.needs, f"method {name!r}")    # a typo in a request fails at import, not in a run
-        cls.name = name
-        return METHODS.register(name)(cls)
+        return METHODS.register_named(name)(cls)
 
     return decorator
 
