@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("lmms_eval")
@@ -34,7 +35,7 @@ def lmms_eval(root, model_args: str) -> subprocess.CompletedProcess:
 
 
 def costs_of(root, model_args: str) -> list[dict]:
-    head, samples = read_costs(root / "costs" / f"{run_id(parse_model_args(model_args))}.jsonl")
+    (head, samples), = read_costs(root / "costs" / f"{run_id(parse_model_args(model_args))}.jsonl")
     assert head["config"]["pretrained"] == parse_model_args(model_args)["pretrained"]
     assert head["provenance"]["tokencodec"] and head["provenance"]["libraries"]["lmms-eval"]
     assert head["flops_convention"].startswith("LLM prefill")
@@ -57,6 +58,11 @@ def test_lmms_eval_runs_methods_on_tiny_llava_and_qwen2_vl_and_results_become_a_
     assert all(p["flops"] < f["flops"] and p["latency_s"] > 0 for p, f in zip(pruned, full, strict=True))
     curve = curve_from_runs(sorted((root / "out").rglob("*_results.json")), root / "costs", "tokencodec_vqa",
                             "exact_match", "tiny")
+    from tokencodec.models.hf import HFMLLM
+
+    mllm = HFMLLM.load(str(models["llava"]))               # a prompt that already carries <image> (egothink)
+    ids = mllm.inputs([np.zeros((32, 32, 3), np.uint8)], "USER: <image>\nis there a cat?")["input_ids"]
+    assert int((ids == mllm.image_token_id).sum()) == 16
     assert sorted(p.values["tokens"] for p in curve.points) == [2.0, 4.0, 16.0]
     assert all(0 <= p.values["exact_match"] <= 1 for p in curve.points)
     assert curve.measures["exact_match"].higher_is_better
@@ -83,8 +89,21 @@ def test_the_plugin_refuses_bad_arguments(setup):
         TokencodecLMM(str(models["llava"]), method="visionzip", keep=4, ratio=0.5)
 
 
-def test_cost_file_with_a_torn_last_line_still_reads(tmp_path):
+def test_cost_sessions_are_kept_apart_and_joined_by_sample_count(tmp_path):
+    from tokencodec.integrations.lmms_results import LmmsResultsError, matching_session
+
     path = tmp_path / "c.jsonl"
-    path.write_text(json.dumps({"config": {}}) + "\n" + json.dumps({"tokens": 1}) + "\n{\"tok")
-    head, samples = read_costs(path)
-    assert samples == [{"tokens": 1}]
+    rec = lambda k: json.dumps({"task": "t", "tokens": k})  # noqa: E731
+    path.write_text("\n".join([json.dumps({"config": {}, "session": "a"}), rec(1), rec(1), rec(1),
+                                json.dumps({"config": {}, "session": "b"}), rec(2), "{\"tok"]))
+    sessions = read_costs(path)                                        # a torn last line is dropped
+    assert [(h["session"], len(s)) for h, s in sessions] == [("a", 3), ("b", 1)]
+    assert matching_session(path, "t", 3)[0]["session"] == "a"      # the rerun with --limit 1 is not it
+    assert matching_session(path, "t", None)[0]["session"] == "b"
+    with pytest.raises(LmmsResultsError, match=r"no session with 5 samples .* \[3, 1\]"):
+        matching_session(path, "t", 5)
+
+
+def test_booleans_and_placeholders():
+    assert run_id(parse_model_args("pretrained=/m,method=x,keep=4,opt_merge=true")) == \
+        run_id(run_config("/m", "x", 4, options={"merge": True}))

@@ -55,8 +55,11 @@ def vqa_rows(data, columns: dict[str, str], limit: int | None = None, seed: int 
         image = row[columns["image"]]
         image = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
         answer = row[columns["answer"]]
-        rows.append({"id": str(i), "image": image, "question": str(row[columns["question"]]),
-                     "answer": str(answer[0] if isinstance(answer, list) else answer)})
+        if isinstance(answer, list):                # VQAv2-style: several annotators' answers, take the first
+            answer = answer[0] if answer else ""
+        if isinstance(answer, dict):
+            answer = answer.get("answer", "")
+        rows.append({"id": str(i), "image": image, "question": str(row[columns["question"]]), "answer": str(answer)})
     return rows
 
 

@@ -13,17 +13,20 @@ per layer), ``device`` (default cuda when available), ``dtype``, ``seed``, ``max
 any method option as ``opt_<name>=<value>`` (e.g. ``opt_layers=2`` for FastV's K).
 
 Per sample the plugin records, in ``<costs>/<run id>.jsonl`` (one JSON line per sample, flushed as
-it goes, the first line the run's configuration and provenance): visual tokens, tokens averaged
-over LLM layers, FLOPs (:data:`tokencodec.models.hf.FLOPS_CONVENTION`), latency and peak memory.
-:func:`curve_from_runs` (``tokencodec lmms-curve``) joins these with lmms-eval's results files
-into a tokencodec curve (one point per run: the task metric against the mean rates), which
-``tokencodec bd`` and ``tokencodec plot`` read like any other.
+it goes; each run appends a session that starts with a header line: configuration, method,
+provenance): visual tokens, tokens averaged over LLM layers, FLOPs
+(:data:`tokencodec.models.hf.FLOPS_CONVENTION`), latency and peak memory. Answers are greedy (the
+task's temperature and sampling options are not used). :func:`curve_from_runs` (``tokencodec
+lmms-curve``) joins these with lmms-eval's results files into a tokencodec curve (one point per run:
+the task metric against the mean rates; the latest session with the results' sample count), which
+``tokencodec bd`` and ``tokencodec plot`` read like any other. One process only (no accelerate).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -64,8 +67,11 @@ class TokencodecLMM(lmms):
         if unknown:
             raise ValueError(f"tokencodec model: unknown model_args {unknown}; allowed: pretrained, method, keep, "
                              "ratio, r, device, dtype, seed, max_new_tokens, costs, opt_<method option>")
-        if int(batch_size) != 1:
+        if str(batch_size) not in ("1", "auto"):
             raise ValueError(f"batch_size={batch_size}: the tokencodec model runs one sample at a time")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("the tokencodec model runs in one process (every process would run every sample "
+                             "and write the same cost file); launch lmms-eval without accelerate")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(int(seed))
         self.mllm = HFMLLM.load(str(pretrained), device=device, dtype=str(dtype))
@@ -79,11 +85,12 @@ class TokencodecLMM(lmms):
         self.costs_path = Path(costs) / f"{self.run}.jsonl"
         self.costs_path.parent.mkdir(parents=True, exist_ok=True)
         method_info = self.method.describe() if self.method is not None else {"name": "none"}
-        head = {"run": self.run, "config": self.config, "method": method_info, "model": self.mllm.info,
+        head = {"run": self.run, "session": f"{time.time_ns()}-{os.getpid()}", "config": self.config,
+                "method": method_info, "model": self.mllm.info,
                 "device": device, "flops_convention": _convention(),
                 "provenance": provenance(config=self.config, seed=int(seed),
                                          libraries={"lmms-eval": version("lmms_eval")})}
-        self._costs = self.costs_path.open("w", encoding="utf-8")      # a rerun of the same config starts afresh
+        self._costs = self.costs_path.open("a", encoding="utf-8")      # a rerun adds a session; lmms-curve picks one
         self._write(head)
 
     def _write(self, record: dict) -> None:
@@ -95,6 +102,7 @@ class TokencodecLMM(lmms):
         out = []
         for context, gen_kwargs, doc_to_visual, doc_id, task, split in [req.args for req in requests]:
             visuals = [v for v in doc_to_visual(self.task_dict[task][split][doc_id]) if v is not None]
+            # greedy always (temperature and sampling options are not used); the task's token limit, else 16
             limit = self.max_new_tokens or int(gen_kwargs.get("max_new_tokens", 16))
             g = self.mllm.generate(visuals, context, self.method, self.budget, max_new_tokens=limit)
             text = g.text

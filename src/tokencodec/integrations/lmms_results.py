@@ -36,6 +36,8 @@ def run_config(pretrained, method="none", keep=None, ratio=None, r=None, seed=0,
 def text(value) -> str | None:
     if value is None or value == "":
         return None
+    if isinstance(value, bool) or str(value).lower() in ("true", "false"):
+        return str(value).lower()
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -57,26 +59,45 @@ def parse_model_args(text: str) -> dict:
     return run_config(**{k: args[k] for k in known if k in args}, options=options)
 
 
-def read_costs(path: Path) -> tuple[dict, list[dict]]:
-    """(the run's header, its per-sample records) of a cost file; a torn last line is dropped."""
+def read_costs(path: Path) -> list[tuple[dict, list[dict]]]:
+    """The sessions of a cost file, oldest first: (header, per-sample records) for each time the plugin ran
+    with these arguments (it appends); a torn last line is dropped."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
-    records = []
+    sessions: list[tuple[dict, list[dict]]] = []
     for i, line in enumerate(lines):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if i != len(lines) - 1:
                 raise LmmsResultsError(f"{path}: line {i + 1} is not JSON") from None
-    if not records or "config" not in records[0]:
+            continue
+        if "config" in record:
+            sessions.append((record, []))
+        elif not sessions:
+            raise LmmsResultsError(f"{path}: not a tokencodec cost file (no header line)")
+        else:
+            sessions[-1][1].append(record)
+    if not sessions:
         raise LmmsResultsError(f"{path}: not a tokencodec cost file (no header line)")
-    return records[0], records[1:]
+    return sessions
+
+
+def matching_session(path: Path, task: str, n_samples: int | None) -> tuple[dict, list[dict]]:
+    """The latest session of a cost file with ``n_samples`` records of ``task`` (any count when None)."""
+    sessions = [(h, [s for s in samples if s.get("task") == task]) for h, samples in read_costs(path)]
+    fits = [(h, s) for h, s in sessions if s and (n_samples is None or len(s) == n_samples)]
+    if not fits:
+        counts = [len(s) for _, s in sessions]
+        raise LmmsResultsError(f"{path}: no session with {n_samples} samples of task {task!r} (sessions hold "
+                               f"{counts}); was the results file made by another run (--limit, --offset)?")
+    return fits[-1]
 
 
 def curve_from_runs(results: list[Path], costs: Path, task: str, metric: str, name: str,
                     higher_is_better: bool = True) -> Curve:
     """One point per lmms-eval results file: ``metric`` of ``task`` against the run's mean rates."""
     points: dict[str, list] = {"knob": [], metric: [], **{r: [] for r in RATES}}
-    runs = []
+    runs, seen = [], {}
     for path in sorted(Path(p) for p in results):
         data = json.loads(path.read_text(encoding="utf-8"))
         args = (data.get("config") or {}).get("model_args")
@@ -89,14 +110,17 @@ def curve_from_runs(results: list[Path], costs: Path, task: str, metric: str, na
         if key is None:
             raise LmmsResultsError(f"{path}: task {task!r} has no metric {metric!r}; it has {sorted(scores)}")
         config = parse_model_args(args)
-        cost_file = Path(costs) / f"{run_id(config)}.jsonl"
+        rid = run_id(config)
+        if rid in seen:
+            raise LmmsResultsError(f"{path} and {seen[rid]} are runs of the same model_args; keep one (a curve "
+                                   "has one point per configuration)")
+        seen[rid] = path
+        cost_file = Path(costs) / f"{rid}.jsonl"
         if not cost_file.is_file():
             raise LmmsResultsError(f"{path}: no cost records for its model_args in {cost_file} (run with "
                                    f"--model tokencodec and costs={costs})")
-        head, samples = read_costs(cost_file)
-        samples = [s for s in samples if s.get("task") == task]
-        if not samples:
-            raise LmmsResultsError(f"{cost_file}: no samples of task {task!r}")
+        effective = ((data.get("n-samples") or {}).get(task) or {}).get("effective")
+        head, samples = matching_session(cost_file, task, effective)
         for r in RATES:
             points[r].append(float(np.mean([s[r] for s in samples])))
         # the knob: the budget given; for the uncompressed run, the visual tokens it saw

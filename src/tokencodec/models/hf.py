@@ -33,6 +33,8 @@ import numpy as np
 FAMILIES = {"llava": "LlavaForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration",
             "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 FLOPS_CONVENTION = "LLM prefill only, macs2 (2 FLOPs per multiply-add), no vision tower or projector"
+# image placeholders a benchmark's prompt may already carry (LLaVA's, Qwen2-VL's)
+PLACEHOLDERS = ("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>", "<image>")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -125,19 +127,28 @@ class HFMLLM:
         return f"<|im_start|>user\n{vision}{question}<|im_end|>\n<|im_start|>assistant\n"
 
     def inputs(self, images: list, question: str) -> dict:
-        """Model inputs for one prompt with ``images`` (PIL images or uint8 arrays) and a question."""
+        """Model inputs for one prompt with ``images`` (PIL images or uint8 arrays) and a question.
+
+        Image placeholders already in the question (some benchmark prompts carry ``<image>``) are removed:
+        the images go before the question, as LLaVA-1.5 and Qwen2-VL were trained."""
+        if any(isinstance(im, str | bytes) for im in images):
+            raise NotImplementedError("visuals given as paths (video or file tasks) are not supported; pass images")
         images = [np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im) for im in images]
-        text = self.prompt(question, len(images))
+        for placeholder in PLACEHOLDERS:
+            question = question.replace(placeholder, "")
+        text = self.prompt(question.strip(), len(images))
         if self.family == "llava":
             out = self.processor(images=images or None, text=text, return_tensors="pt")
         else:
             out = dict(self.image_processor(images=images, return_tensors="pt")) if images else {}
             if images:
                 merge = self.image_processor.merge_size ** 2
-                counts = iter((out["image_grid_thw"].prod(-1) // merge).tolist())
+                counts = (out["image_grid_thw"].prod(-1) // merge).tolist()
                 pad = "<|image_pad|>"
                 parts = text.split(pad)
-                text = parts[0] + "".join(pad * next(counts) + rest for rest in parts[1:])
+                if len(parts) - 1 != len(counts):
+                    raise ValueError(f"the prompt holds {len(parts) - 1} {pad} for {len(counts)} images")
+                text = parts[0] + "".join(pad * n + rest for n, rest in zip(counts, parts[1:], strict=True))
             out.update(self.tokenizer(text, return_tensors="pt"))
         return {k: v.to(self.device) for k, v in dict(out).items()}
 

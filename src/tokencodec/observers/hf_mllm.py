@@ -34,7 +34,7 @@ class HFVQATask(Task):
 
         columns = {"image": image_column, "question": question_column, "answer": answer_column}
         rows = vqa_rows(load_hf_split(dataset, split, subset), columns, limit, seed)
-        return [Sample(f"{split}/{r['id']}", content_digest(r["image"], r["question"]), r["image"],
+        return [Sample(f"{split}/{r['id']}", content_digest(r["image"], r["question"] + prompt_suffix), r["image"],
                        {"question": r["question"] + prompt_suffix, "answer": r["answer"]}) for r in rows]
 
     def score(self, sample, output: str, reference: str) -> dict[str, float]:
@@ -58,7 +58,8 @@ class HFMLLMRunner(Runner):
         self.model_id = hashlib.sha256(config.encode()).hexdigest()[:12]
 
     def key(self) -> str:
-        return f"hf-mllm-{self.mllm.source.replace('/', '_')}-{self.model_id}-{self.mllm.info['dtype']}"
+        return (f"hf-mllm-{self.mllm.source.replace('/', '_')}-{self.model_id}-{self.mllm.info['dtype']}"
+                f"-new{self.max_new_tokens}")          # the answers depend on how many tokens may follow
 
     def _generate(self, image, question, method=None, budget=None):
         return self.mllm.generate([image], question, method, budget, max_new_tokens=self.max_new_tokens)
