@@ -25,17 +25,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from tokencodec.codecs.video import FRAME_RATE, get_video_codec
-from tokencodec.data.camera_motion import pan
+from tokencodec.data.camera_motion import ORDER, pan_sequence
 from tokencodec.metrics.video import video_quality
 from tokencodec.provenance import provenance
 from tokencodec.rd import Curve, Measure, bd_rate_arrays, save_curve
 from tokencodec.rd.bd import BDOverlapWarning
 
 CODECS = ("h264", "h265", "av1")
-DIRECTIONS = ("right", "down", "left", "up")
 MEASURES = {
     "bits": Measure("bits", "bit", False, "rate", "size of the whole Matroska file, per sequence"),
     "bpp": Measure("bpp", "bit/pixel", False, "rate", "file bits per pixel per frame (bits / (T·H·W))"),
@@ -57,19 +55,6 @@ LADDERS = {"h264": (19, 22, 25, 28, 31, 34, 37), "h265": (22, 25, 28, 31, 34, 37
            "av1": (30, 38, 45, 51, 56, 60, 63)}
 
 
-def sequence(image: np.ndarray, size: int, frames: int, step: int, direction: str) -> np.ndarray:
-    """T×size×size×3 frames of a pan over ``image``, with margins wide enough that no fill shows."""
-    margin = (frames // 2 + 1) * step
-    full = size + 2 * margin
-    h, w = image.shape[:2]
-    scale = full / min(h, w)
-    resized = np.asarray(Image.fromarray(image).resize((max(full, round(w * scale)), max(full, round(h * scale))),
-                                                       Image.Resampling.LANCZOS))
-    y0, x0 = (resized.shape[0] - full) // 2, (resized.shape[1] - full) // 2
-    moving = pan(resized[y0:y0 + full, x0:x0 + full], frames, step, direction)
-    return np.ascontiguousarray(moving[:, margin:margin + size, margin:margin + size])
-
-
 def load_sequences(size: int, frames: int, step: int, kodak: int) -> tuple[dict[str, np.ndarray], list[str]]:
     from tokencodec.data.embedded import load_embedded
 
@@ -81,7 +66,7 @@ def load_sequences(size: int, frames: int, step: int, kodak: int) -> tuple[dict[
 
         items += [(f"kodak/{i.name}", i.image) for i in load_kodak(kodak, folder)]
         sources.append(f"Kodak ({folder}, first {kodak} images)")
-    seqs = {f"{name}:{DIRECTIONS[k % 4]}": sequence(img, size, frames, step, DIRECTIONS[k % 4])
+    seqs = {f"{name}:{ORDER[k % 4]}": pan_sequence(img, size, frames, step, ORDER[k % 4])
             for k, (name, img) in enumerate(items)}
     return seqs, sources
 
@@ -165,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(seqs)} sequences of {args.frames} frames, {args.size}×{args.size}, pan {args.step} px/frame, "
           f"from {'; '.join(sources)}", flush=True)
     data = {"spec": {"dataset": "camera-pan", "sources": sources, "size": args.size, "frames": args.frames,
-                     "step": args.step, "directions": list(DIRECTIONS)},
+                     "step": args.step, "directions": list(ORDER)},
             "items": list(seqs), "fingerprint": fingerprint(seqs)}
     per_codec = {}
     for name in args.codecs:

@@ -131,3 +131,20 @@ def test_an_ffmpeg_without_libvmaf_is_named(clip, monkeypatch):
     with pytest.raises(video.VideoMetricError, match="without the libvmaf filter"):
         video_quality(clip, clip, ("vmaf",))
     assert video_quality(clip, clip[..., ::-1].copy(), ("psnr",)).mean["psnr_y"] < 40   # the others still run
+
+
+def test_h265_small_clips_are_padded_past_the_x265_heap_bug():
+    # x265 (as PyAV bundles it) corrupted its heap on this 48×48 pan at CRF 0, 1 and 51: a subprocess, so a
+    # regression fails the test instead of aborting the run
+    import subprocess
+    import sys
+
+    code = ("from tokencodec.observers import ObserverSpec, observer_for\n"
+            "from tokencodec.codecs.video import get_video_codec\n"
+            "s = observer_for(ObserverSpec('human-video')).samples(dataset='embedded', limit=1, size=48, frames=4)[0]\n"
+            "c = get_video_codec('h265')\n"
+            "for q in (0, 1, 51):\n"
+            "    assert c.decode(c.encode(s.image, q)).shape == s.image.shape\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert get_video_codec("h265").settings()["min_coded_size"] == 64

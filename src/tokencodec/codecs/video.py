@@ -52,6 +52,7 @@ class VideoCodec(ABC):
     gop_size: ClassVar[int] = 32        # frames per keyframe interval; our sequences fit in one GOP
     max_b_frames: ClassVar[int | None] = 3
     extension: ClassVar[str] = ".mkv"
+    min_coded_size: ClassVar[int] = 0   # smaller frames are edge-padded to this, then cropped back
 
     @abstractmethod
     def encoder_options(self, crf: int) -> dict[str, str]:
@@ -65,6 +66,7 @@ class VideoCodec(ABC):
                 "max_b_frames": self.max_b_frames, "frame_rate": FRAME_RATE, "threads": 1,
                 "colour": "BT.601 limited range (swscale), rgb24 <-> yuv420p",
                 "odd_sizes": "padded to even by edge repetition, cropped back on decode",
+                "min_coded_size": self.min_coded_size,
                 "options": {k: v for k, v in self.encoder_options(0).items() if k != "crf"}}
 
     def versions(self) -> dict[str, str]:
@@ -101,7 +103,7 @@ class VideoCodec(ABC):
         frames = self.check_frames(frames)
         crf = self.check_quality(quality)
         t, h, w = frames.shape[:3]
-        padded = _pad_even(frames)
+        padded = _pad(frames, self.min_coded_size)
         buf = io.BytesIO()
         with av.open(buf, "w", format=CONTAINER, options={"fflags": "+bitexact"}) as out:
             out.metadata[SIZE_TAG] = f"{w}x{h}"
@@ -209,9 +211,12 @@ def _tag_bt601(context) -> None:
     context.color_range = 1
 
 
-def _pad_even(frames: np.ndarray) -> np.ndarray:
+def _pad(frames: np.ndarray, at_least: int = 0) -> np.ndarray:
+    """Edge-pad to even sides (4:2:0) of at least ``at_least`` pixels; decode crops back."""
     h, w = frames.shape[1:3]
-    return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    ph, pw = max(at_least, h + h % 2) - h, max(at_least, w + w % 2) - w
+    ph, pw = ph + (h + ph) % 2, pw + (w + pw) % 2
+    return np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
 
 
 VIDEO_CODECS: Registry[type[VideoCodec]] = Registry("video codec")
@@ -250,6 +255,9 @@ class H265(VideoCodec):
     encoder, bitstream = "libx265", "hevc"
     quality_range = (0, 51)
     quality_meaning = "x265 CRF 0..51: higher is coarser quantization, lower quality, smaller file"
+    # x265 4.2 as PyAV 18 bundles it corrupts its heap on some clips smaller than one 64×64 CTU (seen at
+    # 48×48: "free(): invalid next size"), so smaller frames are edge-padded to 64 and cropped back
+    min_coded_size = 64
 
     def encoder_options(self, crf):
         # info=0: no version/option SEI, as for x264; pools/frame-threads=1: one thread.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+ORDER = ("right", "down", "left", "up")          # directions cycled over a set of photos
+
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 
 
@@ -34,4 +36,20 @@ def pan(image: np.ndarray, frames: int, step: int, direction: str, fill: int = 0
     return np.stack([shift(image, (t - centre) * step * dy, (t - centre) * step * dx, fill) for t in range(frames)])
 
 
-__all__ = ["DIRECTIONS", "pan", "shift"]
+def pan_sequence(image: np.ndarray, size: int, frames: int, step: int, direction: str) -> np.ndarray:
+    """T×size×size×3 frames of a pan over ``image`` (resized with Lanczos so its short side leaves a
+    margin), centre-cropped so the fill border never shows."""
+    from PIL import Image
+
+    margin = (frames // 2 + 1) * step
+    full = size + 2 * margin
+    h, w = image.shape[:2]
+    scale = full / min(h, w)
+    resized = np.asarray(Image.fromarray(image).resize((max(full, round(w * scale)), max(full, round(h * scale))),
+                                                       Image.Resampling.LANCZOS))
+    y0, x0 = (resized.shape[0] - full) // 2, (resized.shape[1] - full) // 2
+    moving = pan(resized[y0:y0 + full, x0:x0 + full], frames, step, direction)
+    return np.ascontiguousarray(moving[:, margin:margin + size, margin:margin + size])
+
+
+__all__ = ["DIRECTIONS", "ORDER", "pan", "pan_sequence", "shift"]

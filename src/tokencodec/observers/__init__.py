@@ -12,6 +12,7 @@ from tokencodec.observers import (  # noqa: F401  (fill the registry)
     fashion_vit_video,
     hf_mllm,
     human,
+    human_video,
 )
 from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
 from tokencodec.observers.registry import OBSERVERS, ObserverOptionError, ObserverSpec, observer_for, register_observer
