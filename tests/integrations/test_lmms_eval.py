@@ -55,6 +55,7 @@ def test_lmms_eval_runs_methods_on_tiny_llava_and_qwen2_vl_and_results_become_a_
     assert len(full) == len(pruned) == len(qwen) == N               # one record per sample
     assert {s["tokens"] for s in full} == {16.0} and {s["tokens"] for s in pruned} == {4.0}   # the method ran
     assert {s["tokens"] for s in qwen} == {2.0}
+    assert full[0]["tokens_per_layer"] == [16] * 4 and pruned[0]["tokens_per_layer"] == [4] * 4
     assert all(p["flops"] < f["flops"] and p["latency_s"] > 0 for p, f in zip(pruned, full, strict=True))
     curve = curve_from_runs(sorted((root / "out").rglob("*_results.json")), root / "costs", "tokencodec_vqa",
                             "exact_match", "tiny")

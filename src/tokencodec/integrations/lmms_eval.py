@@ -14,7 +14,7 @@ any method option as ``opt_<name>=<value>`` (e.g. ``opt_layers=2`` for FastV's K
 
 Per sample the plugin records, in ``<costs>/<run id>.jsonl`` (one JSON line per sample, flushed as
 it goes; each run appends a session that starts with a header line: configuration, method,
-provenance): visual tokens, tokens averaged over LLM layers, FLOPs
+provenance): visual tokens, tokens per LLM layer and their average, FLOPs
 (:data:`tokencodec.models.hf.FLOPS_CONVENTION`), latency and peak memory. Answers are greedy (the
 task's temperature and sampling options are not used). :func:`curve_from_runs` (``tokencodec
 lmms-curve``) joins these with lmms-eval's results files into a tokencodec curve (one point per run:
@@ -109,7 +109,8 @@ class TokencodecLMM(lmms):
             for stop in gen_kwargs.get("until", []) or []:
                 if isinstance(stop, str) and stop and stop in text:
                     text = text.split(stop)[0]
-            self._write({"task": task, "split": split, "doc_id": doc_id, **g.rates})
+            self._write({"task": task, "split": split, "doc_id": doc_id, **g.rates,
+                         "tokens_per_layer": g.tokens_per_layer})
             out.append(text)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
         return out

@@ -61,6 +61,7 @@ class Generation:
     text: str
     rates: dict[str, float]
     record: Any = None                      # the adapter's CompressionRecord (None without a method)
+    tokens_per_layer: list[int] = field(default_factory=list)     # visual tokens each LLM layer saw
 
 
 @dataclass
@@ -187,7 +188,7 @@ class HFMLLM:
         per_layer = self._visual_per_layer(record, n_visual, layers)
         rates = {**self.cost(per_layer, prompt_len - n_visual), "latency_s": latency,
                  "peak_bytes": float(read_peak())}
-        return Generation(text, rates, record)
+        return Generation(text, rates, record, [int(n) for n in per_layer])
 
     @staticmethod
     def _visual_per_layer(record, n_visual: int, layers: int) -> list[int]:
