@@ -33,7 +33,7 @@ def test_methods_with_keep_ratios_is_shorthand_for_pipelines():
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda s: s + "colour: red\n", r"unknown keys \['colour'\]"),
     (lambda s: s.replace("{codec: jpeg,", "{codek: jpeg,"), r"unknown pipeline keys \['codek'\]"),
-    (lambda s: s.replace("codec: jpeg", "codec: jpg"), "unknown codec 'jpg'; known: avif, heic"),
+    (lambda s: s.replace("codec: jpeg", "codec: jpg"), "unknown codec 'jpg'; known: avif, blockdct"),
     (lambda s: s.replace("[10, 50, 90]", "[0, 50]"), r"jpeg: quality 0 is outside the allowed range \[1, 100\]"),
     (lambda s: s.replace("method: divprune", "method: divprun"), "unknown token method 'divprun'"),
     (lambda s: s.replace("[0.5, 0.25]", "[0.5, 2]"), r"outside the allowed range \(0, 1\]"),

@@ -20,7 +20,8 @@ def test_all_six_codecs_are_registered():
     from tokencodec.codecs import plain_codecs
 
     assert set(plain_codecs()) == set(MAGIC)
-    assert set(CODECS.names()) - set(MAGIC) == {"jpegxl-semantic", "jpeg2000-semantic"}   # machine-guided
+    # machine-guided, and the block-transform baseline of semantic allocation (not swept by default)
+    assert set(CODECS.names()) - set(MAGIC) == {"jpegxl-semantic", "jpeg2000-semantic", "blockdct", "blockdct-semantic"}
 
 
 @pytest.mark.parametrize("name", ["jpegxl-semantic", "jpeg2000-semantic"])
@@ -87,7 +88,7 @@ def test_corrupt_and_truncated_bitstreams_raise_codec_error(name, photo):
 
 
 def test_unknown_codec_lists_the_known_ones():
-    with pytest.raises(UnknownNameError, match="known: avif, heic, jpeg"):
+    with pytest.raises(UnknownNameError, match="known: avif, blockdct, blockdct-semantic, heic, jpeg"):
         get_codec("vvc")
 
 

@@ -24,6 +24,7 @@ class Codec(ABC):
     default_qualities: ClassVar[tuple[int, ...]] = (5, 15, 25, 35, 45, 55, 65, 75, 85, 95)
     extension: ClassVar[str] = ".bin"
     machine_guided: ClassVar[bool] = False   # reads a model to decide where bits go (not a plain codec benchmark)
+    default_sweep: ClassVar[bool] = True     # one of the standard codecs a benchmark sweeps by default
 
     def settings(self) -> dict[str, Any]:
         """Encoder options other than quality, recorded in provenance."""

@@ -44,6 +44,10 @@ The rule per format (what is counted as payload; everything else in the file is 
     frame must end exactly at the end of the codestream, else ``ValueError``. Codestreams this parser
     does not split — an embedded ICC profile, a preview frame, a permuted TOC — raise ``ValueError``
     saying so rather than returning a guess.
+``blockdct``, ``blockdct-semantic``
+    tokencodec's own block-transform file: the two range-coded sections (the per-block scale indices
+    and the coefficients) are payload; the fixed 82-byte header (size, quality, the scale-index
+    histogram and the 48 context scales) is overhead.
 """
 
 from __future__ import annotations
@@ -640,4 +644,17 @@ _PARSERS: dict[str, Callable[[bytes], int]] = {
     "heic": lambda d: _heif(d, (b"heic", b"heix", b"mif1", b"heim", b"heis"), (b"hvc1", b"hev1")),
     "jpeg2000": _jpeg2000,
     "jpegxl": _jpegxl,
+    "blockdct": lambda d: _blockdct(d),
+    "blockdct-semantic": lambda d: _blockdct(d),
 }
+
+
+def _blockdct(data: bytes) -> int:
+    from tokencodec.codecs.blockdct import HEAD, MAGIC
+
+    if data[:4] != MAGIC or len(data) < HEAD.size:
+        raise _Malformed("not a blockdct file")
+    *_, scale_words, coef_words = HEAD.unpack_from(data)
+    if HEAD.size + 4 * (scale_words + coef_words) != len(data):
+        raise _Malformed("section lengths do not add up to the file")
+    return 4 * (scale_words + coef_words)
