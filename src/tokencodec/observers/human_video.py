@@ -10,11 +10,10 @@ frames of ``size``×``size``; video codecs (``h264``, ``h265``, ``av1``) code ea
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
+from tokencodec.observers.base import Observer, Sample, Task, content_digest
+from tokencodec.observers.human import Eye
 from tokencodec.observers.registry import register_observer
 
 
@@ -41,20 +40,10 @@ class VideoFidelity(Task):
         return {"vmaf": q["vmaf"], "psnr-y": q["psnr_y"], "ssim-y": q["ssim_y"], "psnr-rgb": q["psnr_rgb"]}
 
 
-class VideoEye(Runner):
+class VideoEye(Eye):
     """The identity on clips: a person watches the decoded frames. No tokens, so no token methods."""
 
-    rates = ()
-    stages = ()
     video = True
-
-    def prepare(self, sample: Sample) -> Prepared:
-        return Prepared(reference=sample.image)
-
-    def run(self, sample, image, method, budget, prepared, pixels_changed) -> tuple[Any, dict[str, float]]:
-        if image.shape != sample.image.shape:
-            raise ValueError(f"{sample.id}: decoded shape {image.shape} differs from the original {sample.image.shape}")
-        return image, {}
 
 
 @register_observer("human-video")
