@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
 import time
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_diagnostic import accuracy_sections  # noqa: E402  (the same model-card tables)
+from train_diagnostic import accuracy_sections, fmt, lr_at  # noqa: E402  (same schedule, same tables)
 
 from tokencodec.data.vqa import VIDEO_ANSWERS, VIDEO_QUESTION_TYPES, VideoVQADataset  # noqa: E402
 from tokencodec.models.diagnostic import (  # noqa: E402
@@ -67,17 +66,6 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-minutes", type=float, default=28.0)
     return p.parse_args(argv)
-
-
-def lr_at(step: int, a) -> float:
-    if step < a.warmup:
-        return a.lr * (step + 1) / a.warmup
-    t = (step - a.warmup) / max(1, a.steps - a.warmup)
-    return a.min_lr + 0.5 * (a.lr - a.min_lr) * (1 + math.cos(math.pi * t))
-
-
-def fmt(acc: dict) -> str:
-    return f"{acc['overall']:.3f} (" + ", ".join(f"{k} {v:.2f}" for k, v in acc["per_type"].items()) + ")"
 
 
 def main(argv=None) -> int:

@@ -529,3 +529,14 @@ def test_video_refusals(eager):
     with pytest.raises(ValueError, match=r"exactly one image \(2 frame\(s\)\): 32 contiguous"):
         with LlavaTokenCompression(eager, "divprune", 8, frames=T):
             logits(eager, input_ids=torch.tensor([P1, P1]), pixel_values=pixels())
+
+
+def test_an_image_token_without_pixels_is_text(eager):
+    # a decode step whose generated token happens to be the image token: no image arrives with it
+    ids = torch.tensor([[1, 5, IMG, 7]])
+    with LlavaTokenCompression(eager, "visionzip", Budget(keep=4)), torch.no_grad():
+        out = eager(input_ids=ids)
+    assert out.logits.shape[:2] == (1, 4)
+    with LlavaTokenCompression(eager, "visionzip", Budget(keep=4)), torch.no_grad(), \
+            pytest.raises(ValueError, match="exactly one image"):
+        eager(input_ids=ids, pixel_values=pixels(1))           # with pixels, one image token is malformed

@@ -54,3 +54,18 @@ def test_absent_weights_and_data_are_named(tmp_path, local):
     (tmp_path / "bad" / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(ValueError, match="supported families: llava, qwen2_vl"):
         HFMLLM.load(str(tmp_path / "bad"))
+
+
+def test_a_checkpoint_chat_template_builds_the_prompt(local):
+    import numpy as np
+
+    mllm = HFMLLM.load(str(local[0]))
+    assert mllm.prompt("is it red?") == "USER: <image>\nis it red? ASSISTANT:"       # the LLaVA-1.5 fallback
+    # llava-hf/llava-1.5-7b-hf's template, in short: images first, then the text
+    mllm.processor.chat_template = (
+        "{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}{% if c['type'] == 'image' %}"
+        "<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
+        "{% if add_generation_prompt %} ASSISTANT:{% endif %}")
+    assert mllm.prompt("is it red?") == "USER: <image>\nis it red? ASSISTANT:"
+    ids = mllm.inputs([np.zeros((32, 32, 3), np.uint8)], "<image>\nis it red?")["input_ids"]
+    assert int((ids == mllm.image_token_id).sum()) == 16         # the task's own placeholder is not doubled

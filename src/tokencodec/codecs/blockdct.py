@@ -79,10 +79,14 @@ def steps(quality: int, scale_index: np.ndarray) -> np.ndarray:
     return tables[:, None] * (2.0 ** (scale_index / 2))[None, :, None, None]
 
 
+CONTEXTS = 3 * BANDS * 2
+
+
 def contexts(scale_index: np.ndarray) -> np.ndarray:
-    """[3, B, 8, 8] context number (channel, band, block scale index) of every coefficient."""
+    """[3, B, 8, 8] context of every coefficient: (channel, zigzag band, fine or coarse block), one of
+    CONTEXTS (the scale index enters as fine (0) or not, so the Laplace scales fit 48 header bytes)."""
     c = np.arange(3)[:, None, None, None]
-    return (c * BANDS + BAND[None, None]) * SCALES + scale_index[None, :, None, None]
+    return ((c * BANDS + BAND[None, None]) * 2 + np.minimum(scale_index, 1)[None, :, None, None])
 
 
 def _scale_code(b: np.ndarray) -> np.ndarray:
@@ -108,12 +112,9 @@ def encode_blocks(image: np.ndarray, quality: int, scale_index: np.ndarray) -> b
     q = np.rint(coef / steps(quality, scale_index)).astype(np.int64)
     q[:, :, 0, 0] = np.diff(q[:, :, 0, 0], axis=1, prepend=0)          # DC as DPCM along the raster
     q = np.clip(q, -MAX_SYMBOL, MAX_SYMBOL)
-    ctx = contexts(scale_index)
-    # per context the Laplace MLE scale, one byte each; only 3 × 8 × 2 contexts fit the header, so the
-    # scale index enters as "fine (0) or not": a scale-index context ≥ 1 shares the coarse slot
-    slot = np.minimum(ctx % SCALES, 1) + (ctx // SCALES) * 2
-    codes = np.zeros(48, np.uint8)
-    for k in range(48):
+    slot = contexts(scale_index)
+    codes = np.zeros(CONTEXTS, np.uint8)        # per context the Laplace MLE scale (mean |x|), one byte each
+    for k in range(CONTEXTS):
         sel = q[slot == k]
         codes[k] = _scale_code(np.array(np.abs(sel).mean() if sel.size else 1.0))
     counts = np.bincount(scale_index, minlength=SCALES).astype(np.uint16)
@@ -151,8 +152,7 @@ def decode_blocks(data: bytes) -> np.ndarray:
     sdec = constriction.stream.queue.RangeDecoder(words[:nsw])
     scale_index = np.asarray(sdec.decode(constriction.stream.model.Categorical(
         counts.astype(np.float64) / counts.sum(), perfect=False), n), dtype=np.int64)
-    ctx = contexts(scale_index)
-    slot = np.minimum(ctx % SCALES, 1) + (ctx // SCALES) * 2
+    slot = contexts(scale_index)
     cdec = constriction.stream.queue.RangeDecoder(words[nsw:])
     flat = np.asarray(cdec.decode(constriction.stream.model.QuantizedLaplace(-MAX_SYMBOL, MAX_SYMBOL),
                                   np.zeros(slot.size), _scale_of(codes)[slot.reshape(-1)]), dtype=np.int64)

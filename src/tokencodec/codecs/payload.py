@@ -637,18 +637,6 @@ def _jpegxl(data: bytes) -> int:
     return _jxl_codestream(b"".join(p for _, p in sorted(parts, key=lambda kp: kp[0])))
 
 
-_PARSERS: dict[str, Callable[[bytes], int]] = {
-    "jpeg": _jpeg,
-    "webp": _webp,
-    "avif": lambda d: _heif(d, (b"avif", b"avis"), (b"av01",)),
-    "heic": lambda d: _heif(d, (b"heic", b"heix", b"mif1", b"heim", b"heis"), (b"hvc1", b"hev1")),
-    "jpeg2000": _jpeg2000,
-    "jpegxl": _jpegxl,
-    "blockdct": lambda d: _blockdct(d),
-    "blockdct-semantic": lambda d: _blockdct(d),
-}
-
-
 def _blockdct(data: bytes) -> int:
     from tokencodec.codecs.blockdct import HEAD, MAGIC
 
@@ -658,3 +646,15 @@ def _blockdct(data: bytes) -> int:
     if HEAD.size + 4 * (scale_words + coef_words) != len(data):
         raise _Malformed("section lengths do not add up to the file")
     return 4 * (scale_words + coef_words)
+
+
+_PARSERS: dict[str, Callable[[bytes], int]] = {
+    "jpeg": _jpeg,
+    "webp": _webp,
+    "avif": lambda d: _heif(d, (b"avif", b"avis"), (b"av01",)),
+    "heic": lambda d: _heif(d, (b"heic", b"heix", b"mif1", b"heim", b"heis"), (b"hvc1", b"hev1")),
+    "jpeg2000": _jpeg2000,
+    "jpegxl": _jpegxl,
+    "blockdct": _blockdct,
+    "blockdct-semantic": _blockdct,
+}

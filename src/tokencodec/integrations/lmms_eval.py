@@ -33,6 +33,7 @@ from pathlib import Path
 from lmms_eval.api.model import lmms
 
 from tokencodec.integrations.lmms_results import run_config, run_id
+from tokencodec.models.hf import FLOPS_CONVENTION
 
 
 def parse_budget(keep=None, ratio=None, r=None):
@@ -87,7 +88,7 @@ class TokencodecLMM(lmms):
         method_info = self.method.describe() if self.method is not None else {"name": "none"}
         head = {"run": self.run, "session": f"{time.time_ns()}-{os.getpid()}", "config": self.config,
                 "method": method_info, "model": self.mllm.info,
-                "device": device, "flops_convention": _convention(),
+                "device": device, "flops_convention": FLOPS_CONVENTION,
                 "provenance": provenance(config=self.config, seed=int(seed),
                                          libraries={"lmms-eval": version("lmms_eval")})}
         self._costs = self.costs_path.open("a", encoding="utf-8")      # a rerun adds a session; lmms-curve picks one
@@ -120,12 +121,6 @@ class TokencodecLMM(lmms):
 
     def generate_until_multi_round(self, requests):
         raise NotImplementedError("multi-round generation is not supported by the tokencodec model")
-
-
-def _convention() -> str:
-    from tokencodec.models.hf import FLOPS_CONVENTION
-
-    return FLOPS_CONVENTION
 
 
 def manifest():

@@ -23,7 +23,6 @@ the process's resident set on CPU).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,36 +157,31 @@ class HFMLLM:
         """Greedy answer to ``question`` about ``images``, with ``method`` (a name or TokenMethod) at ``budget``."""
         import torch
 
-        from tokencodec.metrics.cost import _cpu_memory_probe
+        from tokencodec.metrics.cost import measure_latency
         from tokencodec.models.adapters import compress, record_of
 
         kw = self.inputs(images, question)
         prompt_len = kw["input_ids"].shape[1]
         n_visual = int((kw["input_ids"] == self.image_token_id).sum())
-        cuda = self.device.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            read_peak = lambda: torch.cuda.max_memory_allocated(self.device)  # noqa: E731
-        else:
-            _, read_peak, _ = _cpu_memory_probe()
-        record = None
-        start = time.perf_counter()
-        with torch.inference_mode():
-            if method is None or method == "none":
-                ids = self.model.generate(**kw, max_new_tokens=max_new_tokens, do_sample=False)
-            else:
+        out: dict = {}
+
+        def run() -> None:
+            with torch.inference_mode():
+                if method is None or method == "none":
+                    out["ids"] = self.model.generate(**kw, max_new_tokens=max_new_tokens, do_sample=False)
+                    return
                 with compress(self.model, method, budget, **method_options) as patch:
-                    ids = self.model.generate(**kw, max_new_tokens=max_new_tokens, do_sample=False)
-                record = record_of(patch)
-        if cuda:
-            torch.cuda.synchronize(self.device)
-        latency = time.perf_counter() - start
-        text = self.tokenizer.decode(ids[0, prompt_len:], skip_special_tokens=True).strip()
+                    out["ids"] = self.model.generate(**kw, max_new_tokens=max_new_tokens, do_sample=False)
+                out["record"] = record_of(patch)
+
+        # one timed call: synchronised and peak memory on CUDA, peak RSS on CPU (the project's one timer)
+        timing = measure_latency(run, warmup=0, repeats=1, device=self.device)
+        record = out.get("record")
+        text = self.tokenizer.decode(out["ids"][0, prompt_len:], skip_special_tokens=True).strip()
         layers = self.model.config.get_text_config().num_hidden_layers
         per_layer = self._visual_per_layer(record, n_visual, layers)
-        rates = {**self.cost(per_layer, prompt_len - n_visual), "latency_s": latency,
-                 "peak_bytes": float(read_peak())}
+        rates = {**self.cost(per_layer, prompt_len - n_visual), "latency_s": timing.median_s,
+                 "peak_bytes": float(timing.peak_bytes)}
         return Generation(text, rates, record, [int(n) for n in per_layer])
 
     @staticmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from tokencodec.observers.base import Observer, Sample, Task, content_digest
-from tokencodec.observers.human import Eye
+from tokencodec.observers.human import Eye, image_samples
 from tokencodec.observers.registry import register_observer
 
 
@@ -23,7 +23,6 @@ class VideoFidelity(Task):
     def samples(self, dataset: str | list[str] = "embedded", limit: int | None = None, size: int = 128,
                 frames: int = 8, step: int = 2) -> list[Sample]:
         from tokencodec.data.camera_motion import ORDER, pan_sequence
-        from tokencodec.observers.human import image_samples
 
         if size < 16 or frames < 2 or step < 0:
             raise ValueError(f"size={size}, frames={frames}, step={step}: at least 16 px, 2 frames, a step ≥ 0")
