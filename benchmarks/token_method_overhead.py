@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from tokencodec.models.vision_tower import merged_positions, split_heads
+from tokencodec.adapters.vision_tower import merged_positions, split_heads
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress import METHODS, Budget, get_method
 from tokencodec.tokens.compress import tome as tome_fns

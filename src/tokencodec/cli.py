@@ -265,7 +265,7 @@ def methods(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """List the token-compression methods: where each acts, what guides it, its knob and needs."""
-    from tokencodec.models.support import matrix_markdown, support_matrix
+    from tokencodec.adapters.support import matrix_markdown, support_matrix
     from tokencodec.tokens.compress import METHODS
 
     if matrix:

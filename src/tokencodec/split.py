@@ -13,7 +13,7 @@ receiver finds the profile by the id in the file's header and decodes the tokens
 through the LLaVA adapter and :class:`Replay` (a method that returns the decoded tokens at their
 positions; the tower runs on a blank image whose tokens are replaced, so only the decoded tokens
 reach the LLM); EfficientNet-Lite0's head pools them directly; the ViT's later layers read them (and
-the decoded CLS) through the same replay, in :class:`~tokencodec.models.vision_tower.TowerTokenPruning`.
+the decoded CLS) through the same replay, in :class:`~tokencodec.adapters.vision_tower.TowerTokenPruning`.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def _sender(observer: str, image: np.ndarray, inner: TokenMethod, keep: int) -> 
 
             tokens = image_tokens(EfficientNetLite0.from_pretrained(), preprocess(image, 224))
             return inner(tokens, check(tokens.num_tokens))
-        from tokencodec.models.vision_tower import VisionTokenCompressor
+        from tokencodec.adapters.vision_tower import VisionTokenCompressor
 
         if observer == "fashion-vit":
             from tokencodec.models.fashion_vit import preprocess as fashion_pixels
@@ -166,8 +166,8 @@ def decode_file(path: Path):
 
 def answer(path: Path, question: str) -> str:
     """The diagnostic MLLM's answer from a token bitstream alone."""
+    from tokencodec.adapters.llava import LlavaTokenCompression
     from tokencodec.models.diagnostic import IMAGE_SIZE
-    from tokencodec.models.llava import LlavaTokenCompression
 
     _, tokens, where = decode_file(path)
     if where.parent.name != "diagnostic-mllm":
@@ -211,9 +211,9 @@ def classify(path: Path, top: int = 5) -> list[tuple[str, float]]:
 def _classify_fashion(tokens, top: int) -> list[tuple[str, float]]:
     """The ViT's last layers and head on the decoded [CLS, K tokens] (the tower runs on a blank image
     whose layer-1 output is replaced whole)."""
+    from tokencodec.adapters.vision_tower import TowerTokenPruning
     from tokencodec.data.fashion_mnist import CLASSES
     from tokencodec.models.fashion_vit import preprocess
-    from tokencodec.models.vision_tower import TowerTokenPruning
 
     if tokens.prefix is None:
         raise SplitError("a fashion-vit file without its CLS (the profile has no prefix token)")

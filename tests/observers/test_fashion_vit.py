@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from tokencodec.adapters.vision_tower import TowerTokenPruning
 from tokencodec.bench.engine import run_sweep
 from tokencodec.models.fashion_vit import FashionViT, preprocess
-from tokencodec.models.vision_tower import TowerTokenPruning
 from tokencodec.observers.fashion_vit import FashionViTObserver, tome_schedule
 from tokencodec.pipeline import PipelineSpec
 from tokencodec.tokens.compress import Budget, get_method

@@ -157,8 +157,8 @@ class HFMLLM:
         """Greedy answer to ``question`` about ``images``, with ``method`` (a name or TokenMethod) at ``budget``."""
         import torch
 
+        from tokencodec.adapters.registry import compress, record_of
         from tokencodec.metrics.cost import measure_latency
-        from tokencodec.models.adapters import compress, record_of
 
         kw = self.inputs(images, question)
         prompt_len = kw["input_ids"].shape[1]

@@ -104,8 +104,8 @@ class DiagnosticRunner(Runner):
 
     @torch.inference_mode()
     def run(self, sample, image, method, budget, prepared, pixels_changed):
+        from tokencodec.adapters.llava import LlavaTokenCompression
         from tokencodec.metrics.cost import prefill_flops, tokens_per_layer_summary
-        from tokencodec.models.llava import LlavaTokenCompression
 
         s = sample.payload
         kw = self.mllm.inputs([image], [s.question])

@@ -110,9 +110,9 @@ class EfficientNetObserver(Observer):
 
     @classmethod
     def method_fits(cls, method_cls) -> str | None:
-        from tokencodec.models.efficientnet_lite0 import supports
+        from tokencodec.adapters.efficientnet import EfficientNetTokenCompression
 
-        if supports(method_cls):
+        if EfficientNetTokenCompression.supports(method_cls) != "—":
             return None
         return (f"it acts at stage {method_cls.stage!r} or needs signals {list(method_cls.needs)} that a CNN "
                 "feature map does not have")

@@ -3,8 +3,8 @@
 Tokens are the 196 patch tokens of a 4-layer CLIP-architecture ViT trained here
 (:mod:`tokencodec.models.fashion_vit`). A "pre-llm" method compresses the patch tokens after
 encoder layer ``prune_layer`` (default 1: the last two layers and the CLS head see the kept set,
-:class:`~tokencodec.models.vision_tower.TowerTokenPruning`); ToMe merges inside every layer
-(:class:`~tokencodec.models.vision_tower.ToMeVisionPatch`), its keep ratio turned into a per-layer
+:class:`~tokencodec.adapters.vision_tower.TowerTokenPruning`); ToMe merges inside every layer
+(:class:`~tokencodec.adapters.vision_tower.ToMeVisionPatch`), its keep ratio turned into a per-layer
 ``r`` schedule that ends at the budget (as even as ToMe's r ≤ n/2 rule allows). Distortions:
 ``accuracy`` (the true label), ``top1_agreement`` / ``top5_agreement`` / ``kl`` against the
 uncompressed model on the original image. Rates: patch tokens at the last layer, patch tokens
@@ -117,8 +117,8 @@ class FashionViTRunner(Runner):
 
     @torch.inference_mode()
     def run(self, sample, image, method, budget, prepared, pixels_changed):
+        from tokencodec.adapters.vision_tower import ToMeVisionPatch, TowerTokenPruning
         from tokencodec.metrics.cost import vit_flops
-        from tokencodec.models.vision_tower import ToMeVisionPatch, TowerTokenPruning
 
         x = self._pixels(image)
         n = self.shape.num_patches
@@ -148,12 +148,13 @@ class FashionViTObserver(Observer):
 
     @classmethod
     def method_fits(cls, method_cls) -> str | None:
-        from tokencodec.tokens.signals import VISION_TOWER, resolve_request
+        from tokencodec.adapters.vision_tower import TOWER_SIGNALS
+        from tokencodec.tokens.signals import resolve_request
 
         if method_cls.stage not in cls.runner_stages:
             return f"it acts at stage {method_cls.stage!r}; a ViT classifier has no LLM"
         try:
-            resolve_request(method_cls, VISION_TOWER, True, "the ViT")
+            resolve_request(method_cls, TOWER_SIGNALS, True, "the ViT")
         except ValueError as err:
             return str(err)
         return None

@@ -12,7 +12,7 @@ the whole frame, so it is counted):
 
 - **video methods that rebuild frames** (``temporal``): key frames whole, predicted frames only their
   changed tokens; the receiver rebuilds every frame's grid from the reference
-  (:class:`~tokencodec.models.vision_tower.TowerVideoCoding`) and runs the later layers on all of it.
+  (:class:`~tokencodec.adapters.vision_tower.TowerVideoCoding`) and runs the later layers on all of it.
   With ``search`` > 0 the receiver also needs each predicted token's motion vector (one of
   (2r+1)² offsets, log2 9 ≈ 3.2 bits at r = 1): side information that costs bits, not tokens.
 - **frame sampling** (methods that send ``whole_frames``: uniform-frames): m = K/196 frames are sent
@@ -87,8 +87,8 @@ class FashionViTVideoRunner(FashionViTRunner):
 
     @torch.inference_mode()
     def run(self, sample, image, method, budget, prepared, pixels_changed):
+        from tokencodec.adapters.vision_tower import TowerTokenPruning, TowerVideoCoding
         from tokencodec.metrics.cost import vit_flops
-        from tokencodec.models.vision_tower import TowerTokenPruning, TowerVideoCoding
         from tokencodec.tokens.batch import TokenBatch
         from tokencodec.tokens.frames import per_frame_budget
 

@@ -13,9 +13,9 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from tokencodec.models.hf_compat import cache_of  # noqa: E402
-from tokencodec.models.hooks import PatchError  # noqa: E402
-from tokencodec.models.llava import LlavaTokenCompression, pyramiddrop_keeps, sparsevlm_keeps  # noqa: E402
+from tokencodec.adapters.hf_compat import cache_of  # noqa: E402
+from tokencodec.adapters.hooks import PatchError  # noqa: E402
+from tokencodec.adapters.llava import LlavaTokenCompression, pyramiddrop_keeps, sparsevlm_keeps  # noqa: E402
 from tokencodec.registry import UnknownNameError  # noqa: E402
 from tokencodec.tokens.batch import TokenBatch  # noqa: E402
 from tokencodec.tokens.compress.base import Budget, BudgetError, TokenMethod, get_method  # noqa: E402
