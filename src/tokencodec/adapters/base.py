@@ -44,6 +44,7 @@ class CompressionRecord:
     kept: Any = None                                  # the final TokenBatch (a list, one per image, on Qwen2-VL)
     tokens_per_layer: list[int] | None = None
     vision_tokens_per_layer: list[int] | None = None
+    projector_tokens: int | None = None               # tokens the projector ran on (None: those entering the LLM)
     sequence_index: Tensor | None = None              # [B, S'] the caller's slot of each slot the LLM saw
     position_ids: Tensor | None = None                # the position ids the LLM was given
     stages: list = field(default_factory=list)        # in-LLM stage records (StageRecord), in order

@@ -44,12 +44,13 @@ class EfficientNetTokenCompression(Adapter):
     def _install(self) -> None:
         model = self.model
 
-        def forward(x: Tensor) -> Tensor:
-            batch = self.method(model.token_batch(x), self.budget)
-            self.last_batch = batch
-            return model.classify_batch(batch)
+        self.swap(model, "forward", lambda x: self.classify(model.token_batch(x)))
 
-        self.swap(model, "forward", forward)
+    def classify(self, tokens: TokenBatch) -> Tensor:
+        """Logits of the head on ``tokens`` after the method: what ``model(x)`` does from the feature map's
+        tokens, callable on tokens computed once and reused across budgets."""
+        self.last_batch = self.method(tokens, self.budget)
+        return self.model.classify_batch(self.last_batch)
 
     def record(self) -> CompressionRecord:
         return CompressionRecord(kept=self.last_batch)

@@ -221,9 +221,7 @@ class LlavaTokenCompression(LLMStages, Adapter):
             if self.frames > 1:
                 raise NotImplementedError(f"{m.name} merges inside the tower per image; video (frames > 1) "
                                           "is not supported")
-            if budget.r is None:
-                raise BudgetError(f"{m.name} takes Budget(r=...) (tokens merged per tower layer); got {budget}")
-            self._tome = ToMeVisionPatch(self.llava, budget.r, layer=layer, prop_attn=prop_attn)
+            self._tome = ToMeVisionPatch.build(self.llava, m, budget, layer=layer, prop_attn=prop_attn)
             merged = sum(self._tome.r)
             if merged >= self.n:
                 raise BudgetError(f"{m.name} takes Budget(r=...) with r·layers < {self.n} patches "
@@ -433,6 +431,8 @@ class LlavaTokenCompression(LLMStages, Adapter):
         rec = super().record()
         if self._tome is not None:                          # ToMe merged inside the tower
             rec.vision_tokens_per_layer = list(self._tome.token_counts)
+        if self.pre_method is not None and self.features == "projected":   # ranked after projecting every token
+            rec.projector_tokens = self.n
         rec.extra["cls_sent"] = self.cls_sent
         return rec
 

@@ -26,7 +26,12 @@ from tokencodec.adapters.efficientnet import EfficientNetTokenCompression
 from tokencodec.adapters.llava import LlavaTokenCompression
 from tokencodec.adapters.qwen2_vl import Qwen2VLTokenCompression
 from tokencodec.adapters.qwen2_vl_llm import Qwen2VLLLMCompression
-from tokencodec.adapters.vision_tower import ToMeVisionPatch, TowerVideoCoding, VisionTokenCompressor
+from tokencodec.adapters.vision_tower import (
+    ToMeVisionPatch,
+    TowerTokenPruning,
+    TowerVideoCoding,
+    VisionTokenCompressor,
+)
 from tokencodec.tokens.signals import Signal
 
 
@@ -66,6 +71,8 @@ FAMILIES: tuple[Family, ...] = (
            (Qwen2VLTokenCompression, Qwen2VLLLMCompression), has_cls=False,
            hf_classes={"qwen2_vl": "Qwen2VLForConditionalGeneration",
                        "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}),
+    # a ViT classifier (a CLIP tower and a head on the CLS): methods prune between layers, ToMe merges in them
+    Family("ViT classifier", ("FashionViT",), (TowerTokenPruning, ToMeVisionPatch, TowerVideoCoding)),
     Family("EfficientNet-Lite0", ("EfficientNetLite0",), (EfficientNetTokenCompression,), has_cls=False),
 )
 

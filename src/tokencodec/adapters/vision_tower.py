@@ -423,9 +423,17 @@ class ToMeVisionPatch(_TowerPatch):
 
     @classmethod
     def build(cls, model, method, budget, **options) -> ToMeVisionPatch:
-        """ToMe's knob is r, the tokens merged per layer: ``Budget(r=...)`` or anything ``parse_r`` takes."""
+        """ToMe's knob is r, the tokens merged per layer: ``Budget(r=...)`` or anything ``parse_r`` takes; a keep
+        budget becomes r per layer by ToMe's own schedule (:func:`~tokencodec.tokens.compress.tome.keep_schedule`)
+        over the merging layers (0‥``layer``)."""
         from tokencodec.tokens.compress import Budget
+        from tokencodec.tokens.compress.tome import keep_schedule
 
+        if isinstance(budget, Budget) and budget.r is None:
+            tower = resolve_tower(model)
+            side = tower.model.config.image_size // tower.patch_size
+            layers = tower.index(options.get("layer", -1)) + 1
+            budget = keep_schedule(side * side, budget.tokens(side * side), layers)
         return cls(model, budget.r if isinstance(budget, Budget) else budget, **options)
 
     def __init__(self, model: nn.Module, r, layer: int = -1, prop_attn: bool = True,

@@ -64,18 +64,18 @@ class VQATask(Task):
 
 
 class DiagnosticRunner(Runner):
-    rates = ("tokens", "tokens_avg_layers", "flops")
     stages = ("pre-llm", "llm")
 
     def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa", spatial: str = "per-frame",
                  positions: str | None = None):
-        from tokencodec.metrics.cost import MLLMShape
+        from tokencodec.metrics.cost import CostModel, MLLMShape
         from tokencodec.models.diagnostic import WEIGHTS_DIR, DiagnosticMLLM
 
         self.mllm = DiagnosticMLLM.from_pretrained(weights, attn_implementation=attn_implementation)
         self.spatial = spatial      # video: spatial methods per frame or over all frames (LlavaTokenCompression)
         self.positions = positions  # None: each method's official layout; "original" | "renumber" for all
-        self.shape = MLLMShape.from_config(self.mllm.model.config)
+        self.cost = CostModel(MLLMShape.from_config(self.mllm.model.config))
+        self.rates = self.cost.rates
         self.depth = self.mllm.model.config.text_config.num_hidden_layers
         folder = WEIGHTS_DIR if weights is None else weights
         with open(f"{folder}/model.safetensors", "rb") as f:
@@ -104,31 +104,27 @@ class DiagnosticRunner(Runner):
 
     @torch.inference_mode()
     def run(self, sample, image, method, budget, prepared, pixels_changed):
-        from tokencodec.adapters.llava import LlavaTokenCompression
-        from tokencodec.metrics.cost import prefill_flops, tokens_per_layer_summary
+        import tokencodec
 
         s = sample.payload
         kw = self.mllm.inputs([image], [s.question])
         last = int(kw.pop("last")[0])
         image_slots = int((kw["input_ids"][0] == self.mllm.model.config.image_token_id).sum())
         text_tokens = int(kw["attention_mask"][0].sum()) - image_slots
+        frames, record = self.frames_of(image), None
         if method is None:
             logits = self.mllm.model(**kw).logits
-            answer, covered, per_layer = logits[0, last, self.mllm.answer_ids].float(), None, [image_slots] * self.depth
+            answer, covered = logits[0, last, self.mllm.answer_ids].float(), None
         else:
-            frames = self.frames_of(image)
             video = {"frames": frames, "spatial": self.spatial} if frames > 1 else {}
             options = {**video, **self._adapter_options(method)}
-            with LlavaTokenCompression(self.mllm.model, method, budget, **options) as patch:
+            with tokencodec.compress(self.mllm.model, method, budget, **options) as patch:
                 logits = self.mllm.model(**kw).logits
-            slot = int((patch.sequence_index[0] == last).nonzero()[0, 0])  # logits are shorter after pruning
+            record = patch.record()
+            slot = int((record.sequence_index[0] == last).nonzero()[0, 0])  # logits are shorter after pruning
             answer = logits[0, slot, self.mllm.answer_ids].float()
-            covered = patch.kept.source[0].any(0).numpy()
-            per_layer = patch.tokens_per_layer
-        summary = tokens_per_layer_summary(per_layer)
-        return Answer(answer, covered), {
-            "tokens": float(per_layer[-1]), "tokens_avg_layers": float(summary.avg),
-            "flops": float(prefill_flops(self.shape, per_layer, text_tokens).total)}
+            covered = record.kept.source[0].any(0).numpy()
+        return Answer(answer, covered), self.cost.of_record(record, image_slots, text_tokens, images=frames)
 
 
 @register_observer("diagnostic-mllm")
@@ -137,7 +133,7 @@ class DiagnosticObserver(Observer):
 
     task_class = VQATask
     runner_stages = ("pre-llm", "llm")
-    runner_rates = ("tokens", "tokens_avg_layers", "flops")
+    runner_rates = ("tokens_in", "tokens", "tokens_avg_layers", "flops", "kv_bytes")
 
     def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa"):
         runner = DiagnosticRunner(weights, attn_implementation)

@@ -43,7 +43,7 @@ class DiagnosticVideoObserver(Observer):
     task_class = VideoVQATask
     video = True
     runner_stages = ("pre-llm", "llm")
-    runner_rates = ("tokens", "tokens_avg_layers", "flops")
+    runner_rates = ("tokens_in", "tokens", "tokens_avg_layers", "flops", "kv_bytes")
 
     def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa", spatial: str = "per-frame",
                  positions: str | None = None):

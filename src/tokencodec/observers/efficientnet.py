@@ -61,12 +61,14 @@ class ClassifierAgreement(Task):
 
 
 class EfficientNetRunner(Runner):
-    rates = ("tokens",)
     stages = ("pre-llm",)
 
     def __init__(self, size: int = 224, weights: str | None = None, view: bool = False):
+        from tokencodec.metrics.cost import CostModel
         from tokencodec.models.efficientnet_lite0 import CROP_FRACTION, EfficientNetLite0
 
+        self.cost = CostModel(None)           # a CNN head: token counts only
+        self.rates = self.cost.rates
         self.size, self.view = size, view
         self.crop = 1.0 if view else CROP_FRACTION     # a view is already the model's crop: no second crop
         self.model = EfficientNetLite0.from_pretrained(weights)
@@ -92,12 +94,14 @@ class EfficientNetRunner(Runner):
 
     @torch.inference_mode()
     def run(self, sample, image, method, budget, prepared, pixels_changed):
-        from tokencodec.models.efficientnet_lite0 import classify_batch
+        import tokencodec
 
         tokens = self._tokens(image) if pixels_changed else prepared.tokens
-        if method is not None:
-            tokens = method(tokens, budget)
-        return classify_batch(self.model, tokens).float(), {"tokens": float(tokens.counts().float().mean())}
+        if method is None:
+            return self.model.classify_batch(tokens).float(), self.cost.point(tokens.num_tokens)
+        with tokencodec.compress(self.model, method, budget) as patch:
+            logits = patch.classify(tokens)      # the feature map's tokens, computed once per sample
+        return logits.float(), self.cost.point(float(patch.record().kept.counts().float().mean()))
 
 
 @register_observer("efficientnet-lite0")

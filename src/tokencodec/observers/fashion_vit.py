@@ -18,7 +18,6 @@ images held out when the model was trained, for tuning), a ``seed``-ed subset of
 from __future__ import annotations
 
 import hashlib
-import math
 
 import numpy as np
 import torch
@@ -61,30 +60,11 @@ class FashionMNISTTask(Task):
         return sample_id.rsplit("/", 1)[-1]      # ids are split/index/class
 
 
-def tome_schedule(n: int, keep: int, layers: int) -> list[int]:
-    """Per-layer r merging ``n`` patch tokens down to ``keep`` as evenly as ToMe's r ≤ n_i/2 allows
-    (more in early layers when the later ones could not reach it; the floor is ⌈n/2^layers⌉)."""
-    def reachable(t: int, m: int) -> int:          # fewest tokens m more layers can leave from t
-        for _ in range(m):
-            t -= t // 2
-        return t
-
-    out, t = [], n
-    for i in range(layers):
-        r = min(math.ceil(max(t - keep, 0) / (layers - i)), t // 2)
-        while r < t // 2 and reachable(t - r, layers - i - 1) > keep:
-            r += 1
-        out.append(r)
-        t -= r
-    return out
-
-
 class FashionViTRunner(Runner):
-    rates = ("tokens", "tokens_avg_layers", "flops")
     stages = ("vision-encoder", "pre-llm")
 
     def __init__(self, weights: str | None = None, prune_layer: int = 1):
-        from tokencodec.metrics.cost import VisionShape
+        from tokencodec.metrics.cost import CostModel, VisionShape
         from tokencodec.models.fashion_vit import FashionViT, weights_folder
 
         self.model = FashionViT.from_pretrained(weights)
@@ -94,6 +74,8 @@ class FashionViTRunner(Runner):
                              "on the kept tokens)")
         self.prune_layer, self.depth = prune_layer, depth
         self.shape = VisionShape.from_config(self.model.config)
+        self.cost = CostModel(self.shape, prefix_tokens=1)      # the CLS is processed, not counted as a token
+        self.rates = self.cost.rates
         folder = weights_folder() if weights is None else weights
         with open(f"{folder}/model.safetensors", "rb") as f:
             self.weights_id = hashlib.sha256(f.read()).hexdigest()[:12]
@@ -117,25 +99,17 @@ class FashionViTRunner(Runner):
 
     @torch.inference_mode()
     def run(self, sample, image, method, budget, prepared, pixels_changed):
-        from tokencodec.adapters.vision_tower import ToMeVisionPatch, TowerTokenPruning
-        from tokencodec.metrics.cost import vit_flops
+        import tokencodec
 
         x = self._pixels(image)
-        n = self.shape.num_patches
         if method is None:
-            logits, per_layer = self.model(x), [n + 1] * self.depth
-        elif method.stage == "vision-encoder":
-            r = tome_schedule(n, budget.tokens(n), self.depth)
-            with ToMeVisionPatch(self.model, r) as patch:
+            logits, per_layer = self.model(x), [self.shape.num_tokens] * self.depth
+        else:      # ToMe merges in every layer (its keep schedule); other methods prune after prune_layer
+            options = {} if method.stage == "vision-encoder" else {"layer": self.prune_layer}
+            with tokencodec.compress(self.model, method, budget, **options) as patch:
                 logits = self.model(x)
-            per_layer = list(patch.token_counts)
-        else:
-            with TowerTokenPruning(self.model, method, budget, layer=self.prune_layer) as patch:
-                logits = self.model(x)
-            per_layer = patch.tokens_per_layer
-        patches = [t - 1 for t in per_layer]
-        return logits[0].float(), {"tokens": float(patches[-1]), "tokens_avg_layers": float(np.mean(patches)),
-                                   "flops": float(vit_flops(self.shape, per_layer).total)}
+            per_layer = patch.record().tokens_per_layer
+        return logits[0].float(), self.cost.point(per_layer)
 
 
 @register_observer("fashion-vit")
@@ -144,7 +118,7 @@ class FashionViTObserver(Observer):
 
     task_class = FashionMNISTTask
     runner_stages = ("vision-encoder", "pre-llm")
-    runner_rates = ("tokens", "tokens_avg_layers", "flops")
+    runner_rates = ("tokens_in", "tokens", "tokens_avg_layers", "flops")
 
     @classmethod
     def method_fits(cls, method_cls) -> str | None:
@@ -163,4 +137,4 @@ class FashionViTObserver(Observer):
         super().__init__(FashionMNISTTask(), FashionViTRunner(weights, prune_layer))
 
 
-__all__ = ["FashionMNISTTask", "FashionViTObserver", "FashionViTRunner", "tome_schedule"]
+__all__ = ["FashionMNISTTask", "FashionViTObserver", "FashionViTRunner"]

@@ -125,6 +125,27 @@ def parse_r(num_layers: int, r) -> list[int]:
     return [int(lo + step * i) for i in range(num_layers)]
 
 
+def keep_schedule(n: int, keep: int, layers: int) -> list[int]:
+    """Per-layer r merging ``n`` patch tokens down to ``keep`` over ``layers`` layers, as evenly as ToMe's
+    r ≤ t/2 allows (more in early layers when the later ones could not reach it; the floor is ⌈n/2^layers⌉).
+
+    ToMe's knob is r; this is how a keep budget (``Budget(keep=...)`` or ``ratio``) becomes one, for the
+    adapters that accept both."""
+    def reachable(t: int, m: int) -> int:          # fewest tokens m more layers can leave from t
+        for _ in range(m):
+            t -= t // 2
+        return t
+
+    out, t = [], n
+    for i in range(layers):
+        r = min(math.ceil(max(t - keep, 0) / (layers - i)), t // 2)
+        while r < t // 2 and reachable(t - r, layers - i - 1) > keep:
+            r += 1
+        out.append(r)
+        t -= r
+    return out
+
+
 @register_method("tome")
 class ToMe(TokenMethod):
     """One ToMe merge step on the patch tokens, driven by signal ``keys`` [B, N, Dk]."""
