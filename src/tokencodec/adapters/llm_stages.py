@@ -15,8 +15,8 @@ slot keeps every token's own (t, h, w) rotation.
 
 - FastV (``layer`` K): layer K−1's softmax row of the last prompt token (``query="all"``: mean over
   every real query row) over the image span, mean over heads → ``text_attention``. Prunes before K.
-- SparseVLM (``layers`` l): raters chosen once from the layer-0 input embeddings
-  (:func:`~tokencodec.tokens.compress.sparsevlm.select_raters`); layer l's rater rows →
+- SparseVLM (``layers`` l): raters chosen once from the layer-0 input embeddings by the method
+  (``choose_raters``, :func:`~tokencodec.tokens.compress.sparsevlm.rater_slots`); layer l's rater rows →
   ``context["rater_attention"]`` [B, R, N] (``signals["text_attention"]``, already averaged, when
   samples have different rater counts). Layer l runs on all tokens and its output is pruned, i.e.
   the pruning happens before layer l+1.
@@ -55,7 +55,6 @@ from tokencodec.adapters.hf_compat import cache_of
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, BudgetError, LLMSignal
 from tokencodec.tokens.compress.base import LLMStage as Stage
-from tokencodec.tokens.compress.sparsevlm import select_raters
 from tokencodec.tokens.signals import Signal
 
 SLOT = "_slot"                                  # private signal: the span slot each output token stands for
@@ -207,23 +206,9 @@ class LLMStages:
         """
         return None
 
-    # -- SparseVLM raters -------------------------------------------------------------------------
+    # -- text raters (SparseVLM), chosen by the method from the layer-0 embeddings ---------------------
     def _raters(self, embeds: Tensor, run: Run) -> tuple[Tensor, Tensor]:
-        picks = []
-        for b in range(embeds.shape[0]):
-            s = int(run.start[b])
-            text = torch.arange(s + run.n, run.s_in, device=embeds.device)
-            text = text[run.valid[b, text]]
-            if len(text) == 0:
-                raise ValueError("SparseVLM needs text after the image to choose raters")
-            chosen = select_raters(embeds[b, s:s + run.n].float(), embeds[b, text].float())
-            picks.append(text[chosen])
-        width = max(len(p) for p in picks)
-        slots = torch.zeros(len(picks), width, dtype=torch.long, device=embeds.device)
-        ok = torch.zeros(len(picks), width, dtype=torch.bool, device=embeds.device)
-        for b, p in enumerate(picks):
-            slots[b, :len(p)], ok[b, :len(p)] = p, True
-        return slots, ok
+        return self.llm_method.choose_raters(embeds, run.start, run.n, run.s_in, run.valid)
 
     # -- decoder layers ---------------------------------------------------------------------------
     def _layer_hook(self, i: int):

@@ -97,6 +97,33 @@ class Runner(ABC):
                 + (", ".join(repr(s) for s in self.stages) or "no token methods"))
 
 
+class SplitInference(ABC):
+    """Split inference for one observer: the vision side that runs on the sender, and what its receiver does
+    with tokens decoded from a bitstream (``receiver``: "answer" a question or "classify").
+
+    ``input_size``: the square an input image is resized to (None: the sender crops as the model does);
+    ``defaults``: the sender's method, keep count and shipped profile when the user names none.
+    """
+
+    receiver: ClassVar[str] = ""
+    input_size: ClassVar[int | None] = None
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    @abstractmethod
+    def tokens(self) -> int:
+        """Tokens the sender's method chooses from."""
+
+    @abstractmethod
+    def send(self, image: np.ndarray, method, budget):
+        """The kept TokenBatch of ``image`` (the observer's tokens, ``method`` at ``budget``)."""
+
+    def answer(self, tokens, question: str) -> str:
+        raise NotImplementedError(f"{type(self).__name__} classifies; it does not answer questions")
+
+    def classify(self, tokens, top: int) -> list[tuple[str, float]]:
+        raise NotImplementedError(f"{type(self).__name__} answers questions; it does not classify")
+
+
 class Observer:
     """A task judged through a runner; registered by name in ``OBSERVERS``."""
 
@@ -105,6 +132,7 @@ class Observer:
     runner_stages: ClassVar[tuple[str, ...]] = ()
     runner_rates: ClassVar[tuple[str, ...]] = ()
     video: ClassVar[bool] = False                      # its samples are clips (the runner's ``video`` too)
+    split: ClassVar[type[SplitInference] | None] = None   # split inference with token bitstreams, if it has one
 
     @classmethod
     def method_support(cls, method_cls) -> str | None:

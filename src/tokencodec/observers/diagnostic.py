@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from tokencodec.metrics.machine import recall
-from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
+from tokencodec.observers.base import Observer, Prepared, Runner, Sample, SplitInference, Task, content_digest
 from tokencodec.observers.registry import register_observer
 
 
@@ -127,10 +127,63 @@ class DiagnosticRunner(Runner):
         return Answer(answer, covered), self.cost.of_record(record, image_slots, text_tokens, images=frames)
 
 
+class DiagnosticSplit(SplitInference):
+    """The sender runs the tower on the 64×64 image and takes layer −2's patch tokens; the receiver answers a
+    question from decoded tokens through the LLaVA adapter (the tower runs on a blank image whose tokens are
+    replaced by the decoded ones)."""
+
+    receiver = "answer"
+    input_size = 64                   # models.diagnostic.IMAGE_SIZE (not imported here: the CLI reads it first)
+    defaults = {"method": "rdo", "keep": 16, "profile": "step-4"}
+
+    def __init__(self):
+        from tokencodec.models.diagnostic import DiagnosticMLLM
+
+        self.mllm = DiagnosticMLLM.from_pretrained()
+
+    def tokens(self) -> int:
+        from tokencodec.models.diagnostic import N_IMAGE_TOKENS
+
+        return N_IMAGE_TOKENS
+
+    @torch.inference_mode()
+    def send(self, image: np.ndarray, method, budget):
+        import tokencodec
+        from tokencodec.models.diagnostic import preprocess
+
+        size = self.input_size
+        if image.shape != (size, size, 3):
+            raise ValueError(f"image of shape {image.shape}; the diagnostic MLLM takes {size}×{size}×3")
+        tower = self.mllm.model.model.vision_tower          # layer −2, with the signals the method reads
+        return tokencodec.compress(tower, method, budget, layer=-2).compress(preprocess(image))
+
+    @torch.inference_mode()
+    def answer(self, tokens, question: str) -> str:
+        import tokencodec
+        from tokencodec.tokens.replay import Replay
+
+        mllm = self.mllm
+        unknown = [w for w in question.replace("?", " ?").split() if mllm.tokenizer.token_to_id(w) is None]
+        if unknown:
+            raise ValueError(f"question words {unknown} are not in the diagnostic model's vocabulary "
+                             "(its questions: tokencodec.data.vqa)")
+        if not question.rstrip().endswith("?"):
+            question = question.rstrip() + " ?"
+        blank = np.zeros((self.input_size, self.input_size, 3), dtype=np.uint8)   # the tower's output is replaced
+        kw = mllm.inputs([blank], [question])
+        last = int(kw.pop("last")[0])
+        replay = Replay(tokens.features, tokens.positions)
+        with tokencodec.compress(mllm.model, replay, replay.budget) as patch:
+            logits = mllm.model(**kw).logits
+        slot = int((patch.record().sequence_index[0] == last).nonzero()[0, 0])
+        return mllm.answers[int(logits[0, slot, mllm.answer_ids].argmax())]
+
+
 @register_observer("diagnostic-mllm")
 class DiagnosticObserver(Observer):
     """The diagnostic MLLM on its VQA test questions (see the module docstring)."""
 
+    split = DiagnosticSplit
     task_class = VQATask
     runner_stages = ("pre-llm", "llm")
     runner_rates = ("tokens_in", "tokens", "tokens_avg_layers", "flops", "kv_bytes")

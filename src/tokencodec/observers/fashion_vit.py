@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from tokencodec.metrics.machine import classification_metrics
-from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
+from tokencodec.observers.base import Observer, Prepared, Runner, Sample, SplitInference, Task, content_digest
 from tokencodec.observers.registry import register_observer
 
 TRAIN_DATA_SEED = 0     # the seed scripts/train_fashion_vit.py split train/val with
@@ -112,10 +112,57 @@ class FashionViTRunner(Runner):
         return logits[0].float(), self.cost.point(per_layer)
 
 
+class FashionViTSplit(SplitInference):
+    """The sender runs the ViT's first two layers on the 28×28 greyscale image and sends the CLS and K patch
+    tokens of layer 1; the receiver runs the last two layers and the head on them (the tower runs on a blank
+    image whose layer-1 output is replaced whole)."""
+
+    receiver = "classify"
+    input_size = 28
+    defaults = {"method": "random", "keep": 98, "profile": "vq-1024"}
+    layer = 1              # the observer's default prune_layer: the sender runs layers 0 and 1
+
+    def __init__(self):
+        from tokencodec.models.fashion_vit import FashionViT
+
+        self.vit = FashionViT.from_pretrained()
+
+    def tokens(self) -> int:
+        return (self.vit.config.image_size // self.vit.config.patch_size) ** 2
+
+    @torch.inference_mode()
+    def send(self, image: np.ndarray, method, budget):
+        import tokencodec
+        from tokencodec.models.fashion_vit import preprocess
+
+        grey = np.rint(image.mean(2) if image.ndim == 3 else image).astype(np.uint8)
+        if grey.shape != (28, 28):
+            raise ValueError(f"image of shape {image.shape}; the Fashion-MNIST ViT takes 28×28 greyscale")
+        return tokencodec.compress(self.vit.vision_tower, method, budget, layer=self.layer).compress(
+            preprocess(grey[None]))
+
+    @torch.inference_mode()
+    def classify(self, tokens, top: int) -> list[tuple[str, float]]:
+        import tokencodec
+        from tokencodec.data.fashion_mnist import CLASSES
+        from tokencodec.models.fashion_vit import preprocess
+        from tokencodec.tokens.replay import Replay
+
+        if tokens.prefix is None:
+            raise ValueError("a fashion-vit file without its CLS (the profile has no prefix token)")
+        replay = Replay(tokens.features, tokens.positions, tokens.prefix[0])
+        blank = preprocess(np.zeros((1, 28, 28), dtype=np.uint8))
+        with tokencodec.compress(self.vit, replay, replay.budget, layer=self.layer):
+            p = self.vit(blank)[0].float().softmax(-1)
+        best = p.topk(min(top, len(CLASSES)))
+        return [(CLASSES[i], float(v)) for v, i in zip(best.values, best.indices, strict=True)]
+
+
 @register_observer("fashion-vit")
 class FashionViTObserver(Observer):
     """The Fashion-MNIST ViT (trained here, weights shipped) on real labelled images."""
 
+    split = FashionViTSplit
     task_class = FashionMNISTTask
     runner_stages = ("vision-encoder", "pre-llm")
     runner_rates = ("tokens_in", "tokens", "tokens_avg_layers", "flops")

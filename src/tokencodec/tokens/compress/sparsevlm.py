@@ -67,6 +67,27 @@ def select_raters(visual_embeds: Tensor, text_embeds: Tensor) -> Tensor:
     return raters if bool(raters.any()) else torch.ones_like(raters)
 
 
+def rater_slots(embeds: Tensor, start: Tensor, n: int, s_in: int, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Each sample's raters among the real text tokens after its image span (the layer-0 input ``embeds``
+    [B, S, D], spans at ``start`` [B] of ``n`` tokens): sequence slots [B, R] and validity [B, R] (rows
+    padded to the longest)."""
+    picks = []
+    for b in range(embeds.shape[0]):
+        s = int(start[b])
+        text = torch.arange(s + n, s_in, device=embeds.device)
+        text = text[valid[b, text]]
+        if len(text) == 0:
+            raise ValueError("SparseVLM needs text after the image to choose raters")
+        chosen = select_raters(embeds[b, s:s + n].float(), embeds[b, text].float())
+        picks.append(text[chosen])
+    width = max(len(p) for p in picks)
+    slots = torch.zeros(len(picks), width, dtype=torch.long, device=embeds.device)
+    ok = torch.zeros(len(picks), width, dtype=torch.bool, device=embeds.device)
+    for b, p in enumerate(picks):
+        slots[b, :len(p)], ok[b, :len(p)] = p, True
+    return slots, ok
+
+
 def visual_scores(rater_attention: Tensor) -> Tensor:
     """Image-token scores [B, N] from the raters' attention [B, R, N]: the mean over raters."""
     return rater_attention.mean(dim=1)
@@ -147,6 +168,7 @@ class SparseVLM(TokenMethod):
     stage = "llm"
     guidance = "text"
     needs = (Signal.RATER_ATTENTION,)   # or an already averaged "text_attention" [B, N]
+    choose_raters = staticmethod(rater_slots)   # the adapter asks for raters once per prefill
     cls_fallback = "not needed: the score is the raters' attention to the image span"
     paper = ("Zhang et al., SparseVLM: Visual Token Sparsification for Efficient Vision-Language "
              "Model Inference, ICML 2025, arXiv 2410.04417")
