@@ -73,6 +73,7 @@ class Runner(ABC):
     """Turns pixels into an output, optionally with a token method acting inside the model."""
 
     rates: ClassVar[tuple[str, ...]] = ()          # rates ``run`` reports (tokens, flops…)
+    cost = None                                    # a metrics.cost.CostModel: how ``run`` turns records into rates
     stages: ClassVar[tuple[str, ...]] = ()         # method stages this runner can run
     video: bool = False                            # samples are clips (T×H×W×3); video methods can run
 

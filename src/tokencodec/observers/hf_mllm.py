@@ -8,8 +8,9 @@ data by hub name or folder (:mod:`tokencodec.data.hf_datasets`). Every method ru
 model's adapter (pre-LLM and in-LLM methods), answers are greedy.
 Distortions: ``accuracy`` (the answer, lower-cased and stripped of a final full stop, equals the
 ground truth) and ``agreement`` (equals the uncompressed model's answer on the original image).
-Rates: visual tokens, tokens averaged over LLM layers, FLOPs (LLM prefill, ``macs2``) and
-``latency_s`` (the whole generate, CUDA-synchronised on a GPU).
+Rates: those of the one cost path (``HFMLLM.cost_model``: visual tokens entering the LLM and at its last
+layer, their average over layers, FLOPs of the vision tower, projector and LLM prefill in ``macs2``, KV
+bytes) and ``latency_s`` (the whole generate, CUDA-synchronised on a GPU).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class HFVQATask(Task):
 
 
 class HFMLLMRunner(Runner):
-    rates = ("tokens", "tokens_avg_layers", "flops", "latency_s")
+    rates = ("tokens_in", "tokens", "tokens_avg_layers", "flops", "kv_bytes", "latency_s")
     stages = ("pre-llm", "llm")       # ToMe (a per-layer r, not a keep ratio) runs through the lmms-eval plugin
 
     def __init__(self, model: str, device: str = "", dtype: str = "auto", max_new_tokens: int = 8):
@@ -54,6 +55,7 @@ class HFMLLMRunner(Runner):
         self.mllm = HFMLLM.load(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
                                 dtype=dtype)
         self.max_new_tokens = max_new_tokens
+        self.cost = self.mllm.cost_model
         config = self.mllm.model.config.to_json_string(use_diff=False)
         self.model_id = hashlib.sha256(config.encode()).hexdigest()[:12]
 
@@ -78,7 +80,7 @@ class HFMLLMObserver(Observer):
 
     task_class = HFVQATask
     runner_stages = ("pre-llm", "llm")
-    runner_rates = ("tokens", "tokens_avg_layers", "flops", "latency_s")
+    runner_rates = ("tokens_in", "tokens", "tokens_avg_layers", "flops", "kv_bytes", "latency_s")
 
     def __init__(self, model: str, device: str = "", dtype: str = "auto", max_new_tokens: int = 8):
         super().__init__(HFVQATask(), HFMLLMRunner(model, device, dtype, max_new_tokens))
