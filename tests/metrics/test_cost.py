@@ -245,3 +245,14 @@ def test_measure_latency_returns_positive_numbers():
     assert len(result.times_s) == 3 and result.median_s > 0 and result.mean_s > 0
     assert result.peak_bytes > 0 and result.peak_bytes >= result.baseline_bytes
     assert result.memory.startswith("cpu:")
+
+
+def test_cost_model_adds_the_roofline_prediction_for_a_named_device():
+    from tokencodec.metrics.roofline import predict_prefill
+
+    cost = CostModel(LLAVA_1_5_7B, device="h200")
+    rates = cost.point(64, 20)
+    assert rates["latency_pred_s"] == predict_prefill(LLAVA_1_5_7B, None, 64, 20, 1, "h200").latency_s
+    assert cost.point(576, 20)["latency_pred_s"] > 0
+    assert cost.provenance()["latency_device_profile"]["name"] == "h200"
+    assert "latency_pred_s" not in CostModel(LLAVA_1_5_7B).point(64, 20)

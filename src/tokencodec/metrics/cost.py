@@ -394,7 +394,8 @@ class CostModel:
     parts: tuple[str, ...] | None = None       # default: every part the model has
     prefix_tokens: int = 0
     dtype_bytes: int = 2
-    device: str | None = None
+    device: str | None = None                  # a roofline profile (metrics/roofline.py): adds latency_pred_s
+    recipe: str = "hf-llava"                   # the implementation that prediction assumes (roofline.RECIPES)
 
     def __post_init__(self) -> None:
         _check(self.convention)
@@ -410,8 +411,9 @@ class CostModel:
         if self.shape is None:
             return ("tokens",)
         names = ("tokens_in", "tokens", "tokens_avg_layers", "flops")
-        names += ("kv_bytes",) if isinstance(self.shape, MLLMShape) else ()
-        return names + (("latency_pred_s",) if self.device else ())
+        if isinstance(self.shape, MLLMShape):
+            names += ("kv_bytes",) + (("latency_pred_s",) if self.device else ())
+        return names
 
     def point(self, tokens_per_layer: TokensPerLayer, text_tokens: int = 0, *,
               vision_tokens_per_layer: TokensPerLayer | None = None, projector_tokens: int | None = None,
@@ -441,13 +443,19 @@ class CostModel:
         else:
             parts = {"vision": vit_flops(self.shape, per_layer, self.convention).total * images}
         rates["flops"] = float(sum(parts[name] for name in self.parts))
-        if self.device:
-            from tokencodec.metrics.roofline import predict_prefill
-
-            rates["latency_pred_s"] = predict_prefill(
-                self.shape, per_layer, text_tokens, device=self.device, dtype_bytes=self.dtype_bytes,
-                vision_tokens_per_layer=vision_tokens_per_layer, images=images).total_s
+        if self.device and isinstance(self.shape, MLLMShape):
+            rates.update(self._prediction(per_layer, text_tokens, vision_tokens_per_layer, projector_tokens,
+                                          vision_patches).rates())
         return {k: rates[k] for k in self.rates}
+
+    def _prediction(self, per_layer, text_tokens, vision_tokens_per_layer, projector_tokens, vision_patches):
+        """The roofline prefill at batch 1 (a video's frames are not multiplied in: one image's tower)."""
+        from tokencodec.metrics.roofline import predict_prefill
+
+        if vision_tokens_per_layer is None and vision_patches is not None:
+            vision_tokens_per_layer = vision_patches
+        return predict_prefill(self.shape, vision_tokens_per_layer, per_layer, text_tokens, 1, self.device,
+                               self.dtype_bytes, recipe=self.recipe, projector_tokens=projector_tokens)
 
     def of_record(self, record, n_visual: int, text_tokens: int = 0, *, vision_patches: int | None = None,
                   images: float = 1) -> dict[str, float]:
@@ -468,10 +476,11 @@ class CostModel:
                        model_shape=_shape_json(self.shape))
             if isinstance(self.shape, MLLMShape):
                 out["kv_dtype_bytes"] = self.dtype_bytes
-        if self.device:
-            from tokencodec.metrics.roofline import device_profile
+        if self.device and isinstance(self.shape, MLLMShape):
+            from tokencodec.metrics.roofline import RECIPES, get_profile
 
-            out["device_profile"] = device_profile(self.device).describe()
+            out.update(latency_device_profile=get_profile(self.device).as_dict(), latency_recipe=self.recipe,
+                       latency_recipe_text=RECIPES[self.recipe].description)
         return out
 
 

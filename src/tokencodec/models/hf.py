@@ -74,6 +74,7 @@ class HFMLLM:
     source: str
     processor: Any = None                   # LLaVA's processor (it expands <image>)
     info: dict[str, str] = field(default_factory=dict)
+    latency_device: str | None = None       # a roofline profile name: rates then include latency_pred_s
 
     @classmethod
     def load(cls, name_or_path: str, device: str = "cpu", dtype: str = "auto",
@@ -123,9 +124,11 @@ class HFMLLM:
 
     @property
     def cost_model(self):
+        """The one cost path for this checkpoint (``device``: a roofline profile for ``latency_pred_s``)."""
         from tokencodec.metrics.cost import CostModel, MLLMShape
 
-        return CostModel(MLLMShape.from_config(self.model.config))
+        recipe = "hf-qwen2-vl" if self.family.startswith("qwen") else "hf-llava"
+        return CostModel(MLLMShape.from_config(self.model.config), recipe=recipe, device=self.latency_device)
 
     def prompt(self, question: str, n_images: int = 1) -> str:
         template = getattr(self.processor or self.tokenizer, "chat_template", None)

@@ -72,8 +72,12 @@ def video_support(shows_video: bool, method_cls) -> str | None:
 class Runner(ABC):
     """Turns pixels into an output, optionally with a token method acting inside the model."""
 
-    rates: ClassVar[tuple[str, ...]] = ()          # rates ``run`` reports (tokens, flops…)
     cost = None                                    # a metrics.cost.CostModel: how ``run`` turns records into rates
+
+    @property
+    def rates(self) -> tuple[str, ...]:
+        """Rates ``run`` reports (tokens, flops…): the cost model's, unless a runner names its own."""
+        return () if self.cost is None else self.cost.rates
     stages: ClassVar[tuple[str, ...]] = ()         # method stages this runner can run
     video: bool = False                            # samples are clips (T×H×W×3); video methods can run
 

@@ -67,15 +67,14 @@ class DiagnosticRunner(Runner):
     stages = ("pre-llm", "llm")
 
     def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa", spatial: str = "per-frame",
-                 positions: str | None = None):
+                 positions: str | None = None, latency_device: str | None = None):
         from tokencodec.metrics.cost import CostModel, MLLMShape
         from tokencodec.models.diagnostic import WEIGHTS_DIR, DiagnosticMLLM
 
         self.mllm = DiagnosticMLLM.from_pretrained(weights, attn_implementation=attn_implementation)
         self.spatial = spatial      # video: spatial methods per frame or over all frames (LlavaTokenCompression)
         self.positions = positions  # None: each method's official layout; "original" | "renumber" for all
-        self.cost = CostModel(MLLMShape.from_config(self.mllm.model.config))
-        self.rates = self.cost.rates
+        self.cost = CostModel(MLLMShape.from_config(self.mllm.model.config), device=latency_device)
         self.depth = self.mllm.model.config.text_config.num_hidden_layers
         folder = WEIGHTS_DIR if weights is None else weights
         with open(f"{folder}/model.safetensors", "rb") as f:
@@ -186,8 +185,11 @@ class DiagnosticObserver(Observer):
     split = DiagnosticSplit
     task_class = VQATask
     runner_stages = ("pre-llm", "llm")
-    runner_rates = ("tokens_in", "tokens", "tokens_avg_layers", "flops", "kv_bytes")
+    runner_rates = ("tokens_in", "tokens", "tokens_avg_layers", "flops", "kv_bytes", "latency_pred_s")
 
-    def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa"):
-        runner = DiagnosticRunner(weights, attn_implementation)
+    def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa",
+                 latency_device: str | None = None):
+        """``latency_device``: a roofline device profile (h200, h100-sxm, a100-80gb, l40s, cpu): every point
+        then also reports ``latency_pred_s``."""
+        runner = DiagnosticRunner(weights, attn_implementation, latency_device=latency_device)
         super().__init__(VQATask(runner.mllm.answers), runner)

@@ -68,7 +68,6 @@ class EfficientNetRunner(Runner):
         from tokencodec.models.efficientnet_lite0 import CROP_FRACTION, EfficientNetLite0
 
         self.cost = CostModel(None)           # a CNN head: token counts only
-        self.rates = self.cost.rates
         self.size, self.view = size, view
         self.crop = 1.0 if view else CROP_FRACTION     # a view is already the model's crop: no second crop
         self.model = EfficientNetLite0.from_pretrained(weights)

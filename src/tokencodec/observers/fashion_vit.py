@@ -75,7 +75,6 @@ class FashionViTRunner(Runner):
         self.prune_layer, self.depth = prune_layer, depth
         self.shape = VisionShape.from_config(self.model.config)
         self.cost = CostModel(self.shape, prefix_tokens=1)      # the CLS is processed, not counted as a token
-        self.rates = self.cost.rates
         folder = weights_folder() if weights is None else weights
         with open(f"{folder}/model.safetensors", "rb") as f:
             self.weights_id = hashlib.sha256(f.read()).hexdigest()[:12]

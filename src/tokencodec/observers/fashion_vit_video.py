@@ -71,7 +71,6 @@ class FashionViTVideoRunner(FashionViTRunner):
         from dataclasses import replace
 
         super().__init__(weights, prune_layer)
-        self.rates = type(self).rates
         self.cost = replace(self.cost, prefix_tokens=0)          # tokens per frame count the CLS here
 
     def _point(self, tokens_per_layer) -> dict[str, float]:
