@@ -16,7 +16,8 @@ Two torch modes see two levels, and each event is counted once (the outer one wi
 
 - a ``TorchFunctionMode`` sees the Python calls: ``Tensor.item/tolist/numpy/cpu/__bool__/__int__/
   __index__/__float__/__complex__`` on a device tensor (a CPU ``tolist`` dispatches no aten op at
-  all), ``.to(device)``/``.cuda()`` of a host tensor, ``torch.tensor/as_tensor(data, device=...)``,
+  all), ``.to(device)``/``.cuda()`` of a host tensor (not with ``non_blocking=True``: from pinned
+  memory such a copy does not wait, see ``tokens/transfer.py``), ``torch.tensor/as_tensor(data, device=...)``,
   and any call mixing host tensors (not 0-d) with device tensors (an implicit copy);
 - a ``TorchDispatchMode`` sees the aten ops that read values, also when a library calls them:
   ``_local_scalar_dense``, ``nonzero``, ``masked_select``, ``index``/``index_put`` with a boolean
@@ -29,7 +30,9 @@ without a GPU: every tensor lives in host memory there, so the recorder tracks w
 ``device=`` (hot-path code takes it from a tensor, ``x.device``), or is computed from such a
 tensor, is a device tensor; one created on the host (a factory without ``device=``, or with the
 string ``"cpu"``; ``torch.from_numpy``; the result of ``.cpu()``) or computed from host tensors
-alone is a host tensor. With ``emulate=False`` (on an accelerator, beside
+alone is a host tensor. The emulation sees what runs on CPU: code that branches on the device type
+(torch's own CPU-only value checks, e.g. in ``F.one_hot``) may count on CPU what a GPU skips, or
+the reverse. With ``emulate=False`` (on an accelerator, beside
 ``torch.cuda.set_sync_debug_mode``) a device tensor is one that is not on the CPU.
 
 Each event names the innermost frame inside tokencodec (``where``; torch, transformers and this
@@ -42,6 +45,7 @@ tensor (``for x in t``) is not itself a sync: it yields device tensors, and each
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -55,6 +59,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 _PACKAGE = str(Path(__file__).resolve().parents[1])          # .../tokencodec
 _THIS = str(Path(__file__).resolve())
+# helpers whose reads belong to their caller: events name the line that called them
+_PASS_THROUGH = (_THIS, str(Path(_PACKAGE, "tokens", "transfer.py")))
 _TORCH = str(Path(torch.__file__).resolve().parent)
 _MODULE_FILE, _MODULE_CALL = str(Path("nn", "modules", "module.py")), {"_call_impl", "_wrapped_call_impl"}
 
@@ -63,7 +69,7 @@ _T = torch.Tensor
 _READS = {_T.item: "item", _T.tolist: "tolist", _T.numpy: "numpy", _T.cpu: "cpu", _T.__bool__: "__bool__",
           _T.__int__: "__int__", _T.__index__: "__index__", _T.__float__: "__float__",
           _T.__complex__: "__complex__", _T.__array__: "__array__"}
-_TO_HOST = {_T.cpu, _T.numpy, _T.__array__, torch.from_numpy}
+_TO_HOST = {_T.cpu, _T.numpy, _T.__array__}
 _FACTORIES_FROM_DATA = {torch.tensor, torch.as_tensor}
 # aten ops whose output (or return value) depends on the data: the host must read device values
 _aten = torch.ops.aten
@@ -108,7 +114,7 @@ def _locate() -> tuple[str | None, str]:
         name = frame.f_code.co_filename
         if name.startswith(_TORCH):
             in_forward |= frame.f_code.co_name in _MODULE_CALL and name.endswith(_MODULE_FILE)
-        elif name != _THIS:
+        elif name not in _PASS_THROUGH:
             label = _frame_label(name, frame.f_lineno)
             if name.startswith(_PACKAGE):
                 return (label if site is None or not in_forward else None), site or label
@@ -173,6 +179,10 @@ class HostSyncs:
         return f"{self.count()} host syncs in tokencodec{': ' + detail if detail else ''}{tail}"
 
     def __enter__(self) -> HostSyncs:
+        # torch.from_numpy and torch.frombuffer bypass both modes: wrap them to mark their results as host data
+        self._factories = {name: getattr(torch, name) for name in ("from_numpy", "frombuffer")}
+        for name, factory in self._factories.items():
+            setattr(torch, name, self._host_factory(factory))
         for mode in self._modes:
             mode.__enter__()
         return self
@@ -180,6 +190,16 @@ class HostSyncs:
     def __exit__(self, *exc) -> None:
         for mode in reversed(self._modes):
             mode.__exit__(*exc)
+        for name, factory in self._factories.items():
+            setattr(torch, name, factory)
+
+    def _host_factory(self, factory):
+        @functools.wraps(factory)
+        def wrapper(*args, **kwargs):
+            out = factory(*args, **kwargs)
+            self._host[out] = True
+            return out
+        return wrapper
 
 
 class _FunctionMode(TorchFunctionMode):
@@ -195,16 +215,15 @@ class _FunctionMode(TorchFunctionMode):
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         device = [t for t in tensors if rec.on_device(t)]
         host = [t for t in tensors if not rec.on_device(t)]
-        event = None
+        event, moved = None, None           # moved: "host" | "device" when the call moves its input there
         if func in _READS and device:
-            event = ("read", f"Tensor.{_READS[func]}")
-        elif func in (_T.to, _T.cuda) and host:
-            target = kwargs.get("device", next((a for a in args[1:] if isinstance(a, str | torch.device | _T)), None))
-            if func is _T.cuda or (isinstance(target, _T) and rec.on_device(target)) or (
-                    isinstance(target, str | torch.device) and not _is_host_device_arg(target)):
+            event, moved = ("read", f"Tensor.{_READS[func]}"), "host"
+        elif func in (_T.to, _T.cuda) and host and (func is _T.cuda or self._targets_device(args, kwargs)):
+            moved = "device"
+            if not kwargs.get("non_blocking", False):
                 event = ("copy", f"Tensor.{func.__name__} (host tensor to device)")
-        elif func is _T.to and device and _is_host_device_arg(kwargs.get("device", args[1] if len(args) > 1 else None)):
-            event = ("read", "Tensor.to('cpu')")
+        elif func is _T.to and device and _is_host_device_arg(_target(args, kwargs)):
+            event, moved = ("read", "Tensor.to('cpu')"), "host"
         elif func in _FACTORIES_FROM_DATA and kwargs.get("device") is not None \
                 and not _is_host_device_arg(kwargs["device"]) and not device:
             event = ("copy", f"torch.{func.__name__}(data, device=...)")
@@ -222,14 +241,12 @@ class _FunctionMode(TorchFunctionMode):
                 rec._quiet -= 1
         if event is not None and not (func in _FACTORIES_FROM_DATA and out.numel() == 0):   # nothing to copy
             rec.record(*event)
-        to_host = func in _TO_HOST or (event is not None and event[1] == "Tensor.to('cpu')")
-        to_device = event is not None and event[0] == "copy"
-        if (to_host or to_device) and any(out is t for t in tensors):
+        if moved is not None and any(out is t for t in tensors):
             out = out.view_as(out)          # on CPU a move returns its input: the moved tensor gets its own identity
             rec._host.pop(out, None)
-        if to_host:
+        if moved == "host":
             rec._mark_host(out)
-        elif to_device:
+        elif moved == "device" or (event is not None and event[0] == "copy"):
             pass                            # now on the device
         elif tensors:
             if not device:
@@ -237,6 +254,17 @@ class _FunctionMode(TorchFunctionMode):
         elif kwargs.get("device") is None or _is_host_device_arg(kwargs["device"]):
             rec._mark_host(out)             # a factory without device=: built on the host
         return out
+
+    def _targets_device(self, args, kwargs) -> bool:
+        target = _target(args, kwargs)
+        if isinstance(target, torch.Tensor):
+            return self.rec.on_device(target)
+        return isinstance(target, str | torch.device) and not _is_host_device_arg(target)
+
+
+def _target(args, kwargs):
+    """The device (or tensor) a ``Tensor.to`` call moves to, if any."""
+    return kwargs.get("device", next((a for a in args[1:] if isinstance(a, str | torch.device | torch.Tensor)), None))
 
 
 class _DispatchMode(TorchDispatchMode):

@@ -43,7 +43,6 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
@@ -64,7 +63,7 @@ def select_raters(visual_embeds: Tensor, text_embeds: Tensor) -> Tensor:
     """Raters, bool [M]: text tokens whose relevance (softmax_text V·Tᵀ, mean over V) is above average."""
     relevance = (visual_embeds @ text_embeds.T).softmax(dim=-1).mean(dim=0)     # [M], unscaled logits
     raters = relevance > relevance.mean()
-    return raters if bool(raters.any()) else torch.ones_like(raters)
+    return raters | ~raters.any()       # all rate when none is above the mean (no read on the host)
 
 
 def visual_scores(rater_attention: Tensor) -> Tensor:
@@ -191,7 +190,8 @@ class SparseVLM(TokenMethod):
         pool = order[:, keep:keep + m]                                   # best-scored deleted tokens
         x = batch.features.gather(1, pool[..., None].expand(-1, -1, batch.features.shape[-1]))
         labels, centres = dpc_knn(x, clusters)
-        member = F.one_hot(labels, clusters).transpose(1, 2).to(x.dtype)  # [B, clusters, m]
+        # [B, clusters, m]; a comparison, not F.one_hot, whose range check reads the labels on the host (CPU)
+        member = (labels[:, None, :] == torch.arange(clusters, device=labels.device)[:, None]).to(x.dtype)
         merged = member @ x / member.sum(dim=-1, keepdim=True)
         sizes = (member @ batch.sizes.gather(1, pool)[..., None])[..., 0]
         pool_source = batch.source.gather(1, pool[..., None].expand(-1, -1, batch.source.shape[-1]))

@@ -73,10 +73,15 @@ def visionzip_plan(attention: Tensor, keys: Tensor, n_dominant: int, n_contextua
     dominant = top_indices(attention, n_dominant).sort(1).values
     is_dom = torch.zeros(b, n, dtype=torch.bool, device=attention.device).scatter(1, dominant, True)
     rest = is_dom.to(torch.uint8).argsort(dim=1, stable=True)[:, : n - n_dominant]  # raster order
-    slots = torch.arange(n - n_dominant, device=attention.device)
-    stride = max(1, (n - n_dominant) // max(n_contextual, 1))
+    r = n - n_dominant
+    slots = torch.arange(r, device=attention.device)
+    stride = max(1, r // max(n_contextual, 1))
     is_target = (slots % stride == 0) & (slots // stride < n_contextual)
-    targets, others = rest[:, is_target], rest[:, ~is_target]
+    # the slots split by position alone, so the counts are known on the host: a stable sort puts the other
+    # slots first, then the targets, each in raster order (a boolean index would read the mask on the host)
+    n_targets = min(n_contextual, -(-r // stride))
+    split = is_target.to(torch.uint8).argsort(stable=True)
+    targets, others = rest[:, split[r - n_targets:]], rest[:, split[: r - n_targets]]
     if n_contextual == 0:  # nothing to merge into: the other patches are dropped
         return dominant, targets, others[:, :0], others[:, :0]
     k = F.normalize(keys.float(), dim=-1)
