@@ -9,8 +9,8 @@ forward is bound by launching kernels, so each such stall costs more than the wo
 
     with HostSyncs() as syncs:
         method(batch, budget)
-    syncs.count()       # events inside tokencodec
-    print(syncs)        # "2 host syncs in tokencodec: tokens/batch.py:67 Tensor.__int__ ×2"
+    syncs.count()       # events caused by tokencodec
+    print(syncs)        # "1 host syncs in tokencodec: tokens/compress/random.py:76 Tensor.cpu"
 
 Two torch modes see two levels, and each event is counted once (the outer one wins):
 
@@ -22,7 +22,7 @@ Two torch modes see two levels, and each event is counted once (the outer one wi
 - a ``TorchDispatchMode`` sees the aten ops that read values, also when a library calls them:
   ``_local_scalar_dense``, ``nonzero``, ``masked_select``, ``index``/``index_put`` with a boolean
   index, ``unique*``, ``repeat_interleave`` without ``output_size``, ``bincount``, ``equal``,
-  ``allclose``, ``is_nonzero``, and copies between a CPU and a non-CPU tensor.
+  ``allclose``, ``is_nonzero``, and blocking copies between a CPU and a non-CPU tensor.
 
 **CPU runs emulate a device** (``emulate=True``, the default), so that CI enforces a sync budget
 without a GPU: every tensor lives in host memory there, so the recorder tracks where a tensor
@@ -123,8 +123,11 @@ def _locate() -> tuple[str | None, str]:
     return None, site or "?"
 
 
-def _is_host_device_arg(device) -> bool:
-    """A ``device=`` argument naming the host: only the string "cpu" when emulating (see the docstring)."""
+def _is_host_device_arg(device, emulate: bool) -> bool:
+    """A ``device=`` argument naming the host. Emulating, only the string "cpu" does: a device object
+    comes from a tensor (``x.device``) and stands for the accelerator (see the module docstring)."""
+    if not emulate:
+        return isinstance(device, str | torch.device) and torch.device(device).type == "cpu"
     return isinstance(device, str) and device.split(":")[0] == "cpu"
 
 
@@ -222,10 +225,10 @@ class _FunctionMode(TorchFunctionMode):
             moved = "device"
             if not kwargs.get("non_blocking", False):
                 event = ("copy", f"Tensor.{func.__name__} (host tensor to device)")
-        elif func is _T.to and device and _is_host_device_arg(_target(args, kwargs)):
+        elif func is _T.to and device and _is_host_device_arg(_target(args, kwargs), rec.emulate):
             event, moved = ("read", "Tensor.to('cpu')"), "host"
         elif func in _FACTORIES_FROM_DATA and kwargs.get("device") is not None \
-                and not _is_host_device_arg(kwargs["device"]) and not device:
+                and not _is_host_device_arg(kwargs["device"], rec.emulate) and not device:
             event = ("copy", f"torch.{func.__name__}(data, device=...)")
         elif device and any(t.dim() > 0 for t in host):
             event = ("copy", f"{getattr(func, '__qualname__', func)} mixing host and device tensors")
@@ -251,7 +254,7 @@ class _FunctionMode(TorchFunctionMode):
         elif tensors:
             if not device:
                 rec._mark_host(out)         # computed from host tensors alone
-        elif kwargs.get("device") is None or _is_host_device_arg(kwargs["device"]):
+        elif kwargs.get("device") is None or _is_host_device_arg(kwargs["device"], rec.emulate):
             rec._mark_host(out)             # a factory without device=: built on the host
         return out
 
@@ -259,7 +262,7 @@ class _FunctionMode(TorchFunctionMode):
         target = _target(args, kwargs)
         if isinstance(target, torch.Tensor):
             return self.rec.on_device(target)
-        return isinstance(target, str | torch.device) and not _is_host_device_arg(target)
+        return isinstance(target, str | torch.device) and not _is_host_device_arg(target, self.rec.emulate)
 
 
 def _target(args, kwargs):
@@ -323,9 +326,9 @@ def _reads_values(func, args, kwargs) -> bool:
 
 
 def _crosses(args, kwargs) -> bool:
-    """A copy between a CPU tensor and a non-CPU one (only on a real accelerator)."""
+    """A blocking copy between a CPU tensor and a non-CPU one (only on a real accelerator)."""
     src = args[0] if args else None
-    if not isinstance(src, torch.Tensor):
+    if not isinstance(src, torch.Tensor) or kwargs.get("non_blocking") or (len(args) > 2 and args[2] is True):
         return False
     if len(args) > 1 and isinstance(args[1], torch.Tensor):        # copy_(dst, src)
         return (args[0].device.type == "cpu") != (args[1].device.type == "cpu")
