@@ -51,7 +51,9 @@ def make_batch(seed: int = 0, grid: tuple[int, int] = (H, W), frames: int = 1, b
     signals = dict(cls_attention=separated(b, n, g), cls_attention_single_head=separated(b, n, g),
                    mean_attention=separated(b, n, g), keys=keys, keys_full=torch.randn(b, n, d, generator=g),
                    text_attention=separated(b, n, g), normed_features=torch.randn(b, n, d, generator=g))
-    context = dict(rater_attention=torch.stack([separated(b, n, g) for _ in range(3)], 1),
+    # SparseVLM ranks by the raters' mean: rows that share one order (scaled) keep the mean separated too
+    raters = separated(b, n, g)[:, None] * torch.tensor([0.8, 1.0, 1.2])[:, None]
+    context = dict(rater_attention=raters,
                    text_keys=torch.randn(b, TEXT, 4, generator=g), text_features=torch.randn(b, TEXT, d, generator=g))
     if not cls:
         signals = {k: v for k, v in signals.items() if not k.startswith("cls_attention")}

@@ -74,8 +74,8 @@ class TokenBatch:
             self.positions = torch.arange(n, device=dev).expand(b, n).clone()
         _check(self.positions, "positions", (b, n), f"B={b}, N={n}", "integer", not _is_float(self.positions)
                and self.positions.dtype != torch.bool)
-        if self.sizes is None:
-            self.sizes = torch.ones(b, n, device=dev, dtype=self.features.dtype)
+        if self.sizes is None:     # float32 whatever the features: bf16 counts exactly only up to 256 patches
+            self.sizes = torch.ones(b, n, device=dev, dtype=torch.float32)
         _check(self.sizes, "sizes", (b, n), f"B={b}, N={n}", "floating", _is_float(self.sizes))
         if self.source is None:  # each token stands for its own patch; padding (position −1) for none
             pos = self.positions

@@ -116,7 +116,8 @@ def dpc_knn(x: Tensor, num_clusters: int, k: int | None = None) -> tuple[Tensor,
     """
     b, m, c = x.shape
     k = num_clusters if k is None else k
-    dist = torch.cdist(x, x) / c ** 0.5                                      # [B, m, m]
+    # float32 whatever the model's dtype: cdist has no bf16 kernel on CUDA, and density ties need the precision
+    dist = torch.cdist(x.float(), x.float()) / c ** 0.5                      # [B, m, m]
     knn = dist.topk(k, dim=-1, largest=False).values
     density = (-(knn ** 2).mean(dim=-1)).exp()                               # [B, m]
     # j is "denser" than i if its density is higher, or equal with a lower index
@@ -191,11 +192,11 @@ class SparseVLM(TokenMethod):
         x = batch.features.gather(1, pool[..., None].expand(-1, -1, batch.features.shape[-1]))
         labels, centres = dpc_knn(x, clusters)
         # [B, clusters, m]; a comparison, not F.one_hot, whose range check reads the labels on the host (CPU)
-        member = (labels[:, None, :] == torch.arange(clusters, device=labels.device)[:, None]).to(x.dtype)
-        merged = member @ x / member.sum(dim=-1, keepdim=True)
-        sizes = (member @ batch.sizes.gather(1, pool)[..., None])[..., 0]
+        member = labels[:, None, :] == torch.arange(clusters, device=labels.device)[:, None]
+        merged = (member.float() @ x.float() / member.sum(dim=-1, keepdim=True)).to(x.dtype)
+        sizes = (member.to(batch.sizes.dtype) @ batch.sizes.gather(1, pool)[..., None])[..., 0]
         pool_source = batch.source.gather(1, pool[..., None].expand(-1, -1, batch.source.shape[-1]))
-        source = (member @ pool_source.to(x.dtype)) > 0
+        source = (member.float() @ pool_source.float()) > 0
         out = batch.take(torch.cat([kept, pool.gather(1, centres)], dim=1))
         return replace(out, features=torch.cat([out.features[:, :keep], merged], 1),
                        sizes=torch.cat([out.sizes[:, :keep], sizes], 1),
