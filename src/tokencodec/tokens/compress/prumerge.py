@@ -52,6 +52,10 @@ Choices the card leaves open, and deviations:
   size of each token's sources) add up to at least N when the extra token is kept. The extra token's
   position and per-token signals are those of the pruned patch with the largest attention.
 - **No CLS.** There is no official fallback; like VisionZip we then read ``mean_attention``.
+- **Full budget.** ``Budget(ratio=1.0)`` is not the identity: N−1 tokens are kept, each still merging
+  its 32 key-nearest neighbours, and the one pruned patch makes the extra token. The official code
+  at reduction ratio 1 merges too (and appends an all-zero extra token); PruMerge+'s official stride is
+  0 there, which ``torch.arange`` refuses.
 """
 
 from __future__ import annotations

@@ -32,6 +32,10 @@ Choices the card leaves open:
   size, and its position and per-token signals are its target's.
 - **No CLS.** Without ``cls_attention`` we rank by ``mean_attention`` (the mean attention each token
   receives, as EffiVLM-Bench does for SigLIP); with neither signal we raise.
+- **Full budget.** ``Budget(ratio=1.0)`` is not the identity: K = N tokens are the CLS, D−1 dominant
+  patches and C contextual tokens (LLaVA-1.5: 1 + 485 + 90, one of the 91 other patches merged into its
+  target), sent in the official order. The official code at dominant + contextual = N does the same, and
+  has no setting that sends the N patches unchanged (contextual = 0 divides by zero).
 """
 
 from __future__ import annotations
