@@ -22,8 +22,6 @@ from tokencodec.tokens.compress import METHODS, Budget, get_method
 
 from .method_cases import CASES
 
-transformers = pytest.importorskip("transformers")
-
 # -- methods alone ----------------------------------------------------------------------------------
 
 # case label (tests/method_cases.py) → host syncs allowed (default 0); each is documented in the method's
@@ -68,6 +66,7 @@ LLM_OPTS = {"fastv": dict(layers=2), "dart": dict(layers=2), "pyramiddrop": dict
 
 
 def tiny_llava():
+    transformers = pytest.importorskip("transformers")
     vc = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                        num_attention_heads=4, image_size=32, patch_size=8)
     tc = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
@@ -91,6 +90,7 @@ QIMG, QVID, QVS, QVE = 190, 191, 188, 189
 
 
 def tiny_qwen2_vl():
+    transformers = pytest.importorskip("transformers")
     vision = dict(depth=2, num_heads=4, patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
                   embed_dim=32, mlp_ratio=2, hidden_size=64)
     text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4,
@@ -121,6 +121,7 @@ def qwen_inputs(sizes=((6, 8), (6, 8))) -> dict:
 
 
 def tiny_clip():
+    transformers = pytest.importorskip("transformers")
     cfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                         num_attention_heads=4, image_size=32, patch_size=8)
     torch.manual_seed(0)
