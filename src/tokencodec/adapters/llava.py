@@ -54,7 +54,8 @@ K counts the CLS it sends). PyramidDrop: λ = K/N with K = ``budget.tokens(N)``,
 ⌊N·λ^s⌋ (``Budget(ratio=0.5)`` gives the official 0.5/0.25/0.125). SparseVLM: the v1.5 list nearest
 to ρ·576 (:func:`sparsevlm_keeps`); with ``count_recycled=False`` (default, official) the recycled
 clusters come on top of each stage's count. ``stage_keep`` gives explicit per-stage counts instead.
-``Budget(ratio=1.0)`` never prunes.
+``Budget(ratio=1.0)`` is the identity for every method but VisionZip and PruMerge(+), whose official code
+merges even at a full budget (their cards in docs/token-methods.md).
 
 **generate() and the KV cache.** Pruning happens at prefill only (the forward whose ``input_ids``
 hold image tokens). Layers before the first stage cache S entries, later ones fewer. In each decode

@@ -168,9 +168,11 @@ class ToMe(TokenMethod):
         if budget.r == 0:
             return batch
         merge, rep = self.plan(batch.signals["keys"], budget.r, has_cls=batch.cls is not None)
-        x, size = merge_wavg(merge, batch.features, batch.sizes[..., None])
+        # the size-weighted average in float32 whatever the features' dtype (sizes beyond 256 are not exact in bf16)
+        x, size = merge_wavg(merge, batch.features.float(), batch.sizes.float()[..., None])
         out = batch.take(rep)
-        return replace(out, features=x, sizes=size[..., 0], source=merge_source(merge, x, batch.source))
+        return replace(out, features=x.to(batch.features.dtype), sizes=size[..., 0].to(batch.sizes.dtype),
+                       source=merge_source(merge, x, batch.source))
 
     @staticmethod
     def plan(keys: Tensor, r: int, has_cls: bool) -> tuple[Callable, Tensor]:
