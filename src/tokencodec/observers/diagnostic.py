@@ -68,7 +68,8 @@ class DiagnosticRunner(Runner):
 
     def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa", spatial: str = "per-frame",
                  positions: str | None = None, latency_device: str | None = None):
-        from tokencodec.metrics.cost import CostModel, MLLMShape
+        from tokencodec.metrics.cost import MLLMShape
+        from tokencodec.metrics.rates import CostModel
         from tokencodec.models.diagnostic import WEIGHTS_DIR, DiagnosticMLLM
 
         self.mllm = DiagnosticMLLM.from_pretrained(weights, attn_implementation=attn_implementation)

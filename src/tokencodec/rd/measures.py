@@ -38,7 +38,7 @@ KNOWN: dict[str, Measure] = dict([
     _m("bytes", "byte", False, "rate", "size of the real bitstream"),
     _m("payload_bytes", "byte", False, "rate", "coded image data of the bitstream, container and tables left out"),
     _m("payload_bpp", "bit/pixel", False, "rate", "payload bits per image pixel (container and tables left out)"),
-    # token and compute rates: computed in one place, tokencodec.metrics.cost.CostModel.point
+    # token and compute rates: computed in one place, tokencodec.metrics.rates.CostModel.point
     _m("tokens_in", "token", False, "rate", "visual tokens entering the consumer's first layer (LLM or ViT head)"),
     _m("tokens", "token", False, "rate", "visual tokens at the consumer's last layer (LLM, ViT or CNN head)"),
     _m("tokens_avg_layers", "token", False, "rate", "visual tokens averaged over the consumer's layers"),
