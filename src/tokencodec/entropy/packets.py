@@ -224,31 +224,16 @@ def packetize(features: np.ndarray, positions: np.ndarray, grid: tuple[int, int]
         if left == 0:                       # no tokens (K = 0): one packet tells the receiver the stream
             runs.append(order[:0])
             break
-        sizes: dict[int, int] = {}
+        rest, index = order[start:], len(runs)
+        first = pre_symbols if not runs else None
 
-        def fits(n: int) -> bool:
-            if n not in sizes:
-                take = order[start:start + n]
-                by_cell = np.argsort(pos[take], kind="stable")
-                data = _packet(profile, stream0, len(runs), n0, pos[take][by_cell], symbols[take][by_cell],
-                               pre_symbols if not runs else None)[0]
-                sizes[n] = len(data)
-            return sizes[n] <= mtu
+        def size(n: int, rest=rest, first=first, index=index) -> int:
+            by_cell = np.argsort(pos[rest[:n]], kind="stable")
+            return len(_packet(profile, stream0, index, n0, pos[rest[:n]][by_cell], symbols[rest[:n]][by_cell],
+                               first)[0])
 
-        if not fits(1):
-            raise ValueError(f"mtu={mtu}: one token needs a {sizes[1]}-byte packet under this profile")
-        lo, hi = 1, left + 1                # fits(lo); the largest n that fits lies in [lo, hi)
-        n = min(max(guess, 1), left)
-        while n > lo and n < hi:            # grow from the last packet's count, then bisect
-            if fits(n):
-                lo, n = n, min(2 * n, left)
-            else:
-                hi = n
-                break
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        runs.append(order[start:start + lo])
+        lo = _largest_fit(size, left, guess, mtu)
+        runs.append(rest[:lo])
         start, guess = start + lo, lo
     stream = (h, w, t, k_total, len(runs))
     packets, held = [], []
@@ -262,6 +247,30 @@ def packetize(features: np.ndarray, positions: np.ndarray, grid: tuple[int, int]
         head_bits += 8 * (_header_length(data) + CRC.size)
         pos_bits, pay_bits = pos_bits + pb, pay_bits + yb
     return TokenPackets(tuple(packets), tuple(held), head_bits, pos_bits, pay_bits, mtu)
+
+
+def _largest_fit(size, left: int, guess: int, mtu: int) -> int:
+    """The largest n in [1, left] with size(n) ≤ mtu (sizes grow with n): grow from ``guess``, then bisect."""
+    sizes: dict[int, int] = {}
+
+    def fits(n: int) -> bool:
+        if n not in sizes:
+            sizes[n] = size(n)
+        return sizes[n] <= mtu
+
+    if not fits(1):
+        raise ValueError(f"mtu={mtu}: one token needs a {sizes[1]}-byte packet under this profile")
+    lo, hi = 1, left + 1                    # fits(lo); the largest n that fits lies in [lo, hi)
+    n = min(max(guess, 1), left)
+    while lo < n < hi:
+        if fits(n):
+            lo, n = n, min(2 * n, left)
+        else:
+            hi = n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def _header_length(data: bytes) -> int:
@@ -418,7 +427,8 @@ def read_capture(data: bytes, name: str = "<capture>") -> Capture:
     import json
 
     if len(data) < CAPTURE_HEAD.size or data[:4] != CAPTURE_MAGIC:
-        raise TokenBitstreamError(f"{name}: not a packet capture (magic {bytes(data[:4])!r}, expected {CAPTURE_MAGIC!r})")
+        raise TokenBitstreamError(f"{name}: not a packet capture (magic {bytes(data[:4])!r}, "
+                                  f"expected {CAPTURE_MAGIC!r})")
     _, version, count = CAPTURE_HEAD.unpack_from(data)
     if version != 1:
         raise TokenBitstreamError(f"{name}: capture version {version}; this reader reads version 1")
