@@ -214,10 +214,11 @@ def packetize(features: np.ndarray, positions: np.ndarray, grid: tuple[int, int]
             raise ValueError(f"prefix tokens {pre.shape}: the profile sends [{profile.prefix}, {profile.dim}]")
     symbols = _symbols(profile, x)
     pre_symbols = None if pre is None else _symbols(profile, pre)
+    cost = _token_bits(profile, symbols)
     # every field but the count is known now; the count's varint is reserved at its largest (≤ K packets)
     k_total = len(pos)
     runs: list[np.ndarray] = []
-    start, guess = 0, 8
+    start = 0
     stream0 = (h, w, t, k_total, max(1, k_total))
     while start < k_total or not runs:
         left = k_total - start
@@ -232,9 +233,9 @@ def packetize(features: np.ndarray, positions: np.ndarray, grid: tuple[int, int]
             return len(_packet(profile, stream0, index, n0, pos[rest[:n]][by_cell], symbols[rest[:n]][by_cell],
                                first)[0])
 
-        lo = _largest_fit(size, left, guess, mtu)
+        lo = _largest_fit(size, left, _estimate(cost[rest], n0, mtu), mtu)
         runs.append(rest[:lo])
-        start, guess = start + lo, lo
+        start += lo
     stream = (h, w, t, k_total, len(runs))
     packets, held = [], []
     head_bits, pos_bits, pay_bits = 0, 0.0, 0.0
@@ -250,7 +251,8 @@ def packetize(features: np.ndarray, positions: np.ndarray, grid: tuple[int, int]
 
 
 def _largest_fit(size, left: int, guess: int, mtu: int) -> int:
-    """The largest n in [1, left] with size(n) ≤ mtu (sizes grow with n): grow from ``guess``, then bisect."""
+    """The largest n in [1, left] with size(n) ≤ mtu (sizes grow with n), starting from an estimate:
+    a few steps of one token around it, then bisection if the estimate was far off."""
     sizes: dict[int, int] = {}
 
     def fits(n: int) -> bool:
@@ -262,15 +264,42 @@ def _largest_fit(size, left: int, guess: int, mtu: int) -> int:
         raise ValueError(f"mtu={mtu}: one token needs a {sizes[1]}-byte packet under this profile")
     lo, hi = 1, left + 1                    # fits(lo); the largest n that fits lies in [lo, hi)
     n = min(max(guess, 1), left)
-    while lo < n < hi:
+    for _ in range(3):
         if fits(n):
-            lo, n = n, min(2 * n, left)
+            lo = n
+            if n == left or not fits(n + 1):
+                return n
+            lo, n = n + 1, n + 2
         else:
-            hi = n
+            hi, n = n, n - 1
+        if n <= lo or n >= hi:
+            break
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
+
+
+def _token_bits(profile: TokenCodecProfile, symbols: np.ndarray) -> np.ndarray:
+    """[K] the ideal bits of each token under the profile's tables (the adaptive model: under its prior)."""
+    if not len(symbols):
+        return np.zeros(0)
+    e = profile.entropy
+    if isinstance(e, FactorizedTables):
+        idx = (symbols - e.lo).astype(np.int64)
+        return -np.sum([e._log2p[c][idx[:, c]] for c in range(e.dim)], axis=0)
+    prior = e.prior.astype(np.float64)
+    return -np.log2(prior[symbols.reshape(len(symbols), -1)[:, 0]] / prior.sum())
+
+
+def _estimate(bits: np.ndarray, n0: int, mtu: int) -> int:
+    """How many of the tokens whose ideal bits are ``bits`` (in order) an MTU-sized packet likely holds."""
+    n = np.arange(1, len(bits) + 1)
+    p = np.clip(n / n0, 1e-12, 1 - 1e-12)
+    positions = np.where(n < n0, n0 * -(p * np.log2(p) + (1 - p) * np.log2(1 - p)), 0.0)
+    coded = 4 * np.ceil((positions + np.cumsum(bits) + 64) / 32)
+    fit = np.flatnonzero(FIXED + 7 + coded + CRC.size <= mtu)
+    return int(fit[-1]) + 1 if len(fit) else 1
 
 
 def _header_length(data: bytes) -> int:

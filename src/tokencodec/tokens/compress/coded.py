@@ -69,6 +69,7 @@ class Coded(TokenMethod):
     features = "vision"
     positions = "original"
     Options = CodedOptions
+    transport = None             # set by a channel pipeline (tokencodec.channels.transport): a subset arrives
 
     def __init__(self, seed: int = 0, **options):
         super().__init__(seed, **options)
@@ -116,10 +117,14 @@ class Coded(TokenMethod):
         enc = encode_tokens(out.features[0].float().cpu().numpy(), out.positions[0].cpu().numpy(), batch.grid,
                             batch.frames, self.profile, cls)
         t1 = time.perf_counter()
-        dec = decode_tokens(enc.data, self.profile)
+        dec = decode_tokens(enc.data, self.profile) if self.transport is None else self.transport(batch, out, enc,
+                                                                                                 self.profile)
         t2 = time.perf_counter()
-        order = torch.from_numpy(np.argsort(out.positions[0].cpu().numpy(), kind="stable"))
-        out = out.take(order[None].to(out.positions.device))        # the decoder returns raster order
+        raster = out.positions[0].cpu().numpy()
+        order = np.argsort(raster, kind="stable")
+        if self.transport is not None:                              # only the tokens that arrived go on
+            order = order[np.isin(raster[order], dec.positions)]
+        out = out.take(torch.from_numpy(order)[None].to(out.positions.device))   # the decoder's raster order
         features = torch.from_numpy(dec.features)[None].to(out.features.device, out.features.dtype)
         self.last_rates = {"bits": float(enc.total_bits), "bytes": enc.total_bits / 8,
                            "payload_bytes": (enc.position_bits + enc.payload_bits) / 8,
