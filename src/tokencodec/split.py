@@ -155,22 +155,33 @@ def _sender(observer: str, image: np.ndarray, inner: TokenMethod, keep: int) -> 
 
 
 def decode_file(path: Path):
-    """(header dict, DecodedTokens, profile path) of a token bitstream file."""
+    """(header dict, DecodedTokens, profile path) of a token bitstream file, or of a packet capture (the
+    tokens that arrived)."""
     from tokencodec.entropy import decode_tokens, read_header
+    from tokencodec.entropy.packets import CAPTURE_MAGIC
 
     data = Path(path).read_bytes()
+    if data[:4] == CAPTURE_MAGIC:       # packets received over a lossy channel (tokencodec.channels.files)
+        from tokencodec.channels.files import receive_file
+
+        return receive_file(data, str(path))
     head = read_header(data, str(path))
     profile, where = find_profile(head["profile"])
     return head, decode_tokens(data, profile, str(path)), where
 
 
 def answer(path: Path, question: str) -> str:
-    """The diagnostic MLLM's answer from a token bitstream alone."""
+    """The diagnostic MLLM's answer from a token bitstream alone (or from the tokens of a packet capture that
+    arrived; none: the answer to a uniform grey image, the receiver's "no image")."""
+    from tokencodec.channels.files import NothingArrived
     from tokencodec.models.diagnostic import IMAGE_SIZE
     from tokencodec.models.llava import LlavaTokenCompression
 
-    _, tokens, where = decode_file(path)
-    if where.parent.name != "diagnostic-mllm":
+    try:
+        _, tokens, where = decode_file(path)
+    except NothingArrived:
+        tokens = where = None
+    if where is not None and where.parent.name != "diagnostic-mllm":
         raise SplitError(f"{path}: its profile is for {where.parent.name}; answer reads diagnostic-mllm files")
     mllm = _diagnostic()
     unknown = [w for w in question.replace("?", " ?").split() if mllm.tokenizer.token_to_id(w) is None]
@@ -179,6 +190,12 @@ def answer(path: Path, question: str) -> str:
                          "(its questions: tokencodec.data.vqa)")
     if not question.rstrip().endswith("?"):
         question = question.rstrip() + " ?"
+    if tokens is None:
+        from tokencodec.channels.pixels import no_image
+
+        with torch.inference_mode():
+            logits = mllm.answer_logits([no_image((IMAGE_SIZE, IMAGE_SIZE, 3))], [question])
+        return mllm.answers[int(logits[0].argmax())]
     blank = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)      # the tower's output is replaced
     kw = mllm.inputs([blank], [question])
     last = int(kw.pop("last")[0])

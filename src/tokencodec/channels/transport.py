@@ -150,27 +150,38 @@ def source_mtu(spec: ChannelSpec) -> int:
     return spec.mtu - (FEC_ROOM if spec.protected else 0)
 
 
-def send(packets: list[bytes], spec: ChannelSpec, loss: float, key: str) -> tuple[list[bytes], dict[str, float]]:
-    """Packets (priority order) → FEC → channel → the source packets the receiver gets back, and rates."""
-    from tokencodec.channels.bit_errors import BitErrors
-    from tokencodec.channels.fec import protect, recover, repair_for_budget, uep_classes
+def protect_packets(packets: list[bytes], spec: ChannelSpec) -> tuple[list[bytes], int]:
+    """Sender: the datagrams for ``packets`` (priority order) with the spec's FEC, and the repair count."""
+    from tokencodec.channels.fec import protect, repair_for_budget, uep_classes
 
     k = len(packets)
     repair = repair_for_budget(packets, spec.budget) if spec.budget else math.ceil(spec.fec * k)
-    if repair:
-        classes, per_class = uep_classes(k, repair, spec.uep_share, spec.uep_weight) if spec.uep else ([k], [repair])
-        wire = protect(packets, classes, per_class)
-    else:
-        wire = list(packets)
+    if not repair:
+        return list(packets), 0
+    classes, per_class = uep_classes(k, repair, spec.uep_share, spec.uep_weight) if spec.uep else ([k], [repair])
+    return protect(packets, classes, per_class), repair
+
+
+def through_channel(wire: list[bytes], spec: ChannelSpec, loss: float, key: str) -> tuple[list[bytes], np.ndarray]:
+    """Channel: (the datagrams that arrive, possibly with bit errors; the lost mask)."""
+    from tokencodec.channels.bit_errors import BitErrors
+
     packet_rng, bit_rng = realisation(spec, key, loss)
     lost = spec.packet_channel(loss).lost(len(wire), packet_rng)
     bits = BitErrors(spec.ber) if spec.ber else None
-    arrived = [bits.corrupt(d, bit_rng) if bits else d for d, gone in zip(wire, lost, strict=True) if not gone]
+    return [bits.corrupt(d, bit_rng) if bits else d for d, gone in zip(wire, lost, strict=True) if not gone], lost
+
+
+def send(packets: list[bytes], spec: ChannelSpec, loss: float, key: str) -> tuple[list[bytes], dict[str, float]]:
+    """Packets (priority order) → FEC → channel → the source packets the receiver gets back, and rates."""
+    from tokencodec.channels.fec import recover
+
+    wire, repair = protect_packets(packets, spec)
+    arrived, lost = through_channel(wire, spec, loss, key)
     received = recover(arrived).packets if repair else arrived
-    wire_bytes = sum(len(d) for d in wire)
-    return received, {"bytes": float(wire_bytes), "bits": 8.0 * wire_bytes,
-                      "packet_bytes": float(sum(len(p) for p in packets)),
-                      "fec_bytes": float(wire_bytes - sum(len(p) for p in packets)) if repair else 0.0,
+    wire_bytes, packet_bytes = sum(len(d) for d in wire), sum(len(p) for p in packets)
+    return received, {"bytes": float(wire_bytes), "bits": 8.0 * wire_bytes, "packet_bytes": float(packet_bytes),
+                      "fec_bytes": float(wire_bytes - packet_bytes) if repair else 0.0,
                       "datagrams": float(len(wire)), "datagrams_lost": float(lost.sum()), "repair": float(repair)}
 
 
@@ -273,5 +284,5 @@ def transmit_image(codec: str, data: bytes, shape: tuple[int, ...], quality: int
     return image, rates
 
 
-__all__ = ["CHANNEL_RATES", "PRIORITIES", "ChannelSpec", "NothingReceived", "TokenTransport", "realisation", "send",
-           "source_mtu", "token_priority", "transmit_image"]
+__all__ = ["CHANNEL_RATES", "PRIORITIES", "ChannelSpec", "NothingReceived", "TokenTransport", "protect_packets",
+           "realisation", "send", "source_mtu", "through_channel", "token_priority", "transmit_image"]
