@@ -7,11 +7,12 @@ in the tests.
   fragment loses the interval). The header (tables, frame, scan) is not sent: with standard Huffman
   tables it is a function of (width, height, quality), which every packet carries, so the receiver
   rebuilds it (what RFC 2435, RTP/JPEG, does with its Q byte). For a lost interval the receiver writes
-  its restart marker alone; libjpeg-turbo (through Pillow) then decodes an empty segment, fills those
-  MCUs with zero coefficients (flat mid-grey 8×8 blocks, as the DC prediction restarts there), warns
-  "Corrupt JPEG data: premature end of data segment", and decodes every later interval **in place**.
-  (Given the intervals back to back without that marker it would decode the next interval one slot too
-  early, or lose its place after more than two.)
+  an interval of **all-zero blocks** (DC difference 0, then end-of-block, in the standard tables: 14
+  bits per 4:4:4 MCU) and its restart marker, so libjpeg-turbo (through Pillow) decodes flat mid-grey
+  8×8 blocks there (the DC prediction restarts at each interval) and every later interval **in
+  place**. (Given the intervals back to back it would decode the next interval one slot too early, or
+  lose its place after more than two missing; given the marker alone it decodes the first MCU from
+  the zero bits it pads with, a garbled block, then grey.)
 - ``jpeg2000-plt`` (J2K codestream with PLT markers): packets hold whole **J2K packets** (the PLT gives
   their lengths; a J2K packet longer than a transport packet is split). The main header is rebuilt from
   (width, height, quality) like JPEG's (OpenJPEG writes the same SIZ/COD/QCD/COM for any content at one
@@ -119,6 +120,20 @@ def _j2k_split(data: bytes) -> tuple[bytes, list[bytes]]:
     return data[:sot], [body[ends[j]:ends[j + 1]] for j in range(len(lengths))]
 
 
+def _grey_interval(mcus: int) -> bytes:
+    """Entropy-coded data of ``mcus`` 4:4:4 MCUs whose blocks are all zero, under the standard Huffman tables
+    (JPEG Annex K): luma DC category 0 '00', luma end-of-block '1010', chroma DC '00', chroma end-of-block
+    '00'; padded with 1 bits, 0xFF bytes stuffed."""
+    bits = ("00" + "1010" + "00" + "00" + "00" + "00") * mcus
+    bits += "1" * (-len(bits) % 8)
+    out = bytearray()
+    for i in range(0, len(bits), 8):
+        out.append(int(bits[i:i + 8], 2))
+        if out[-1] == 0xFF:
+            out.append(0)
+    return bytes(out)
+
+
 def split(codec: str, data: bytes, width: int, height: int, quality: int) -> list[bytes]:
     """The units of a file: restart intervals, J2K packets, or the whole file; the header must be implied."""
     if codec not in KINDS:
@@ -135,9 +150,11 @@ def join(codec: str, units: list[bytes | None], width: int, height: int, quality
         return units[0] if len(units) == 1 and units[0] is not None else None
     header = implied_header(codec, width, height, quality)
     if codec == "jpeg-rst":
-        last = len(units) - 1
-        scan = b"".join(u if u is not None else (b"\xff" + bytes([0xD0 + j % 8]) if j < last else b"")
-                        for j, u in enumerate(units))
+        from tokencodec.codecs.resilient import RESTART_BLOCKS
+
+        last, mcus = len(units) - 1, -(-width // 8) * -(-height // 8)
+        scan = b"".join(u if u is not None else _grey_interval(min(RESTART_BLOCKS, mcus - RESTART_BLOCKS * j))
+                        + (b"\xff" + bytes([0xD0 + j % 8]) if j < last else b"") for j, u in enumerate(units))
         return header + scan + b"\xff\xd9"
     body = b"".join(u if u is not None else b"\x00" for u in units)
     sot = b"\xff\x90" + struct.pack(">HHIBB", 10, 0, 12 + 2 + len(body), 0, 1)
