@@ -72,3 +72,13 @@ def test_corrupted_pixel_packets_are_dropped(scene):
     bad[20] ^= 1
     got = reassemble("jpeg2000-plt", [*packets[:2], bytes(bad), *packets[3:]])
     assert got.rejected == 1 and got.units_received < got.units
+
+
+def test_resilient_files_have_their_payload_parsed_and_cost_their_markers(scene):
+    from tokencodec.codecs import payload_bytes
+
+    plain, rst = get_codec("jpeg").encode(scene, 80), get_codec("jpeg-rst").encode(scene, 80)
+    assert 0 < payload_bytes("jpeg-rst", rst) < len(rst) and rst.count(b"\xff\xd0") >= 1 and b"\xff\xd0" not in plain
+    j2k = get_codec("jpeg2000-plt").encode(scene, 35)
+    assert j2k.startswith(b"\xff\x4f\xff\x51") and b"\xff\x58" in j2k          # raw codestream with PLT
+    assert 0 < payload_bytes("jpeg2000-plt", j2k) < len(j2k)
