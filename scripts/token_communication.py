@@ -1,118 +1,20 @@
 """Accuracy vs packet loss from a token-communication study: the figure (one curve per scheme, 95 % bootstrap
-bands over samples) and the Markdown tables (accuracy per loss with its interval, bits on the wire, the
-overheads of packetisation and FEC, the targets of issue 21).
+bands over samples) and the Markdown tables (:mod:`tokencodec.channels.report`; ``tokencodec study`` writes
+them for a channel study with its first metric, this redraws them with another metric or reference lines).
 
-    python scripts/token_communication.py docs/studies/token-communication/diagnostic --metric accuracy
+    python scripts/token_communication.py docs/studies/token-communication/diagnostic --metric accuracy \
+        --line "uncompressed=0.897" --line "no image (grey)=0.237"
     python scripts/token_communication.py docs/studies/token-communication/efficientnet-view --metric top1_agreement
 
-Writes ``<folder>/accuracy_vs_loss.png`` (``<metric>_vs_loss.png``) and ``<folder>/summary.md``. Pipelines
-named ``burst-…`` go to a second panel (bursty loss). The bootstrap resamples the samples (the same
-resample for every loss of a scheme), 2 000 times, seeded.
+Writes ``<folder>/<metric>_vs_loss.png`` and ``<folder>/summary.md`` and prints the tables.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import numpy as np
-
-RESAMPLES = 2000
-
-
-def load(folder: Path, metric: str) -> dict[str, dict]:
-    """{pipeline name: {loss, values [samples × losses], rates}} from the results files of a study folder."""
-    out = {}
-    for path in sorted(folder.glob("*.json")):
-        data = json.loads(path.read_text())
-        if data.get("knob") != "loss" or "per_item" not in data:
-            continue
-        items = data["per_item"]
-        values = np.array([items[s][metric] for s in sorted(items)], dtype=float)
-        out[data["name"]] = {"loss": np.array(data["results"]["loss"]), "values": values,
-                             "results": data["results"], "provenance": data["provenance"]}
-    return out
-
-
-def bootstrap(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(2.5 %, 97.5 %) percentiles of the mean over samples, per column; rows resampled together."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), (RESAMPLES, len(values)))
-    means = values[idx].mean(axis=1)                          # [resamples, losses]
-    return np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
-
-
-def paired_interval(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of a − b (per sample, same channel realisation) and its 95 % bootstrap interval."""
-    d = a - b
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), (RESAMPLES, len(d)))].mean(axis=1)
-    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def figure(curves: dict[str, dict], metric: str, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [("i.i.d. loss", [n for n in curves if not n.startswith("burst-")]),
-              ("bursty loss (Gilbert–Elliott, mean burst 4)", [n for n in curves if n.startswith("burst-")])]
-    panels = [(t, names) for t, names in panels if names]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), squeeze=False, sharey=True)
-    colours = {}
-    for ax, (panel, names) in zip(axes[0], panels, strict=True):
-        for name in names:
-            c = curves[name]
-            base = name.removeprefix("burst-")
-            colour = colours.setdefault(base, f"C{len(colours) % 10}")
-            style = "-" if base.startswith("tokens") else "--"
-            lo, hi = bootstrap(c["values"])
-            kb = c["results"]["bytes"][0] / 1000
-            ax.plot(100 * c["loss"], c["values"].mean(0), style, marker="o", ms=3, color=colour,
-                    label=f"{base} ({kb:.2g} kB)")
-            ax.fill_between(100 * c["loss"], lo, hi, color=colour, alpha=0.15, lw=0)
-        ax.set_xlabel("packet loss rate (%)")
-        ax.set_title(panel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
-    axes[0][0].set_ylabel(f"{metric} (mean, 95 % bootstrap band over samples)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
-def summary(curves: dict[str, dict], metric: str, title: str) -> str:
-    losses = next(iter(curves.values()))["loss"]
-    head = "| scheme | bytes on the wire | " + " | ".join(f"{100 * v:g} %" for v in losses) + " |"
-    lines = [f"# {title}", "", f"{metric} (mean over {len(next(iter(curves.values()))['values'])} samples; "
-             "95 % bootstrap interval in brackets) against the packet loss rate:", "", head,
-             "|---|---:|" + "---:|" * len(losses)]
-    for name, c in curves.items():
-        lo, hi = bootstrap(c["values"])
-        cells = [f"{m:.3f} [{a:.3f}, {b:.3f}]" for m, a, b in zip(c["values"].mean(0), lo, hi, strict=True)]
-        lines.append(f"| {name} | {c['results']['bytes'][0]:.0f} | " + " | ".join(cells) + " |")
-    lines += ["", "Bytes per image (means): the file (container or pixel file), the packets (headers, CRCs, "
-              "positions, range-coder flushes), what FEC adds, datagrams sent, repair symbols, and at loss 0:",
-              "", "| scheme | file | packets | packetisation overhead | FEC | datagrams | repair |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, c in curves.items():
-        r = c["results"]
-        file, packets, fec = r["file_bytes"][0], r["packet_bytes"][0], r["fec_bytes"][0]
-        lines.append(f"| {name} | {file:.0f} | {packets:.0f} | {100 * (packets / file - 1):+.1f} % | {fec:.0f} | "
-                     f"{r['datagrams'][0]:.1f} | {r['repair'][0]:.1f} |")
-    return "\n".join(lines) + "\n"
-
-
-def drops(curves: dict[str, dict], at: float) -> dict[str, tuple[float, float, float]]:
-    """Per scheme: the loss in metric from loss 0 to ``at`` (paired per sample) with its interval."""
-    out = {}
-    for name, c in curves.items():
-        j = int(np.flatnonzero(np.isclose(c["loss"], at))[0])
-        out[name] = paired_interval(c["values"][:, 0], c["values"][:, j])
-    return out
+from tokencodec.channels.report import write_channel_report
 
 
 def main() -> None:
@@ -120,32 +22,18 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--metric", default="accuracy")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--line", action="append", default=[], metavar="LABEL=VALUE",
+                        help="a horizontal reference line (e.g. the uncompressed accuracy, the no-image answer's)")
     args = parser.parse_args()
-    curves = load(args.folder, args.metric)
-    if not curves:
-        raise SystemExit(f"{args.folder}: no results with knob 'loss' (a channel study)")
-    title = args.title or f"{args.metric} vs packet loss: {args.folder.name}"
-    figure(curves, args.metric, args.folder / f"{args.metric}_vs_loss.png", title)
-    text = summary(curves, args.metric, title)
-    text += "\nDrop from loss 0 (paired per sample, 95 % bootstrap interval), in points:\n\n"
-    text += "| scheme | at 10 % | at 30 % |\n|---|---:|---:|\n"
-    d10, d30 = drops(curves, 0.1), drops(curves, 0.3)
-    for name in curves:
-        text += (f"| {name} | {100 * d10[name][0]:.1f} [{100 * d10[name][1]:.1f}, {100 * d10[name][2]:.1f}] | "
-                 f"{100 * d30[name][0]:.1f} [{100 * d30[name][1]:.1f}, {100 * d30[name][2]:.1f}] |\n")
-    pairs = [(u, u.replace("uep", "eep")) for u in curves if "uep" in u and u.replace("uep", "eep") in curves]
-    if pairs:
-        text += "\nUnequal minus equal protection (same bits, same channel realisation per sample), in points:\n\n"
-        text += "| pair | " + " | ".join(f"{100 * v:g} %" for v in curves[pairs[0][0]]["loss"]) + " |\n"
-        text += "|---|" + "---:|" * len(curves[pairs[0][0]]["loss"]) + "\n"
-        for u, e in pairs:
-            cells = []
-            for j in range(len(curves[u]["loss"])):
-                m, lo, hi = paired_interval(curves[u]["values"][:, j], curves[e]["values"][:, j])
-                cells.append(f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
-            text += f"| {u} − {e} | " + " | ".join(cells) + " |\n"
-    (args.folder / "summary.md").write_text(text)
-    print(text)
+    lines = {}
+    for item in args.line:
+        label, _, value = item.rpartition("=")
+        lines[label] = float(value)
+    try:
+        paths = write_channel_report(args.folder, args.metric, args.title, lines)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    print(paths["markdown"].read_text())
 
 
 if __name__ == "__main__":

@@ -90,7 +90,9 @@ def test_a_channel_study_over_tokens_and_pixels(tmp_path):
 
 def test_the_same_seed_replays_the_same_losses(tmp_path):
     s = study([{**TOKENS, "name": "tok", "channel": {"losses": [0.3], "mtu": 128, "burst": 3}}], n=4)
-    run_study(s, tmp_path / "a", write_report=False)
+    paths = run_study(s, tmp_path / "a")["paths"]          # a channel study's report: metric against loss
+    assert paths["html"].name == "accuracy_vs_loss.png" and paths["html"].stat().st_size > 10_000
+    assert "| tok |" in paths["markdown"].read_text()
     run_study(s, tmp_path / "b", write_report=False)
     keep = ("datagrams_lost", "delivered", "accuracy", "tokens")
     read = [[{k: r[k] for k in keep} for r in map(json.loads, (tmp_path / d / "points.jsonl").read_text().splitlines())]

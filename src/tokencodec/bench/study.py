@@ -192,7 +192,11 @@ def run_study(study: Study, out: str | Path | None = None, *, executor=None, cac
     curves = run_sweep(study.observer, samples, study.pipelines, out, seed=study.seed, executor=executor,
                        cache_dir=cache_dir, data=data, config={"study": study.to_json()}, on_progress=on_progress)
     paths: dict[str, Path] = {}
-    if write_report:
+    if write_report and all(p.channel is not None for p in study.pipelines):   # curves against loss, not rate
+        from tokencodec.channels.report import write_channel_report
+
+        paths = write_channel_report(out, (study.metrics or list(observer.measures))[0], f"Study: {study.name}")
+    elif write_report:
         from tokencodec.bench.report import write_report as write
 
         rates = [r for r in ("bpp", "tokens", "flops") if any(r in c.measures for c in curves.values())]
