@@ -9,6 +9,7 @@ same resample for every loss of a scheme, paired differences for UEP − EEP), 2
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def figure(curves: dict[str, dict], metric: str, path: Path, title: str, lines: 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
     axes[0][0].set_ylabel(f"{metric} (mean, 95 % bootstrap band over samples)")
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 70 * len(panels)))
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
