@@ -242,6 +242,9 @@ def build_curve(observer: Observer, spec: PipelineSpec, cid: str, samples: Seque
             "name": spec.method, "options": spec.options, "stage": method.stage, "paper": method.paper}
         if hasattr(method, "versions"):          # a method that writes a bitstream names its coder
             libraries = {**libraries, **method.versions()}
+    cost = getattr(observer.runner, "cost", None)
+    if cost is not None:                         # how tokens, FLOPs and KV bytes were counted (metrics.cost)
+        extra["cost"] = cost.provenance()
     if spec.channel is not None:
         spec_channel = spec.channel_spec()
         extra["channel"] = {**spec_channel.to_json(), "models": [spec_channel.describe(v) for v in spec_channel.losses],
