@@ -58,4 +58,9 @@ def rank_desc(score: Tensor) -> Tensor:
     return torch.empty_like(order).scatter_(-1, order, ranks)
 
 
-__all__ = ["density_peaks", "rank_desc"]
+def one_hot(index: Tensor, n: int) -> Tensor:
+    """[..., n] bool, True at ``index``: ``F.one_hot`` without its range check (which reads values back)."""
+    return index[..., None] == torch.arange(n, device=index.device)
+
+
+__all__ = ["density_peaks", "one_hot", "rank_desc"]

@@ -57,12 +57,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, BudgetError, MethodOptions, TokenMethod, register_method
-from tokencodec.tokens.compress.density import density_peaks, rank_desc
+from tokencodec.tokens.compress.density import density_peaks, one_hot, rank_desc
 from tokencodec.tokens.compress.variable_count import combine_kept, order_kept
 from tokencodec.tokens.compress.visionzip import guiding_attention
 from tokencodec.tokens.signals import Signal
@@ -141,11 +140,11 @@ def fastvid_plan(x: Tensor, saliency: Tensor, global_features: Tensor, t: int, n
     alone = count == n_c                                                     # the frame is its own pool
     pool = torch.where(alone[:, None, :], frame[:, None] == frame[None, :], seg[:, :, None] == seg[:, None, :])
     pool = pool.repeat_interleave(m, dim=1)                                  # [B, T·m (token), T (anchor)]
-    assigned = F.one_hot(choice, c_max).bool() & pool[..., None] & slot_ok[:, None]  # [B, T·m, T, c]
+    assigned = one_hot(choice, c_max) & pool[..., None] & slot_ok[:, None]  # [B, T·m, T, c]
     assigned = assigned.permute(0, 2, 3, 1).reshape(b, t * c_max, t * m)     # [B, anchor slot, token]
     total = assigned.sum(-1, keepdim=True).float()
     w = (1 / (total + 1)).clamp(min=beta)
-    own = F.one_hot((frame[:, None] * m + target).reshape(b, t * c_max), t * m).bool()
+    own = one_hot((frame[:, None] * m + target).reshape(b, t * c_max), t * m)
     coeff = (1 - w) * assigned.float() / total.clamp_min(1) + w * own.float()
     raster = (frame[:, None] * s + rest).reshape(b, t * m)                   # list index → token index
     weights = x.new_zeros(b, t * c_max, n, dtype=torch.float32).scatter(2, raster[:, None].expand_as(coeff), coeff)
@@ -166,15 +165,15 @@ def fastvid_select(batch: TokenBatch, keep: Tensor, slot: Tensor, target_weights
     n = batch.num_tokens
     index = torch.arange(n, device=keep.device).expand_as(keep)
     order, valid, padded = order_kept(keep, index, width)
-    own = F.one_hot(order, n)
+    own = one_hot(order, n)
     s = slot.gather(1, order)
     if target_weights is None:
-        weights, members = own.float(), own.bool()
+        weights, members = own.float(), own
     else:
         rows = s.clamp_min(0)[..., None].expand(-1, -1, n)
         merged = s[..., None] >= 0
         weights = torch.where(merged, target_weights.gather(1, rows), own.float())
-        members = torch.where(merged, target_members.gather(1, rows), own.bool())
+        members = torch.where(merged, target_members.gather(1, rows), own)
     return combine_kept(batch, weights, members, order, valid, padded)
 
 

@@ -78,7 +78,7 @@ from tokencodec.tokens.compress.base import (
     TokenMethod,
     register_method,
 )
-from tokencodec.tokens.compress.density import density_peaks, rank_desc
+from tokencodec.tokens.compress.density import density_peaks, one_hot, rank_desc
 from tokencodec.tokens.compress.variable_count import combine_kept, order_kept
 from tokencodec.tokens.signals import Signal
 
@@ -135,7 +135,8 @@ def cluster_merge(x: Tensor, valid: Tensor, m: Tensor, k_nn: int, beta: float) -
     """DPC-KNN merging of each group's valid tokens into m centres (official ``merge_tokens_by_density``).
 
     x [G, M, D], valid [G, M], m [G] long. Returns (centre [G, M] bool, coeff [G, M, M]: row c = the
-    merged token at centre c as weights over the group's tokens; zero rows for non-centres).
+    merged token at centre c as weights over the group's tokens, zero rows for non-centres; drawn
+    [G, M, M] bool: the tokens each centre stands for, itself and its members, even at weight 0).
     """
     g, n, _ = x.shape
     k = torch.minimum(m, torch.full_like(m, k_nn))
@@ -144,13 +145,14 @@ def cluster_merge(x: Tensor, valid: Tensor, m: Tensor, k_nn: int, beta: float) -
     # every other valid token joins its nearest centre (ties to the lower index: centres in raster order)
     to_centre = dist.masked_fill(~centre[:, None, :], torch.inf).argmin(-1)                  # [G, M]
     member = valid & ~centre
-    assign = F.one_hot(to_centre, n).bool() & member[..., None]                              # [G, i, c]
+    assign = one_hot(to_centre, n) & member[..., None]                              # [G, i, c]
     members = assign.transpose(1, 2)                                                         # [G, c, i]
     count = members.sum(-1, keepdim=True).float()
     eye = torch.eye(n, device=x.device)
     mean = members.float() / count.clamp_min(1)
     coeff = torch.where(count > 0, beta * eye + (1 - beta) * mean, eye)
-    return centre, coeff * centre[..., None]
+    drawn = (members | eye.bool()) & centre[..., None]
+    return centre, coeff * centre[..., None], drawn
 
 
 # -- the outer stage ------------------------------------------------------------------------------
@@ -182,8 +184,9 @@ def holitom_outer(x: Tensor, attention: Tensor, t: int, r: float, *, tau: float,
 
     One candidate per (frame, kind, position): kind 0 = the static token of the window that starts at
     that frame, 1 = a kept dynamic token, 2 = a merged dynamic token. Returns (frames [B, 3T, T],
-    coeff [B, 3T·S, S], keep [B, 3T·S] bool, key [B, 3T·S] (the output order), rep [B, 3T·S] (the
-    representative token)); candidate i weighs input token (f, j) by frames[i // S, f]·coeff[i, j].
+    coeff [B, 3T·S, S], drawn [B, 3T·S, S] (the positions each stands for), keep [B, 3T·S] bool,
+    key [B, 3T·S] (the output order), rep [B, 3T·S] (the representative token)); candidate i weighs
+    input token (f, j) by frames[i // S, f]·coeff[i, j].
     """
     b, n, dim = x.shape
     s = n // t
@@ -217,7 +220,7 @@ def holitom_outer(x: Tensor, attention: Tensor, t: int, r: float, *, tau: float,
     frames_static = in_window.float() / in_window.sum(-1, keepdim=True).clamp_min(1)
     means = total / in_window.sum(-1).clamp_min(1)[..., None, None]
     m_static = torch.round(n_static * r2[:, None]).long()
-    centre_s, coeff_s = cluster_merge(means.reshape(b * t, s, dim), static.reshape(b * t, s),
+    centre_s, coeff_s, drawn_s = cluster_merge(means.reshape(b * t, s, dim), static.reshape(b * t, s),
                                       m_static.reshape(-1), k_nn, beta)
 
     # dynamic, per frame: ⌈n·r′⌉ tokens, round(·(1−D)) by attention, the rest merged by DPC-KNN
@@ -227,23 +230,24 @@ def holitom_outer(x: Tensor, attention: Tensor, t: int, r: float, *, tau: float,
     kept = (rank_desc(a.masked_fill(~dynamic, -torch.inf)) < n_dom[..., None]) & dynamic
     eye = torch.eye(s, device=dev).expand(b * t, s, s)
     if d > 0:
-        centre_c, coeff_c = cluster_merge(xf.reshape(b * t, s, dim), (dynamic & ~kept).reshape(b * t, s),
+        centre_c, coeff_c, drawn_c = cluster_merge(xf.reshape(b * t, s, dim), (dynamic & ~kept).reshape(b * t, s),
                                           n_ctx.reshape(-1), k_nn, beta)
     else:                                   # the official default: no contextual tokens
-        centre_c, coeff_c = torch.zeros_like(centre_s), torch.zeros_like(coeff_s)
+        centre_c, coeff_c, drawn_c = torch.zeros_like(centre_s), torch.zeros_like(coeff_s), torch.zeros_like(drawn_s)
 
     keep = torch.cat([centre_s.reshape(b, t, s), kept, centre_c.reshape(b, t, s)], 1)      # [B, 3T, S]
     kind_key = torch.arange(3, device=dev)[:, None, None] * s + torch.arange(s, device=dev)
     key = (frame[None, :, None] * 3 * s + kind_key).reshape(1, 3 * t * s).expand(b, -1)  # window/frame, kind, j
-    one_hot = F.one_hot(frame, t).float().expand(b, t, t)
-    frames = torch.cat([frames_static, one_hot, one_hot], 1)                               # [B, 3T, T]
+    single = one_hot(frame, t).float().expand(b, t, t)
+    frames = torch.cat([frames_static, single, single], 1)                               # [B, 3T, T]
     coeff = torch.cat([coeff_s.reshape(b, t * s, s), eye.reshape(b, t * s, s), coeff_c.reshape(b, t * s, s)], 1)
+    drawn = torch.cat([drawn_s.reshape(b, t * s, s), eye.bool().reshape(b, t * s, s), drawn_c.reshape(b, t * s, s)], 1)
     rep = (frame[:, None] * s + torch.arange(s, device=dev)).reshape(-1).repeat(3).expand(b, -1)
-    return frames, coeff, keep.reshape(b, -1), key, rep
+    return frames, coeff, drawn, keep.reshape(b, -1), key, rep
 
 
-def assemble(batch: TokenBatch, frames: Tensor, coeff: Tensor, keep: Tensor, key: Tensor, rep: Tensor,
-             width: int | None) -> TokenBatch:
+def assemble(batch: TokenBatch, frames: Tensor, coeff: Tensor, drawn: Tensor, keep: Tensor, key: Tensor,
+             rep: Tensor, width: int | None) -> TokenBatch:
     """The kept candidates in ``key`` order as a TokenBatch (merged features, sizes, sources); ``width``
     as in :func:`~tokencodec.tokens.compress.variable_count.order_kept`."""
     b = keep.shape[0]
@@ -252,7 +256,8 @@ def assemble(batch: TokenBatch, frames: Tensor, coeff: Tensor, keep: Tensor, key
     per_frame = frames.gather(1, (order // s)[..., None].expand(-1, -1, t))                  # [B, W, T]
     per_pos = coeff.gather(1, order[..., None].expand(-1, -1, s))                             # [B, W, S]
     weights = (per_frame[..., None] * per_pos[:, :, None, :]).reshape(b, -1, t * s)
-    members = ((per_frame > 0)[..., None] & (per_pos != 0)[:, :, None, :]).reshape(b, -1, t * s)
+    per_drawn = drawn.gather(1, order[..., None].expand(-1, -1, s))
+    members = ((per_frame > 0)[..., None] & per_drawn[:, :, None, :]).reshape(b, -1, t * s)
     return combine_kept(batch, weights, members, rep.gather(1, order), valid, padded)
 
 
@@ -298,11 +303,11 @@ class HoliTom(TokenMethod):
         o = self.options
         t, n = batch.frames, batch.num_tokens
         r = retain_ratio(budget, n)
-        frames, coeff, keep, key, rep = holitom_outer(
+        frames, coeff, drawn, keep, key, rep = holitom_outer(
             batch.features, batch.signals["mean_attention"], t, r, tau=o.tau, k_nn=o.k, beta=o.beta, d=o.d,
             max_window=o.max_window)
         width = None if o.length == "count" else count_bound(r, t, n // t)
-        return assemble(batch, frames, coeff, keep, key, rep, width)
+        return assemble(batch, frames, coeff, drawn, keep, key, rep, width)
 
 
 # -- the inner stage ------------------------------------------------------------------------------
@@ -314,7 +319,7 @@ def pairwise_average_weights(assign: Tensor, member: Tensor, k: int) -> tuple[Te
 
     A kept token with q members ends as 2^−q·h + Σᵢ 2^−(q−rᵢ+1)·xᵢ, rᵢ = 1…q its members' ranks.
     """
-    one = F.one_hot(assign, k).transpose(1, 2).float() * member[:, None, :].float()        # [B, K, N]
+    one = one_hot(assign, k).transpose(1, 2).float() * member[:, None, :].float()        # [B, K, N]
     rank = one.cumsum(-1) * one                                                              # 1…q at members
     q = one.sum(-1, keepdim=True)
     return torch.where(one > 0, torch.exp2(rank - q - 1), torch.zeros_like(one)), torch.exp2(-q)[..., 0]
@@ -364,7 +369,7 @@ class HoliTomLLM(TokenMethod):
         assign = sim.argmax(-1)                                  # the most similar kept token
         w, self_w = pairwise_average_weights(assign, ~kept, k)
         weights = w.scatter(2, top[..., None], self_w[..., None])
-        members = (F.one_hot(assign, k).transpose(1, 2).bool() & ~kept[:, None, :]).scatter(2, top[..., None], True)
+        members = (one_hot(assign, k).transpose(1, 2) & ~kept[:, None, :]).scatter(2, top[..., None], True)
         order = top.argsort(dim=1)                               # output in index order
         rows = order[..., None].expand(-1, -1, n)
         return batch.combine(weights.gather(1, rows), members.gather(1, rows), top.gather(1, order))
