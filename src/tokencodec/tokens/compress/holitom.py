@@ -107,26 +107,46 @@ def select_windows(gain: Tensor, max_window: int) -> tuple[Tensor, Tensor, Tenso
     """The official DP over frames: (start [B, T], end [B, T] of each frame's window, total gain [B]).
 
     dp[i] = max(dp[i−1], max over lengths 2…max_window of dp[i−len] + gain[i−len+1, i]); on equal
-    totals the shortest last window wins (the official strict ``>`` scanning lengths upward).
+    totals the shortest last window wins (the official strict ``>`` scanning lengths upward). The DP is
+    sequential in frames (a loop over T, five small ops each); the back-tracking is pointer jumping.
     """
     b, t = gain.shape[:2]
     dev = gain.device
-    dp = gain.new_zeros(b, t + 1)                    # dp[:, i + 1]: the best total over frames 0…i
-    best_start = torch.zeros(b, t, dtype=torch.long, device=dev)
+    frame = torch.arange(t, device=dev)
+    first = frame[:, None] - frame[None, :]                         # [i, ℓ−1]: the first frame of length ℓ
+    allowed = (first >= 0) & (frame[None, :] < max(max_window, 1))
+    first = first.clamp_min(0)
+    # by[b, i, ℓ−1] = gain of the window of length ℓ ending at i (−inf where not allowed)
+    by = gain.transpose(1, 2).gather(2, first.expand(b, t, t)).masked_fill(~allowed, -torch.inf)
+    dp = gain.new_zeros(b, t + 1)                                   # dp[:, s]: the best total over frames < s
+    length = torch.empty(b, t, dtype=torch.long, device=dev)
     for i in range(t):
-        starts = torch.arange(i, max(i - max(max_window, 1), -1), -1, device=dev)        # lengths 1, 2, …
-        total = dp[:, starts] + gain[:, starts, i]                                         # gain[i, i] = 0
-        pick = total.argmax(1)                                                             # first: shortest
-        dp[:, i + 1] = total.gather(1, pick[:, None])[:, 0]
-        best_start[:, i] = starts[pick]
-    start = torch.empty_like(best_start)
-    end = torch.empty_like(best_start)
-    cur = torch.full((b,), t - 1, dtype=torch.long, device=dev)          # the current window's last frame
-    for i in range(t - 1, -1, -1):                                       # backtrack, frame by frame
-        s = best_start.gather(1, cur[:, None])[:, 0]
-        start[:, i], end[:, i] = s, cur
-        cur = torch.where(s == i, torch.full_like(cur, i - 1), cur)
+        total, pick = (dp[:, first[i]] + by[:, i]).max(1)          # first maximum: the shortest window
+        dp[:, i + 1] = total
+        length[:, i] = pick
+    best_start = frame - length                                     # the best last window ending at each i
+    start, end = window_of_frames(best_start)
     return start, end, dp[:, t]
+
+
+def window_of_frames(best_start: Tensor) -> tuple[Tensor, Tensor]:
+    """Back-track the DP: from the last frame, each window [best_start[e], e] is preceded by the window
+    ending at best_start[e] − 1. Pointer jumping finds every window end in ⌈log₂ T⌉ rounds; each frame's
+    window is the first end at or after it. Returns (start [B, T], end [B, T]) per frame."""
+    b, t = best_start.shape
+    dev = best_start.device
+    sink = t                                                        # "before frame 0"
+    jump = torch.cat([(best_start - 1).masked_fill(best_start == 0, sink),
+                      torch.full((b, 1), sink, dtype=torch.long, device=dev)], 1)    # [B, T+1]
+    reach = torch.zeros(b, t + 1, dtype=torch.long, device=dev)
+    reach[:, t - 1] = 1
+    for _ in range(max(1, (t - 1).bit_length())):
+        reach = reach | torch.zeros_like(reach).scatter_add(1, jump, reach).clamp_max(1)
+        jump = jump.gather(1, jump)
+    frame = torch.arange(t, device=dev)
+    ends = torch.where(reach[:, :t] > 0, frame, t)
+    end = ends.flip(1).cummin(1).values.flip(1)                     # the first window end ≥ each frame
+    return best_start.gather(1, end), end
 
 
 # -- clustering ----------------------------------------------------------------------------------
@@ -375,4 +395,5 @@ class HoliTomLLM(TokenMethod):
         return batch.combine(weights.gather(1, rows), members.gather(1, rows), top.gather(1, order))
 
 __all__ = ["HoliTom", "HoliTomLLM", "assemble", "cluster_merge", "count_bound", "frame_similarity",
-           "holitom_outer", "pairwise_average_weights", "retain_ratio", "select_windows", "static_table"]
+           "holitom_outer", "pairwise_average_weights", "retain_ratio", "select_windows", "static_table",
+           "window_of_frames"]
