@@ -18,12 +18,15 @@ What is modelled (random weights and random data; only shapes matter for time):
   5 × the measured one-crop forward (crops are independent sequences; no batch-of-5 forward is run).
 - Token batch: features [1, N, 1024]; signals from random data with the adapters' shapes:
   cls_attention [1, N] (softmax rows summed over 16 heads), keys [1, N, 64] (head_dim, averaged over
-  heads), text_attention [1, N]; context rater_attention [1, 16, N] (SparseVLM), text_keys [1, 46, 64]
-  and text_features [1, 46, 1024] (DART's text pivots). The batch is built outside the timing; the
-  adapter's signal extraction (hooks, CLS attention from q/k) is not timed, only ``method(batch, budget)``.
+  heads), text_attention [1, N], mean_attention and pooler_attention [1, N] (softmax per crop: HoliTom,
+  FastVID); context rater_attention [1, 16, N] (SparseVLM), text_keys [1, 46, 64] and text_features
+  [1, 46, 1024] (DART's text pivots), frame_features [1, crops, 1152] (FastVID). The batch is built
+  outside the timing; the adapter's signal extraction (hooks, CLS attention from q/k) is not timed, only
+  ``method(batch, budget)``.
 - Budget: Budget(ratio=0.25) for every method except ToMe and uniform-frames (one whole crop of the
   five); one call = one stage for the multi-stage methods (PyramidDrop, SparseVLM). Video methods
-  (temporal, uniform-frames) run at N = 2880 only, its 5 crops standing for 5 frames.
+  (temporal, uniform-frames, holitom, fastvid) run at N = 2880 only, its 5 crops standing for 5 frames
+  (random frames: HoliTom finds no static token, every frame is its own window).
 - ToMe: the whole merge schedule of the ToMeVisionPatch-ed encoder with layer=-2, i.e. layers 0..22
   (23 merges), r per layer = round(0.75·576/23) = 19 (576 → 139 patches, 24 %): per layer, the
   head-averaged metric from k_proj output [B, T, 1024], bipartite_soft_matching (CLS protected),
@@ -54,6 +57,7 @@ from tokencodec.tokens.compress import tome as tome_fns
 KEEP = 0.25
 TEXT_TOKENS = 46
 RATERS = 16
+FRAME_FEATURE_DIM = 1152        # SigLIP-so400m's pooled output (FastVID's frame features)
 
 
 def encoder_config(quick: bool) -> CLIPVisionConfig:
@@ -72,13 +76,18 @@ def make_batch(n: int, side: int, d: int, heads: int, gen: torch.Generator) -> T
     cls_attention = cls_logits.softmax(-1).sum(1)                      # summed over heads
     text_attention = (torch.randn(1, n, generator=gen) * 2).softmax(-1)
     rater_attention = (torch.randn(1, RATERS, n, generator=gen) * 2).softmax(-1)
+    # per frame: attention received (mean over heads and rows) and SigLIP's pooling-head attention
+    mean_attention = (torch.randn(frames, side * side, generator=gen) * 2).softmax(-1).reshape(1, n)
+    pooler_attention = (torch.randn(frames, side * side, generator=gen) * 2).softmax(-1).reshape(1, n)
     context = {"rater_attention": rater_attention,
                "text_keys": torch.randn(1, TEXT_TOKENS, dk, generator=gen),
-               "text_features": F.normalize(torch.randn(1, TEXT_TOKENS, d, generator=gen), dim=-1)}
+               "text_features": F.normalize(torch.randn(1, TEXT_TOKENS, d, generator=gen), dim=-1),
+               "frame_features": torch.randn(1, frames, FRAME_FEATURE_DIM, generator=gen)}
     return TokenBatch.from_grid(torch.randn(1, n, d, generator=gen), (side, side), frames=frames,
                                 cls_token=torch.randn(1, d, generator=gen), context=context,
                                 cls_attention=cls_attention, keys=torch.randn(1, n, dk, generator=gen),
-                                text_attention=text_attention)
+                                text_attention=text_attention, mean_attention=mean_attention,
+                                pooler_attention=pooler_attention)
 
 
 def tome_schedule(patches: int, layers: int, keep: float) -> tuple[list[int], list[int]]:

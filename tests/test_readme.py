@@ -31,4 +31,4 @@ def test_the_source_tree_has_no_import_circles():
     spec.loader.exec_module(facts)
     found = facts.facts()
     assert found["module_circles"] == [] and found["package_circles"] == []
-    assert "tokencodec.models" not in found["package_imports"]["tokencodec.adapters"]   # adapters hook, never import nets
+    assert "tokencodec.models" not in found["package_imports"]["tokencodec.adapters"]   # adapters never import nets

@@ -39,6 +39,10 @@ DEFAULTS = {
     "temporal": {"gop": 0, "search": 0, "intra": "all", "threshold": None, "rate_control": "cbr", "ratios": [],
                  "thresholds": []},
     "uniform-frames": {},
+    "holitom": {"tau": 0.8, "beta": 0.6, "d": 0.0, "k": 7, "max_window": 1024, "length": "count"},
+    "holitom-llm": {"layer": 18},
+    "fastvid": {"c": 8, "tau": 0.9, "d": 0.4, "p": 4, "beta": 0.6, "frame_feature": "pooler", "saliency": "pooler",
+                "length": "count"},
     "coded": {"inner": "random", "profile": ""},
 }
 DEFAULTS["prumerge+"] = DEFAULTS["prumerge"]

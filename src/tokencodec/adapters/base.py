@@ -72,16 +72,16 @@ class Adapter(ModelPatch):
     @classmethod
     def supports(cls, method_cls, has_cls: bool = True) -> str:
         """"yes", "fallback" (CLS signals replaced by the no-CLS stand-in), "video" or "—"."""
-        if method_cls.video:
-            if not cls.video or (cls.rebuilds_frames_only and not method_cls.rebuilds_frames):
-                return NO
-            return VIDEO
-        if method_cls.stage not in cls.method_stages:
+        if method_cls.video and (not cls.video or (cls.rebuilds_frames_only and not method_cls.rebuilds_frames)):
+            return NO
+        if method_cls.stage not in cls.method_stages and not (method_cls.video and cls.rebuilds_frames_only):
             return NO
         try:
             resolve_request(method_cls, cls.supplies.get(method_cls.stage, frozenset()), has_cls, cls.__name__)
         except ValueError:
             return NO
+        if method_cls.video:
+            return VIDEO
         uses_cls = method_cls.needs_cls or bool(set(method_cls.needs) & CLS_SIGNALS)
         return FALLBACK if uses_cls and not has_cls else YES
 

@@ -27,6 +27,8 @@ class Signal(StrEnum):
     RATER_ATTENTION = "rater_attention"
     TEXT_KEYS = "text_keys"
     TEXT_FEATURES = "text_features"
+    POOLER_ATTENTION = "pooler_attention"
+    FRAME_FEATURES = "frame_features"
 
     def __repr__(self) -> str:      # messages list requests as plain names: ['keys'], not <Signal.KEYS: 'keys'>
         return repr(self.value)
@@ -43,6 +45,12 @@ DESCRIPTIONS: dict[Signal, str] = {
     Signal.RATER_ATTENTION: "context [B, R, N]: attention of SparseVLM's rater text tokens over the image",
     Signal.TEXT_KEYS: "context [B, M, Dk]: keys of the text tokens after the image (DART's text pivots)",
     Signal.TEXT_FEATURES: "context [B, M, D]: normed hidden states of those text tokens (DART)",
+    Signal.POOLER_ATTENTION: ("signals [B, N]: attention of the tower's attention-pooling head (SigLIP's MAP "
+                              "probe) over the patches, softmax, mean over heads, resized onto the token grid "
+                              "the way the features are (FastVID's saliency)"),
+    Signal.FRAME_FEATURES: ("context [B, T, D']: one global feature per frame, the output of the tower's "
+                            "attention-pooling head (SigLIP: post_layernorm + head on the feature layer's "
+                            "output; FastVID's segmentation)"),
 }
 
 CLS_SIGNALS = frozenset({Signal.CLS_ATTENTION, Signal.CLS_ATTENTION_SINGLE_HEAD})
