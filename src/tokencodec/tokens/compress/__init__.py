@@ -4,11 +4,13 @@ Importing this package imports every method module so that the registry is compl
 """
 
 from tokencodec.tokens.compress import (  # noqa: F401  (each import registers its methods)
+    cdpruner,
     coded,
     dart,
     dct,
     divprune,
     fastv,
+    flowcut,
     frame_sampling,
     norm,
     pool,
@@ -22,6 +24,7 @@ from tokencodec.tokens.compress import (  # noqa: F401  (each import registers i
     temporal,
     tome,
     visionzip,
+    vispruner,
 )
 from tokencodec.tokens.compress.base import (
     METHODS,
