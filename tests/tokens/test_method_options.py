@@ -40,6 +40,10 @@ DEFAULTS = {
                  "thresholds": []},
     "uniform-frames": {},
     "coded": {"inner": "random", "profile": ""},
+    "cdpruner": {"relevance": "negated", "theta": None, "normalize": "image", "views": "each",
+                 "compute_dtype": "model"},
+    "vispruner": {"important_ratio": 0.5, "views": "each", "compute_dtype": "model"},
+    "flowcut": {},
 }
 DEFAULTS["prumerge+"] = DEFAULTS["prumerge"]
 
