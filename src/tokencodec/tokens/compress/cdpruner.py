@@ -99,21 +99,21 @@ def dpp_greedy_map(kernel: Tensor, k: int) -> Tensor:
     cis = kernel.new_zeros(k, r, n)
     di2s = kernel.diagonal(dim1=1, dim2=2).clone()
     taken = torch.zeros(r, n, dtype=torch.bool, device=dev)
-    picked = torch.empty(k, r, dtype=torch.long, device=dev)
+    picked = []
     top = torch.finfo(kernel.dtype).max
     tiny = torch.finfo(kernel.dtype).tiny
     for i in range(k):
-        # picked tokens stay out even if d² went NaN (the official loop's -inf would then be lost)
+        # picked tokens are kept out by the mask (the official sets their gain to −inf, which a NaN gain
+        # would undo); NaN and −inf gains of the others rank below every real gain
         j = torch.where(taken, -torch.inf, di2s.nan_to_num(nan=-top, neginf=-top)).argmax(dim=-1)
-        picked[i] = j
+        picked.append(j)
         # the same expression as the official loop, so the float32 arithmetic (and picks) agree
         eis = (kernel[rows, j] - torch.einsum("tb,tbn->bn", cis[:i, rows, j], cis[:i])) \
             / torch.sqrt(di2s[rows, j].clamp_min(tiny)).unsqueeze(-1)
         cis[i] = eis
         di2s = di2s - eis.square()
-        di2s[rows, j] = -torch.inf
         taken[rows, j] = True
-    return picked.t()
+    return torch.stack(picked, dim=1)
 
 
 def cdpruner_select(features: Tensor, image_embedding: Tensor, text_embedding: Tensor, k: int, views: int = 1,

@@ -82,8 +82,9 @@ class FlowCutState(NamedTuple):
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:
+    """[B, T, D] → [B, T, H, D/H] in float32 (a view when x is float32: no copy)."""
     b, t, d = x.shape
-    return x.float().view(b, t, heads, d // heads).transpose(1, 2)       # [B, H, T, d/H]
+    return x.float().view(b, t, heads, d // heads)
 
 
 def key_bias(live: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -100,15 +101,18 @@ def layer_signals(q: Tensor, k: Tensor, v: Tensor, heads: int, live: Tensor | No
     ``live`` [B, W]: pruned patches are left out of both softmaxes (as if removed from the sequence).
     Only the CLS query row is formed, so the cost is O(W·D) per layer.
     """
-    qh, kh, vh = _heads(q[:, :1], heads), _heads(k, heads), _heads(v, heads)
-    bias = None if live is None else key_bias(live)
-    logits = torch.matmul(qh * qh.shape[-1] ** -0.5, kh.transpose(-1, -2))     # [B, H, 1, T]
-    semantic = torch.matmul(vh[:, :, :1], vh.transpose(-1, -2))                # no 1/√d (official)
-    if bias is not None:
+    kh, vh = _heads(k, heads), _heads(v, heads)
+    qc = _heads(q[:, :1], heads) * kh.shape[-1] ** -0.5                  # the CLS query, scaled first (official)
+    # one CLS row per head, [B, T, H], as products summed over d/H: k and v are read once, in place (a
+    # head-split matmul copies them at every layer, which dominated the cost at batch > 1)
+    logits = (kh * qc).sum(-1)
+    semantic = (vh * vh[:, :1]).sum(-1)                                   # ⟨v_CLS, v⟩, no 1/√d (official)
+    if live is not None:
+        bias = key_bias(live)[:, 0, 0, :, None]
         logits, semantic = logits + bias, semantic + bias
-    relation = logits.softmax(-1)[:, :, 0, 1:].mean(1)
-    semantic = semantic.softmax(-1)[:, :, 0, 1:].mean(1)
-    value_l1 = vh.mean(1)[:, 1:].abs().sum(-1)
+    relation = logits.softmax(1)[:, 1:].mean(-1)
+    semantic = semantic.softmax(1)[:, 1:].mean(-1)
+    value_l1 = vh[:, 1:].mean(2).abs().sum(-1)
     return LayerSignals(relation, semantic, value_l1)
 
 
