@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from tokencodec.models.vision_tower import merged_positions, split_heads
+from tokencodec.adapters.vision_tower import merged_positions, split_heads
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress import METHODS, Budget, get_method
 from tokencodec.tokens.compress import tome as tome_fns
@@ -95,13 +95,13 @@ def make_batch(n: int, side: int, d: int, heads: int, gen: torch.Generator, widt
                                 image_embedding=torch.randn(1, n, CLIP_EMBED, generator=gen))
 
 
-def tome_schedule(patches: int, layers: int, keep: float) -> tuple[int, list[int]]:
-    """r per layer and the token counts (CLS included) entering each merging layer."""
-    r = round((1 - keep) * patches / layers)
+def tome_schedule(patches: int, layers: int, keep: float) -> tuple[list[int], list[int]]:
+    """ToMe's own r per layer for the keep ratio, and the token counts (CLS included) entering each layer."""
+    r = tome_fns.keep_schedule(patches, round(keep * patches), layers)
     counts, t = [], patches + 1
-    for _ in range(layers):
+    for merged in r:
         counts.append(t)
-        t -= min(r, (t - 1) // 2)
+        t -= merged
     return r, counts
 
 
@@ -114,12 +114,12 @@ def tome_runner(crops: int, side: int, d: int, heads: int, merge_layers: int, ge
     def run() -> int:
         size = source = pos = None
         t0 = counts[0]
-        for k, x in zip(keys, xs, strict=True):
+        for k, x, merged in zip(keys, xs, r, strict=True):
             if size is None:
                 size = torch.ones_like(x[..., :1])
                 pos = torch.arange(t0, dtype=torch.float32).expand(crops, -1)[..., None]
             metric = split_heads(k, heads).mean(1)
-            merge, _ = tome_fns.bipartite_soft_matching(metric, r, class_token=True)
+            merge, _ = tome_fns.bipartite_soft_matching(metric, merged, class_token=True)
             source = tome_fns.merge_source(merge, x, source)
             _, size = tome_fns.merge_wavg(merge, x, size)
             pos = merged_positions(merge, pos, t0)
@@ -190,7 +190,7 @@ def main() -> None:
             for n in ns:
                 if name == "tome":
                     fn, r = tome_runner(n // per_crop, side, d, heads, merge_layers, gen)
-                    jobs.append((name, n, fn, f"r={r}×{merge_layers} layers, {n // per_crop} crop(s) → "
+                    jobs.append((name, n, fn, f"r={sum(r)} over {merge_layers} layers, {n // per_crop} crop(s) → "
                                               f"{fn()}/{per_crop} patches per crop"))
                 elif name == "flowcut":
                     fn, k = flowcut_runner(n // per_crop, side, d, heads, merge_layers - 1, gen)

@@ -1,7 +1,12 @@
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# TokenBatch checks values (positions in range) on every construction: a host sync each, so off by default
+# (tokencodec/tokens/batch.py) and on for the tests; tests/test_host_sync.py turns it off where it counts syncs
+os.environ.setdefault("TOKENCODEC_CHECK_VALUES", "1")
 
 SHARED_KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
 

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from tokencodec.models.support import matrix_markdown
+from tokencodec.adapters.support import matrix_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -12,7 +12,7 @@ def test_support_matrix_in_readme_is_the_generated_one():
     text = README.read_text(encoding="utf-8")
     found = re.search(r"<!-- support-matrix -->\n(.*?)<!-- /support-matrix -->", text, re.S)
     assert found, "README.md lacks the support-matrix markers"
-    assert found.group(1) == matrix_markdown(), "run: python -m tokencodec.models.support"
+    assert found.group(1) == matrix_markdown(), "run: python -m tokencodec.adapters.support"
 
 
 def test_readme_has_the_ci_blocks():

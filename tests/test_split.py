@@ -103,7 +103,7 @@ def test_efficientnet_sender_and_classify_receiver(tmp_path):
         want = imagenet_class_names()[int(EfficientNetLite0.from_pretrained()(preprocess(data.coffee(), 224)).argmax())]
     assert r.output.strip().endswith(want)                  # the fine step keeps the uncompressed top-1
     r = runner.invoke(app, ["answer", str(out), "what colour is the circle?"])
-    assert r.exit_code == 2 and "reads diagnostic-mllm files" in r.output
+    assert r.exit_code == 2 and "answer reads files of diagnostic-mllm" in r.output
     r = runner.invoke(app, ["encode", str(tmp_path / "coffee.png"), "-o", str(out), "--observer", "efficientnet-lite0",
                             "--method", "visionzip", "--profile", "step-1"])
     assert r.exit_code == 2 and "attention" in r.output
@@ -146,3 +146,24 @@ def test_coded_on_the_vit_codes_the_cls_and_the_later_layers_read_it(tmp_path):
     assert fine["top1_agreement"] >= 0.9                                    # the fine step keeps the decisions
     assert fine["kl"] < coarse["kl"]                                        # a coarser CLS and tokens cost fidelity
     assert coarse["bits"] < fine["bits"] and fine["bits"] == 8 * fine["bytes"]
+
+
+def test_encode_runs_on_every_split_observer_with_its_own_defaults(tmp_path):
+    # the observer's shipped profiles and supported methods decide the defaults, not one global choice
+    from skimage import data
+
+    from tokencodec.split import shipped_profiles, split_observers, splitter
+
+    Image.fromarray(data.coffee()).save(tmp_path / "photo.png")
+    from tokencodec.models.diagnostic import IMAGE_SIZE
+
+    assert split_observers() == ["diagnostic-mllm", "efficientnet-lite0", "fashion-vit"]
+    assert splitter("diagnostic-mllm").input_size == IMAGE_SIZE
+    for observer in split_observers():
+        defaults = splitter(observer).defaults
+        assert defaults["profile"] in shipped_profiles(observer)
+        out = tmp_path / f"{observer}.tcb"
+        r = runner.invoke(app, ["encode", str(tmp_path / "photo.png"), "-o", str(out), "--observer", observer])
+        assert r.exit_code == 0, (observer, r.output)
+        info = json.loads(runner.invoke(app, ["decode", str(out), "--json"]).output.strip().splitlines()[-1])
+        assert info["tokens"] == defaults["keep"], observer

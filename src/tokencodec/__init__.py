@@ -17,8 +17,8 @@ def compress(model, method, budget=None, **options):
 
     ``with tokencodec.compress(model, "divprune", Budget(ratio=0.25)) as patch: model(...)``; on LLaVA
     ``method`` may be a chain of (method, budget) steps, with ``budget`` None; see
-    :mod:`tokencodec.models.adapters`. Imported lazily so that ``import tokencodec`` stays light.
+    :mod:`tokencodec.adapters.registry`. Imported lazily so that ``import tokencodec`` stays light.
     """
-    from tokencodec.models.adapters import compress as _compress
+    from tokencodec.adapters.registry import compress as _compress
 
     return _compress(model, method, budget, **options)

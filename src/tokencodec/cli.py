@@ -265,7 +265,7 @@ def methods(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """List the token-compression methods: where each acts, what guides it, its knob and needs."""
-    from tokencodec.models.support import matrix_markdown, support_matrix
+    from tokencodec.adapters.support import matrix_markdown, support_matrix
     from tokencodec.tokens.compress import METHODS
 
     if matrix:
@@ -345,24 +345,29 @@ def encode(
     image: Annotated[Path, typer.Argument(help="an image file (resized to the observer's input if needed)")],
     out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.tcb", help="token bitstream to write")],
     observer: Annotated[str, typer.Option(help="the model whose vision side runs here")] = "diagnostic-mllm",
-    method: Annotated[str, typer.Option(help="pre-LLM method that keeps the tokens")] = "rdo",
-    keep: Annotated[int, typer.Option(min=1, help="tokens kept")] = 16,
-    step: Annotated[float, typer.Option(help="quantiser step: the shipped profile step-<STEP>")] = 4.0,
-    profile: Annotated[str | None, typer.Option(help="a shipped profile by name instead (e.g. vq-1024)")] = None,
+    method: Annotated[str | None, typer.Option(help="pre-LLM method that keeps the tokens [default: the "
+                                                    "observer's: rdo, divprune, random]")] = None,
+    keep: Annotated[int | None, typer.Option(min=1, help="tokens kept [default: the observer's]")] = None,
+    step: Annotated[float | None, typer.Option(help="quantiser step: the shipped profile step-<STEP>")] = None,
+    profile: Annotated[str | None, typer.Option(help="a shipped profile by name instead (e.g. vq-1024) "
+                                                     "[default: the observer's]")] = None,
 ) -> None:
     """Split inference, sender: run the vision side on IMAGE and write its tokens as a bitstream."""
-    from tokencodec.split import INPUT_SIZE, encode_image, load_image
+    from tokencodec.split import encode_image, input_size, load_image
 
     try:
-        enc = encode_image(load_image(image, INPUT_SIZE.get(observer)), observer, method, keep,
-                           profile or f"step-{step:g}")
+        enc = encode_image(load_image(image, input_size(observer)), observer, method, keep,
+                           profile or (f"step-{step:g}" if step is not None else None))
     except (ImportError, *_split_errors()) as err:
         raise _fail(str(err)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     tmp.write_bytes(enc.data)
     tmp.replace(out)                                  # atomic: a file is whole or absent
-    console.print(f"{out}: {keep} tokens, {len(enc.data)} bytes (header {enc.header_bits // 8}, positions "
+    from tokencodec.entropy import read_header
+
+    kept = read_header(enc.data)["tokens"]
+    console.print(f"{out}: {kept} tokens, {len(enc.data)} bytes (header {enc.header_bits // 8}, positions "
                   f"{enc.position_bits // 8}, payload {enc.payload_bits // 8}; ideal payload "
                   f"{enc.ideal_payload_bits / 8:.1f})", highlight=False)
 

@@ -38,7 +38,7 @@ def costs_of(root, model_args: str) -> list[dict]:
     (head, samples), = read_costs(root / "costs" / f"{run_id(parse_model_args(model_args))}.jsonl")
     assert head["config"]["pretrained"] == parse_model_args(model_args)["pretrained"]
     assert head["provenance"]["tokencodec"] and head["provenance"]["libraries"]["lmms-eval"]
-    assert head["flops_convention"].startswith("LLM prefill")
+    assert head["cost"]["flops_convention"] == "macs2" and head["cost"]["flops_parts"] == ["vision", "projector", "llm"]
     return samples
 
 
@@ -54,7 +54,8 @@ def test_lmms_eval_runs_methods_on_tiny_llava_and_qwen2_vl_and_results_become_a_
     full, pruned, qwen = (costs_of(root, a) for a in runs.values())
     assert len(full) == len(pruned) == len(qwen) == N               # one record per sample
     assert {s["tokens"] for s in full} == {16.0} and {s["tokens"] for s in pruned} == {4.0}   # the method ran
-    assert {s["tokens"] for s in qwen} == {2.0}
+    assert {s["tokens"] for s in qwen} == {2.0} and {s["tokens_in"] for s in qwen} == {2.0}
+    assert all(s["kv_bytes"] > 0 for s in qwen)
     assert full[0]["tokens_per_layer"] == [16] * 4 and pruned[0]["tokens_per_layer"] == [4] * 4
     assert all(p["flops"] < f["flops"] and p["latency_s"] > 0 for p, f in zip(pruned, full, strict=True))
     curve = curve_from_runs(sorted((root / "out").rglob("*_results.json")), root / "costs", "tokencodec_vqa",

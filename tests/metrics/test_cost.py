@@ -7,9 +7,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tokencodec.metrics.cost import (
+    CLIP_VIT_L14_336,
     CONVENTIONS,
     LLAVA_1_5_7B,
     VICUNA_7B,
+    CostModel,
     MLLMShape,
     ProjectorShape,
     TextShape,
@@ -20,7 +22,6 @@ from tokencodec.metrics.cost import (
     measure_latency,
     prefill_flops,
     projector_flops,
-    rd_rates,
     tokens_per_layer_summary,
     vit_flops,
 )
@@ -197,15 +198,36 @@ def test_kv_cache_bytes_by_hand():
     assert kv_cache_bytes(gqa, [3, 1], 2, dtype_bytes=4) == (5 + 3) * 2 * 2 * 16 * 4
 
 
-def test_rd_rates_use_known_measure_names():
-    rates = rd_rates(LLAVA_1_5_7B, layer_schedule(32, 576, {2: 144}), 46, flops_parts=("llm",),
-                     convention="fastv")
-    assert set(rates) == {"tokens", "tokens_avg_layers", "flops", "kv_bytes"}
+def test_cost_model_rates_use_known_measure_names_and_one_definition_of_tokens():
+    # FastV K=2, keep 144: 576 tokens enter the LLM, 144 reach its last layer, 171 on average
+    cost = CostModel(LLAVA_1_5_7B, "fastv", ("llm",))
+    rates = cost.point(layer_schedule(32, 576, {2: 144}), 46)
+    assert set(rates) == {"tokens_in", "tokens", "tokens_avg_layers", "flops", "kv_bytes"}
     assert all(KNOWN[name].kind == "rate" for name in rates)
-    assert rates["tokens"] == 576 and rates["tokens_avg_layers"] == 171.0
+    assert rates["tokens_in"] == 576 and rates["tokens"] == 144 and rates["tokens_avg_layers"] == 171.0
     n, m = 190, 11008
     assert rates["flops"] == 2 * 622 * (4 * 4096**2 + 2 * 622 * 4096 + 2 * 4096 * m) \
         + 30 * n * (4 * 4096**2 + 2 * n * 4096 + 2 * 4096 * m)
+    assert rates["kv_bytes"] == kv_cache_bytes(VICUNA_7B, layer_schedule(32, 576, {2: 144}), 46)
+    prov = cost.provenance()
+    assert prov["flops_parts"] == ["llm"] and prov["flops_convention"] == "fastv"
+    assert set(prov["rates"]) == set(rates)
+
+
+def test_cost_model_parts_images_and_prefix():
+    whole = CostModel(LLAVA_1_5_7B).point(64, 20)
+    flops = prefill_flops(LLAVA_1_5_7B, 64, 20)
+    assert whole["flops"] == flops.total
+    video = CostModel(LLAVA_1_5_7B).point(64, 20, images=4)       # the tower ran on 4 frames
+    assert video["flops"] == flops.total + 3 * flops.parts["vision"]
+    vit = CostModel(CLIP_VIT_L14_336, prefix_tokens=1)             # a ViT classifier: the CLS is not a visual token
+    rates = vit.point([577] * 12 + [145] * 12)
+    assert rates["tokens_in"] == 576 and rates["tokens"] == 144 and rates["tokens_avg_layers"] == 360
+    assert rates["flops"] == vit_flops(CLIP_VIT_L14_336, [577] * 12 + [145] * 12).total
+    assert "kv_bytes" not in rates
+    assert CostModel(None).point([7, 7]) == {"tokens": 7.0}
+    with pytest.raises(ValueError, match="FLOPs parts"):
+        CostModel(CLIP_VIT_L14_336, parts=("llm",))
 
 
 def test_errors_are_explicit():
@@ -223,3 +245,14 @@ def test_measure_latency_returns_positive_numbers():
     assert len(result.times_s) == 3 and result.median_s > 0 and result.mean_s > 0
     assert result.peak_bytes > 0 and result.peak_bytes >= result.baseline_bytes
     assert result.memory.startswith("cpu:")
+
+
+def test_cost_model_adds_the_roofline_prediction_for_a_named_device():
+    from tokencodec.metrics.roofline import predict_prefill
+
+    cost = CostModel(LLAVA_1_5_7B, device="h200")
+    rates = cost.point(64, 20)
+    assert rates["latency_pred_s"] == predict_prefill(LLAVA_1_5_7B, None, 64, 20, 1, "h200").latency_s
+    assert cost.point(576, 20)["latency_pred_s"] > 0
+    assert cost.provenance()["latency_device_profile"]["name"] == "h200"
+    assert "latency_pred_s" not in CostModel(LLAVA_1_5_7B).point(64, 20)

@@ -82,7 +82,7 @@ def test_tiny_untrained_model_runs_forward():
     out = model(**kw, output_attentions=True)
     assert out.logits.shape[:2] == kw["input_ids"].shape and out.attentions is not None
     assert preprocess(data[0].image).shape == (1, 3, 64, 64)
-    from tokencodec.models.vision_tower import resolve_tower
+    from tokencodec.adapters.vision_tower import resolve_tower
 
     tower = resolve_tower(model)  # the LLaVA vision-tower adapters find the CLIP tower and its CLS
     assert tower.class_token and tower.patch_size == 8 and len(tower.layers) == 2

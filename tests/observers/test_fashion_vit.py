@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from tokencodec.adapters.vision_tower import TowerTokenPruning
 from tokencodec.bench.engine import run_sweep
 from tokencodec.models.fashion_vit import FashionViT, preprocess
-from tokencodec.models.vision_tower import TowerTokenPruning
-from tokencodec.observers.fashion_vit import FashionViTObserver, tome_schedule
+from tokencodec.observers.fashion_vit import FashionViTObserver
 from tokencodec.pipeline import PipelineSpec
 from tokencodec.tokens.compress import Budget, get_method
+from tokencodec.tokens.compress.tome import keep_schedule as tome_schedule
 
 
 def _images(n=3):

@@ -56,6 +56,25 @@ def test_every_method_the_mllm_takes_runs_through_the_llava_adapter(diagnostic, 
     fastv = curves["fastv"].points[1]
     assert fastv["tokens"] == 16 and 16 < fastv["tokens_avg_layers"] < 64  # layer 0 sees all 64
     assert curves["random"].points[1]["object_recall"] < 1.0  # a quarter of the patches loses objects
+    fastv_full = curves["fastv"].points[0]
+    assert fastv_full["tokens_in"] == 64 and fastv["tokens_in"] == 64 and fastv["kv_bytes"] < fastv_full["kv_bytes"]
+    cost = curves["fastv"].provenance["config"]["cost"]                 # how the rates were counted
+    assert cost["flops_parts"] == ["vision", "projector", "llm"] and cost["flops_convention"] == "macs2"
+
+
+def test_a_latency_device_adds_the_roofline_prediction(diagnostic, tmp_path):
+    from tokencodec.metrics.cost import CostModel
+
+    diagnostic.runner.cost = CostModel(diagnostic.runner.cost.shape, device="h200")
+    try:
+        samples = diagnostic.samples(split="test", n=2)
+        curve = run_sweep(diagnostic, samples, [PipelineSpec(method="random", keep_ratios=(1.0, 0.25))],
+                          tmp_path)["random"]
+    finally:
+        diagnostic.runner.cost = CostModel(diagnostic.runner.cost.shape)
+    full, small = curve.points
+    assert 0 < small["latency_pred_s"] <= full["latency_pred_s"]
+    assert curve.provenance["config"]["cost"]["latency_device_profile"]["name"] == "h200"
 
 
 def test_the_mllm_judges_decoded_pixels_of_every_codec(diagnostic, tmp_path):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from tokencodec.adapters.vision_tower import TowerVideoCoding
 from tokencodec.bench.engine import SweepError, run_sweep
 from tokencodec.data.camera_motion import pan, shift
 from tokencodec.models.fashion_vit import FashionViT, preprocess
-from tokencodec.models.vision_tower import TowerVideoCoding
 from tokencodec.observers import ObserverSpec, observer_for
 from tokencodec.pipeline import PipelineError, PipelineSpec
 from tokencodec.tokens.compress import Budget, get_method

@@ -68,3 +68,13 @@ def test_from_grid_checks_grid_and_frames():
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match=rf"TokenBatch.frames is {bad}, expected a positive int"):
             TokenBatch.from_grid(x, (2, 2), frames=bad)
+
+
+def test_values_are_checked_only_when_asked(monkeypatch):
+    """Value checks read device memory (a host sync), so construction skips them unless TOKENCODEC_CHECK_VALUES
+    is set (tests/conftest.py sets it); check_values() runs them at an API boundary."""
+    monkeypatch.setattr("tokencodec.tokens.batch.CHECK_VALUES", False)
+    bad = make(positions=torch.full((B, N), 6))
+    with pytest.raises(ValueError, match=r"TokenBatch.positions hold values in \[6, 6\]"):
+        bad.check_values()
+    assert make().check_values().num_tokens == N

@@ -54,8 +54,8 @@ def test_adapters_share_the_one_coercion():
     import inspect
 
     pytest.importorskip("transformers")
-    from tokencodec.models import efficientnet_lite0, llava, qwen2_vl, qwen2_vl_llm, vision_tower
+    from tokencodec.adapters import efficientnet, llava, qwen2_vl, qwen2_vl_llm, vision_tower
 
-    for module in (llava, qwen2_vl, qwen2_vl_llm, vision_tower, efficientnet_lite0):
+    for module in (llava, qwen2_vl, qwen2_vl_llm, vision_tower, efficientnet):
         src = inspect.getsource(module)
         assert "Budget.coerce(" in src and "Budget(keep=budget)" not in src, module.__name__

@@ -397,3 +397,15 @@ def test_prumerge_plus_fixed_keeps_top_quarter():
     top = batch.signals["cls_attention"].argsort(dim=1, descending=True)[:, :4]
     for i in range(2):
         assert set(top[i].tolist()) <= set(out.positions[i, :16].tolist())
+
+
+def test_full_budget_is_not_the_identity_for_visionzip_and_prumerge_as_in_the_official_code():
+    """Budget(ratio=1.0): VisionZip sends the CLS within K = N and merges one patch (official dominant +
+    contextual = N); PruMerge(+) keeps N − 1, still merges neighbours into each, and adds the extra token."""
+    batch = make_batch(1, 8, 8, 1, 4, seed=0)                  # N = 64: 10 contextual, 53 dominant + CLS
+    out = VisionZip()(batch, Budget(ratio=1.0))
+    assert out.num_tokens == 63 and out.sizes.sum() == 64 and int((out.sizes == 2).sum()) == 1
+    for method in (PruMerge(), PruMergePlus()):
+        out = method(batch, Budget(ratio=1.0))
+        assert out.num_tokens == 64 and set(out.positions[0, :63].tolist()) != set(range(64))
+        assert not torch.allclose(out.features[0, :63], batch.features[0, out.positions[0, :63]])

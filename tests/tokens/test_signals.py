@@ -2,8 +2,10 @@
 
 import pytest
 
+from tokencodec.adapters.qwen2_vl import QWEN_SIGNALS as QWEN2_VL
+from tokencodec.adapters.vision_tower import TOWER_SIGNALS as VISION_TOWER
 from tokencodec.tokens.compress.base import SIGNALS, TokenMethod, get_method, register_method
-from tokencodec.tokens.signals import QWEN2_VL, VISION_TOWER, Signal, as_signals, resolve_request
+from tokencodec.tokens.signals import Signal, as_signals, resolve_request
 
 
 def test_a_misspelt_request_fails_when_the_method_registers():

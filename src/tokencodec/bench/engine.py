@@ -240,6 +240,9 @@ def build_curve(observer: Observer, spec: PipelineSpec, cid: str, samples: Seque
             "name": spec.method, "options": spec.options, "stage": method.stage, "paper": method.paper}
         if hasattr(method, "versions"):          # a method that writes a bitstream names its coder
             libraries = {**libraries, **method.versions()}
+    cost = getattr(observer.runner, "cost", None)
+    if cost is not None:                         # how tokens, FLOPs and KV bytes were counted (metrics.cost)
+        extra["cost"] = cost.provenance()
     if unavailable:
         extra["unavailable"] = unavailable
     what = " then ".join(x for x in (spec.codec, spec.method) if x)

@@ -49,8 +49,8 @@ def importance(image: np.ndarray) -> np.ndarray:
     """[8, 8] CLS attention of the diagnostic tower's last layer for a 64×64 image."""
     import torch
 
+    from tokencodec.adapters.vision_tower import capture_signals
     from tokencodec.models.diagnostic import preprocess
-    from tokencodec.models.vision_tower import capture_signals
 
     with torch.inference_mode():
         cap = capture_signals(_diagnostic().model.model, preprocess(image[None]), layer=-1, signals=["cls_attention"])

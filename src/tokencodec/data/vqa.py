@@ -47,7 +47,7 @@ one object moves one patch per frame in one direction, the others stay. Question
 from __future__ import annotations
 
 import string
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -253,83 +253,117 @@ def _pick_unique(objects: Sequence[SceneObject], values: Sequence[str], matches,
     return v, i
 
 
-def _ask(qtype: str, objects: list[SceneObject], rng: np.random.Generator) -> tuple[str, str, list[int]] | None:
-    """(question, answer, indices of relevant objects), or None if the scene cannot host the type."""
-    if qtype in ("colour", "small_colour"):
-        small = qtype == "small_colour"
-        picked = _pick_unique(objects, SHAPES, lambda o, s: o.shape == s and (o.size == "small" or not small), rng)
-        if picked is None:
-            return None
-        s, i = picked
-        return f"what colour is the {'small ' if small else ''}{s}?", objects[i].colour, [i]
-    if qtype == "shape":
-        picked = _pick_unique(objects, tuple(COLOURS), lambda o, c: o.colour == c, rng)
-        if picked is None:
-            return None
-        c, i = picked
-        return f"what shape is the {c} object?", objects[i].shape, [i]
-    if qtype == "count":
-        kind = rng.integers(3)
-        if kind == 0:
-            idx = list(range(len(objects)))
-            return "how many objects are there?", NUMBERS[len(idx)], idx
-        # pick a present attribute 80 % of the time so answers are not mostly "zero"
-        if kind == 1:
-            pool = sorted({o.colour for o in objects}) if rng.random() < 0.8 else list(COLOURS)
-            c = pool[rng.integers(len(pool))]
-            idx = _unique(objects, lambda o: o.colour == c)
-            return f"how many {c} objects are there?", NUMBERS[len(idx)], idx
-        pool = sorted({o.shape for o in objects}) if rng.random() < 0.8 else list(SHAPES)
-        s = pool[rng.integers(len(pool))]
-        idx = _unique(objects, lambda o: o.shape == s)
-        return f"how many {PLURALS[s]} are there?", NUMBERS[len(idx)], idx
-    if qtype == "exist":
-        present = {(o.colour, o.shape) for o in objects}
-        if rng.random() < 0.5:
-            c, s = sorted(present)[rng.integers(len(present))]
-            return f"is there a {c} {s}?", "yes", _unique(objects, lambda o: (o.colour, o.shape) == (c, s))
-        # "no": prefer near misses (right colour or right shape present) so both words matter
-        absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
-        near = [(c, s) for c, s in absent if any(o.colour == c or o.shape == s for o in objects)]
-        pool = near if near and rng.random() < 0.8 else absent
-        c, s = pool[rng.integers(len(pool))]
-        return f"is there a {c} {s}?", "no", []
-    if qtype in ("relation", "compare"):
-        names = [o.name() for o in objects]
-        uniq = [i for i, n in enumerate(names) if names.count(n) == 1]
-        want_yes = rng.random() < 0.5
-        if qtype == "compare" and rng.random() < 0.5:
-            counts = {c: len(_unique(objects, lambda o, c=c: o.colour == c)) for c in COLOURS}
-            present = [c for c in COLOURS if counts[c]]
-            options = [(c1, c2) for c1 in COLOURS for c2 in COLOURS if c1 != c2 and (c1 in present or c2 in present)
-                       and (counts[c1] > counts[c2]) == want_yes]
-            if not options:
-                return None
-            c1, c2 = options[rng.integers(len(options))]
-            idx = _unique(objects, lambda o: o.colour in (c1, c2))
-            return f"are there more {c1} objects than {c2} objects?", "yes" if want_yes else "no", idx
-        pairs = [(a, b) for a in uniq for b in uniq if a != b]
-        if qtype == "compare":
-            diff = [(a, b) for a, b in pairs if objects[a].size != objects[b].size]
-            pool = [(a, b) for a, b in diff if (objects[a].size == "large") == want_yes]
-            if not want_yes and rng.random() < 0.3:
-                pool = [(a, b) for a, b in pairs if objects[a].size == objects[b].size] or pool
-            if not pool:
-                return None
-            a, b = pool[rng.integers(len(pool))]
-            yes = objects[a].size == "large" and objects[b].size == "small"
-            return f"is the {names[a]} larger than the {names[b]}?", "yes" if yes else "no", [a, b]
-        options = []
-        for a, b in pairs:
-            (xa, ya), (xb, yb) = objects[a].centre, objects[b].centre
-            for rel, d in (("left of", xb - xa), ("right of", xa - xb), ("above", yb - ya), ("below", ya - yb)):
-                if abs(d) >= 1 and (d > 0) == want_yes:
-                    options.append((a, b, rel, d > 0))
+Question = tuple[str, str, list[int]] | None   # (question, answer, indices of relevant objects), or None
+
+
+def _ask_colour(objects: list[SceneObject], rng: np.random.Generator, small: bool = False) -> Question:
+    picked = _pick_unique(objects, SHAPES, lambda o, s: o.shape == s and (o.size == "small" or not small), rng)
+    if picked is None:
+        return None
+    s, i = picked
+    return f"what colour is the {'small ' if small else ''}{s}?", objects[i].colour, [i]
+
+
+def _ask_small_colour(objects: list[SceneObject], rng: np.random.Generator) -> Question:
+    return _ask_colour(objects, rng, small=True)
+
+
+def _ask_shape(objects: list[SceneObject], rng: np.random.Generator) -> Question:
+    picked = _pick_unique(objects, tuple(COLOURS), lambda o, c: o.colour == c, rng)
+    if picked is None:
+        return None
+    c, i = picked
+    return f"what shape is the {c} object?", objects[i].shape, [i]
+
+
+def _ask_count(objects: list[SceneObject], rng: np.random.Generator) -> Question:
+    kind = rng.integers(3)
+    if kind == 0:
+        idx = list(range(len(objects)))
+        return "how many objects are there?", NUMBERS[len(idx)], idx
+    # pick a present attribute 80 % of the time so answers are not mostly "zero"
+    if kind == 1:
+        pool = sorted({o.colour for o in objects}) if rng.random() < 0.8 else list(COLOURS)
+        c = pool[rng.integers(len(pool))]
+        idx = _unique(objects, lambda o: o.colour == c)
+        return f"how many {c} objects are there?", NUMBERS[len(idx)], idx
+    pool = sorted({o.shape for o in objects}) if rng.random() < 0.8 else list(SHAPES)
+    s = pool[rng.integers(len(pool))]
+    idx = _unique(objects, lambda o: o.shape == s)
+    return f"how many {PLURALS[s]} are there?", NUMBERS[len(idx)], idx
+
+
+def _ask_exist(objects: list[SceneObject], rng: np.random.Generator) -> Question:
+    present = {(o.colour, o.shape) for o in objects}
+    if rng.random() < 0.5:
+        c, s = sorted(present)[rng.integers(len(present))]
+        return f"is there a {c} {s}?", "yes", _unique(objects, lambda o: (o.colour, o.shape) == (c, s))
+    # "no": prefer near misses (right colour or right shape present) so both words matter
+    absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+    near = [(c, s) for c, s in absent if any(o.colour == c or o.shape == s for o in objects)]
+    pool = near if near and rng.random() < 0.8 else absent
+    c, s = pool[rng.integers(len(pool))]
+    return f"is there a {c} {s}?", "no", []
+
+
+def _pairs(objects: list[SceneObject]) -> tuple[list[str], list[tuple[int, int]]]:
+    """Object names and the ordered pairs of objects whose names are unique in the scene."""
+    names = [o.name() for o in objects]
+    uniq = [i for i, n in enumerate(names) if names.count(n) == 1]
+    return names, [(a, b) for a in uniq for b in uniq if a != b]
+
+
+def _ask_relation(objects: list[SceneObject], rng: np.random.Generator) -> Question:
+    names, pairs = _pairs(objects)
+    want_yes = rng.random() < 0.5
+    options = []
+    for a, b in pairs:
+        (xa, ya), (xb, yb) = objects[a].centre, objects[b].centre
+        for rel, d in (("left of", xb - xa), ("right of", xa - xb), ("above", yb - ya), ("below", ya - yb)):
+            if abs(d) >= 1 and (d > 0) == want_yes:
+                options.append((a, b, rel, d > 0))
+    if not options:
+        return None
+    a, b, rel, yes = options[rng.integers(len(options))]
+    return f"is the {names[a]} {rel} the {names[b]}?", "yes" if yes else "no", [a, b]
+
+
+def _ask_compare(objects: list[SceneObject], rng: np.random.Generator) -> Question:
+    names, pairs = _pairs(objects)
+    want_yes = rng.random() < 0.5
+    if rng.random() < 0.5:                        # counts of two colours
+        counts = {c: len(_unique(objects, lambda o, c=c: o.colour == c)) for c in COLOURS}
+        present = [c for c in COLOURS if counts[c]]
+        options = [(c1, c2) for c1 in COLOURS for c2 in COLOURS if c1 != c2 and (c1 in present or c2 in present)
+                   and (counts[c1] > counts[c2]) == want_yes]
         if not options:
             return None
-        a, b, rel, yes = options[rng.integers(len(options))]
-        return f"is the {names[a]} {rel} the {names[b]}?", "yes" if yes else "no", [a, b]
-    raise VQAError(f"unknown question type {qtype!r}; expected one of {QUESTION_TYPES}")
+        c1, c2 = options[rng.integers(len(options))]
+        idx = _unique(objects, lambda o: o.colour in (c1, c2))
+        return f"are there more {c1} objects than {c2} objects?", "yes" if want_yes else "no", idx
+    diff = [(a, b) for a, b in pairs if objects[a].size != objects[b].size]      # sizes of two objects
+    pool = [(a, b) for a, b in diff if (objects[a].size == "large") == want_yes]
+    if not want_yes and rng.random() < 0.3:
+        pool = [(a, b) for a, b in pairs if objects[a].size == objects[b].size] or pool
+    if not pool:
+        return None
+    a, b = pool[rng.integers(len(pool))]
+    yes = objects[a].size == "large" and objects[b].size == "small"
+    return f"is the {names[a]} larger than the {names[b]}?", "yes" if yes else "no", [a, b]
+
+
+# one function per question type; each draws from ``rng`` in a fixed order, so data sets are reproducible
+QUESTIONS: dict[str, Callable[[list[SceneObject], np.random.Generator], Question]] = {
+    "colour": _ask_colour, "small_colour": _ask_small_colour, "shape": _ask_shape, "count": _ask_count,
+    "exist": _ask_exist, "relation": _ask_relation, "compare": _ask_compare,
+}
+
+
+def _ask(qtype: str, objects: list[SceneObject], rng: np.random.Generator) -> Question:
+    """(question, answer, indices of relevant objects), or None if the scene cannot host the type."""
+    if qtype not in QUESTIONS:
+        raise VQAError(f"unknown question type {qtype!r}; expected one of {QUESTION_TYPES}")
+    return QUESTIONS[qtype](objects, rng)
 
 
 def make_sample(rng: np.random.Generator, qtype: str, index: int = 0, split: str = "train") -> VQASample:

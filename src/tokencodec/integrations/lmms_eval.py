@@ -14,8 +14,9 @@ any method option as ``opt_<name>=<value>`` (e.g. ``opt_layers=2`` for FastV's K
 
 Per sample the plugin records, in ``<costs>/<run id>.jsonl`` (one JSON line per sample, flushed as
 it goes; each run appends a session that starts with a header line: configuration, method,
-provenance): visual tokens, tokens per LLM layer and their average, FLOPs
-(:data:`tokencodec.models.hf.FLOPS_CONVENTION`), latency and peak memory. Answers are greedy (the
+provenance, and the cost model: FLOPs convention and parts, rate definitions): the rates of
+:class:`~tokencodec.metrics.cost.CostModel` (visual tokens entering the LLM and at its last layer, their
+average over layers, FLOPs, KV bytes), tokens per LLM layer, latency and peak memory. Answers are greedy (the
 task's temperature and sampling options are not used). :func:`curve_from_runs` (``tokencodec
 lmms-curve``) joins these with lmms-eval's results files into a tokencodec curve (one point per run:
 the task metric against the mean rates; the latest session with the results' sample count), which
@@ -33,7 +34,6 @@ from pathlib import Path
 from lmms_eval.api.model import lmms
 
 from tokencodec.integrations.lmms_results import run_config, run_id
-from tokencodec.models.hf import FLOPS_CONVENTION
 
 
 def parse_budget(keep=None, ratio=None, r=None):
@@ -88,7 +88,7 @@ class TokencodecLMM(lmms):
         method_info = self.method.describe() if self.method is not None else {"name": "none"}
         head = {"run": self.run, "session": f"{time.time_ns()}-{os.getpid()}", "config": self.config,
                 "method": method_info, "model": self.mllm.info,
-                "device": device, "flops_convention": FLOPS_CONVENTION,
+                "device": device, "cost": self.mllm.cost_model.provenance(),
                 "provenance": provenance(config=self.config, seed=int(seed),
                                          libraries={"lmms-eval": version("lmms_eval")})}
         self._costs = self.costs_path.open("a", encoding="utf-8")      # a rerun adds a session; lmms-curve picks one

@@ -1,1 +1,2 @@
-"""Observers: human (PSNR, SSIM, MS-SSIM), machine (accuracy, agreement), and cost (tokens, FLOPs)."""
+"""Observers: human (PSNR, SSIM, MS-SSIM), machine (accuracy, agreement), cost (tokens, FLOPs) and latency
+(roofline model of a forward on a device profile; kernel counting by tracing)."""

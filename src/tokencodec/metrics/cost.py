@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
+from typing import Any
 
 CONVENTIONS: dict[str, str] = {
     "macs2": ("macs2: 2 FLOPs per multiply-add; Q/K/V/O projections with GQA-aware K/V widths; "
@@ -149,8 +150,29 @@ class MLLMShape:
 
     @classmethod
     def from_config(cls, config) -> MLLMShape:
+        """From a ``LlavaConfig``-like config, or a Qwen2-VL / Qwen2.5-VL one (whose encoder's patch count
+        depends on the image, so its points need ``vision_patches``)."""
+        if getattr(config, "model_type", "") in ("qwen2_vl", "qwen2_5_vl"):
+            return cls._qwen_vl(config)
         return cls(VisionShape.from_config(config.vision_config), ProjectorShape.from_config(config),
                    TextShape.from_config(config.text_config))
+
+    @classmethod
+    def _qwen_vl(cls, config) -> MLLMShape:
+        # Qwen2-VL: width embed_dim, plain MLP of mlp_ratio; Qwen2.5-VL: width hidden_size, gated MLP. Both: a
+        # Conv3d patch embedding over temporal_patch_size frames, no CLS, a PatchMerger MLP on 2×2 groups.
+        # Qwen2.5-VL's windowed blocks are counted as full attention (an upper bound on those blocks).
+        v = config.vision_config
+        if config.model_type == "qwen2_vl":
+            width, inter, gated, out = v.embed_dim, int(v.embed_dim * v.mlp_ratio), False, v.hidden_size
+        else:
+            width, inter, gated, out = v.hidden_size, v.intermediate_size, True, v.out_hidden_size
+        group = width * v.spatial_merge_size ** 2
+        vision = VisionShape(num_layers=v.depth, hidden=width, intermediate=inter, num_heads=v.num_heads,
+                             image_size=0, patch_size=v.patch_size,
+                             num_channels=v.in_channels * v.temporal_patch_size, cls_token=False, gated_mlp=gated)
+        text = getattr(config, "text_config", None) or config
+        return cls(vision, ProjectorShape((group, group, out)), TextShape.from_config(text))
 
 
 # LLaVA-1.5-7B. HF's LLaVA runs all 24 CLIP layers although it reads layer -2 (the original does too).
@@ -226,16 +248,22 @@ def _layer_flops(n: int, shape: VisionShape | TextShape, convention: str, causal
 
 
 def vit_flops(shape: VisionShape, tokens_per_layer: TokensPerLayer | None = None,
-              convention: str = "macs2") -> Flops:
+              convention: str = "macs2", patches: int | None = None) -> Flops:
     """ViT FLOPs: the patch-embedding convolution on all patches plus every encoder layer.
 
     ``tokens_per_layer`` defaults to ``shape.num_tokens`` (no merging); a list gives one count
-    per layer (ToMe). Post-layer norms and the pooling head are not counted.
+    per layer (ToMe). ``patches`` overrides ``shape.num_patches`` for encoders whose patch count
+    depends on the image (Qwen2-VL's, where it is required). Post-layer norms and the pooling head
+    are not counted.
     """
     _check(convention)
-    tokens = _per_layer(shape.num_tokens if tokens_per_layer is None else tokens_per_layer, shape.num_layers)
+    patches = shape.num_patches if patches is None else patches
+    if patches <= 0:
+        raise ValueError("this vision encoder's patch count depends on the image: pass patches=")
+    default = patches + int(shape.cls_token)
+    tokens = _per_layer(default if tokens_per_layer is None else tokens_per_layer, shape.num_layers)
     layers = tuple(_layer_flops(n, shape, convention, causal=False) for n in tokens)
-    macs = shape.num_patches * shape.num_channels * shape.patch_size ** 2 * shape.hidden
+    macs = patches * shape.num_channels * shape.patch_size ** 2 * shape.hidden
     patch_embed = macs if convention == "fastv" else 2 * macs
     return Flops(convention, {"vision": patch_embed + sum(layers)}, layers,
                  {"vision.patch_embed": patch_embed, "vision.layers": sum(layers)})
@@ -269,15 +297,17 @@ def llm_prefill_flops(shape: TextShape, tokens_per_layer: TokensPerLayer, text_t
 
 def prefill_flops(shape: MLLMShape, tokens_per_layer: TokensPerLayer, text_tokens: int, *,
                   vision_tokens_per_layer: TokensPerLayer | None = None, projector_tokens: int | None = None,
-                  include_lm_head: bool | int = False, convention: str = "macs2") -> Flops:
+                  include_lm_head: bool | int = False, convention: str = "macs2",
+                  vision_patches: int | None = None) -> Flops:
     """Whole-pipeline prefill FLOPs: ViT + projector + LLM.
 
     The projector sees ``projector_tokens``, by default the visual tokens of the first LLM layer
     (right for pruning before the projector, as VisionZip does, and inside the LLM, as FastV does).
+    ``vision_patches``: the encoder's patches when they depend on the image (Qwen2-VL).
     """
     llm_tokens = _per_layer(tokens_per_layer, shape.text.num_layers)
     n_proj = llm_tokens[0] if projector_tokens is None else projector_tokens
-    return (vit_flops(shape.vision, vision_tokens_per_layer, convention)
+    return (vit_flops(shape.vision, vision_tokens_per_layer, convention, vision_patches)
             + projector_flops(shape.projector, n_proj, convention)
             + llm_prefill_flops(shape.text, llm_tokens, text_tokens, include_lm_head, convention))
 
@@ -337,21 +367,127 @@ def kv_cache_bytes(shape: TextShape, tokens_per_layer: TokensPerLayer, text_toke
 
 # ---------------------------------------------------------------------------------------------- rates
 
-def rd_rates(shape: MLLMShape, tokens_per_layer: TokensPerLayer, text_tokens: int, *,
-             vision_tokens_per_layer: TokensPerLayer | None = None, projector_tokens: int | None = None,
-             convention: str = "macs2", flops_parts: Sequence[str] = ("vision", "projector", "llm"),
-             dtype_bytes: int = 2) -> dict[str, float]:
-    """Rates named as in ``tokencodec.rd.measures.KNOWN``: tokens, tokens_avg_layers, flops, kv_bytes.
+RATE_DEFINITIONS: dict[str, str] = {
+    "tokens_in": "visual tokens entering the consumer's first layer (the LLM; a ViT classifier's later layers)",
+    "tokens": "visual tokens at the consumer's last layer (the same as tokens_in unless pruned inside it)",
+    "tokens_avg_layers": "visual tokens averaged over the consumer's layers (equivalent tokens)",
+    "flops": "analytic prefill FLOPs of the parts counted, under the named convention",
+    "kv_bytes": "KV-cache bytes after prefill at dtype_bytes per value, batch 1 (LLM consumers only)",
+    "latency_pred_s": "roofline-predicted prefill time on the named device profile (when one is given)",
+}
 
-    ``flops`` sums ``flops_parts`` of :func:`prefill_flops` (pass ``("llm",)`` to compare with
-    papers that count the LLM only). Record ``CONVENTIONS[convention]`` in the curve's provenance.
+
+@dataclass(frozen=True)
+class CostModel:
+    """How a runner's points are costed: the one place where a record's counts become a point's rates.
+
+    ``shape`` is an :class:`MLLMShape` (a ViT, a projector and an LLM: the consumer is the LLM), a
+    :class:`VisionShape` (a ViT classifier: the consumer is the encoder itself) or None (a CNN head: token
+    counts only). ``parts`` are the FLOPs parts summed into ``flops`` (``("llm",)`` matches papers that count
+    the LLM only). ``prefix_tokens`` are tokens every consumer layer sees that are not visual (a ViT's CLS),
+    left out of the token counts but not of the FLOPs. ``device`` names a roofline profile
+    (:mod:`tokencodec.metrics.roofline`): the rates then include ``latency_pred_s``.
     """
-    summary = tokens_per_layer_summary(tokens_per_layer, shape.text.num_layers)
-    flops = prefill_flops(shape, summary.per_layer, text_tokens, projector_tokens=projector_tokens,
-                          vision_tokens_per_layer=vision_tokens_per_layer, convention=convention)
-    return {"tokens": summary.tokens, "tokens_avg_layers": summary.avg,
-            "flops": sum(flops.parts[p] for p in flops_parts),
-            "kv_bytes": kv_cache_bytes(shape.text, summary.per_layer, text_tokens, dtype_bytes)}
+
+    shape: MLLMShape | VisionShape | None
+    convention: str = "macs2"
+    parts: tuple[str, ...] | None = None       # default: every part the model has
+    prefix_tokens: int = 0
+    dtype_bytes: int = 2
+    device: str | None = None                  # a roofline profile (metrics/roofline.py): adds latency_pred_s
+    recipe: str = "hf-llava"                   # the implementation that prediction assumes (roofline.RECIPES)
+
+    def __post_init__(self) -> None:
+        _check(self.convention)
+        allowed = ("vision", "projector", "llm") if isinstance(self.shape, MLLMShape) else ("vision",)
+        if self.parts is None:
+            object.__setattr__(self, "parts", allowed)
+        if self.shape is not None and not set(self.parts) <= set(allowed):
+            raise ValueError(f"FLOPs parts {list(self.parts)}: allowed {list(allowed)} for this model")
+
+    @property
+    def rates(self) -> tuple[str, ...]:
+        """The rates :meth:`point` returns."""
+        if self.shape is None:
+            return ("tokens",)
+        names = ("tokens_in", "tokens", "tokens_avg_layers", "flops")
+        if isinstance(self.shape, MLLMShape):
+            names += ("kv_bytes",) + (("latency_pred_s",) if self.device else ())
+        return names
+
+    def point(self, tokens_per_layer: TokensPerLayer, text_tokens: int = 0, *,
+              vision_tokens_per_layer: TokensPerLayer | None = None, projector_tokens: int | None = None,
+              vision_patches: int | None = None, images: float = 1) -> dict[str, float]:
+        """The rates of one forward from the visual tokens each consumer layer saw (a
+        :class:`~tokencodec.adapters.base.CompressionRecord`'s ``tokens_per_layer``; :meth:`of_record`).
+
+        ``vision_tokens_per_layer``: tokens per encoder layer when a method changed them (ToMe), else all;
+        ``projector_tokens``: tokens the projector ran on (default: those entering the LLM);
+        ``vision_patches``: the encoder's patches where they depend on the image (Qwen2-VL);
+        ``images``: images the vision encoder ran on (a T-frame video: T).
+        """
+        if self.shape is None:
+            count = tokens_per_layer if isinstance(tokens_per_layer, Integral | float) else tokens_per_layer[-1]
+            return {"tokens": float(count)}
+        layers = self.shape.text.num_layers if isinstance(self.shape, MLLMShape) else self.shape.num_layers
+        per_layer = tokens_per_layer_summary(tokens_per_layer, layers).per_layer
+        p = self.prefix_tokens
+        rates = {"tokens_in": float(per_layer[0] - p), "tokens": float(per_layer[-1] - p),
+                 "tokens_avg_layers": float(sum(per_layer) / len(per_layer) - p)}
+        if isinstance(self.shape, MLLMShape):
+            flops = prefill_flops(self.shape, per_layer, text_tokens, convention=self.convention,
+                                  vision_tokens_per_layer=vision_tokens_per_layer, projector_tokens=projector_tokens,
+                                  vision_patches=vision_patches)
+            parts = dict(flops.parts, vision=flops.parts["vision"] * images)
+            rates["kv_bytes"] = float(kv_cache_bytes(self.shape.text, per_layer, text_tokens, self.dtype_bytes))
+        else:
+            parts = {"vision": vit_flops(self.shape, per_layer, self.convention).total * images}
+        rates["flops"] = float(sum(parts[name] for name in self.parts))
+        if self.device and isinstance(self.shape, MLLMShape):
+            rates.update(self._prediction(per_layer, text_tokens, vision_tokens_per_layer, projector_tokens,
+                                          vision_patches).rates())
+        return {k: rates[k] for k in self.rates}
+
+    def _prediction(self, per_layer, text_tokens, vision_tokens_per_layer, projector_tokens, vision_patches):
+        """The roofline prefill at batch 1 (a video's frames are not multiplied in: one image's tower)."""
+        from tokencodec.metrics.roofline import predict_prefill
+
+        if vision_tokens_per_layer is None and vision_patches is not None:
+            vision_tokens_per_layer = vision_patches
+        return predict_prefill(self.shape, vision_tokens_per_layer, per_layer, text_tokens, 1, self.device,
+                               self.dtype_bytes, recipe=self.recipe, projector_tokens=projector_tokens)
+
+    def of_record(self, record, n_visual: int, text_tokens: int = 0, *, vision_patches: int | None = None,
+                  images: float = 1) -> dict[str, float]:
+        """The rates of a forward from its adapter's :class:`~tokencodec.adapters.base.CompressionRecord`
+        (None: no method ran, ``n_visual`` tokens reached every layer)."""
+        layers = self.shape.text.num_layers if isinstance(self.shape, MLLMShape) else self.shape.num_layers
+        if record is None or not record.tokens_per_layer:
+            return self.point([n_visual] * layers, text_tokens, vision_patches=vision_patches, images=images)
+        return self.point(record.tokens_per_layer, text_tokens, vision_tokens_per_layer=record.vision_tokens_per_layer,
+                          projector_tokens=record.projector_tokens, vision_patches=vision_patches, images=images)
+
+    def provenance(self) -> dict[str, Any]:
+        """What a results file records about its rates: convention, parts, token definitions, device."""
+        out: dict[str, Any] = {"rates": {k: RATE_DEFINITIONS[k] for k in self.rates if k in RATE_DEFINITIONS}}
+        if self.shape is not None:
+            out.update(flops_convention=self.convention, flops_convention_text=CONVENTIONS[self.convention],
+                       flops_parts=list(self.parts), prefix_tokens_excluded=self.prefix_tokens,
+                       model_shape=_shape_json(self.shape))
+            if isinstance(self.shape, MLLMShape):
+                out["kv_dtype_bytes"] = self.dtype_bytes
+        if self.device and isinstance(self.shape, MLLMShape):
+            from tokencodec.metrics.roofline import RECIPES, get_profile
+
+            out.update(latency_device_profile=get_profile(self.device).as_dict(), latency_recipe=self.recipe,
+                       latency_recipe_text=RECIPES[self.recipe].description)
+        return out
+
+
+def _shape_json(shape) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(shape)
 
 
 # ---------------------------------------------------------------------------------------------- latency
@@ -440,9 +576,10 @@ def measure_latency(fn: Callable[[], object], warmup: int = 2, repeats: int = 5,
 
 
 __all__ = [
-    "CLIP_VIT_L14_336", "CONVENTIONS", "LLAVA_1_5_7B", "VICUNA_7B", "Flops", "Latency", "MLLMShape",
+    "CLIP_VIT_L14_336", "CONVENTIONS", "LLAVA_1_5_7B", "RATE_DEFINITIONS", "VICUNA_7B", "CostModel", "Flops",
+    "Latency", "MLLMShape",
     "ProjectorShape", "TextShape", "TokenSummary", "VisionShape", "kv_cache_bytes", "layer_schedule",
-    "llm_prefill_flops", "measure_latency", "prefill_flops", "projector_flops", "rd_rates",
+    "llm_prefill_flops", "measure_latency", "prefill_flops", "projector_flops",
     "tokens_per_layer_summary", "vit_flops",
 ]
 

@@ -1,1 +1,3 @@
-"""Model code and adapters: hooks that attach token compression to real models and undo themselves."""
+"""Networks: the models tokencodec ships or loads (the diagnostic MLLM, the Fashion-MNIST ViT,
+EfficientNet-Lite0, tiny save_pretrained checkpoints, real Hugging Face MLLMs through ``hf.HFMLLM`` and
+their prompt formats). The hooks that compress their tokens are in :mod:`tokencodec.adapters`."""

@@ -11,7 +11,7 @@ Conventions (the same as LLaVA-1.5):
   gets the 64 patch tokens (``vision_feature_select_strategy="default"`` drops CLS), one per object
   cell of the data set's 8×8 grid.
 - **Feature layer.** ``vision_feature_layer = -2``: the LLM reads the output of the tower's
-  second-to-last layer, as LLaVA-1.5 does (and as ``tokencodec.models.vision_tower`` assumes by
+  second-to-last layer, as LLaVA-1.5 does (and as ``tokencodec.adapters.vision_tower`` assumes by
   default). The last tower layer still does work: during training an auxiliary head reads its CLS
   (the pooled output) to predict which colour-shape pairs the scene holds, so CLS attention
   (VisionZip, PruMerge) points at the objects as it does in a contrastively trained CLIP.

@@ -21,9 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from tokencodec.models.hooks import ModelPatch
 from tokencodec.tokens.batch import TokenBatch
-from tokencodec.tokens.compress import METHODS, Budget, TokenMethod, get_method
 
 # (repeats, kernel, stride, expansion, output channels) per stage, read off the state_dict's shapes
 # (it matches EfficientNet-B0's stages: 16 blocks).
@@ -131,6 +129,15 @@ class EfficientNetLite0(nn.Module):
         pooled = (tokens * w[..., None]).sum(1) / total
         return self._fc(pooled)
 
+    def token_batch(self, x: Tensor) -> TokenBatch:
+        """The final feature map as a :class:`TokenBatch`: ``h·w`` tokens of 1280 features in raster order."""
+        fmap = self.features(x)
+        return TokenBatch.from_grid(fmap.flatten(2).transpose(1, 2), grid=tuple(fmap.shape[-2:]))
+
+    def classify_batch(self, batch: TokenBatch) -> Tensor:
+        """Logits for a (possibly compressed) TokenBatch, pooling its real tokens weighted by their sizes."""
+        return self.classify_tokens(batch.features, batch.sizes, batch.mask)
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[B, classes]`` for images ``[B, 3, H, W]`` normalised by :func:`preprocess`."""
         return self.classify_tokens(self.features(x).flatten(2).transpose(1, 2))
@@ -190,60 +197,16 @@ def preprocess(image: np.ndarray | Image.Image, size: int = 224, crop: float = C
 
 
 def image_tokens(model: EfficientNetLite0, x: Tensor) -> TokenBatch:
-    """The final feature map as a :class:`TokenBatch`: ``h·w`` tokens of 1280 features in raster order."""
-    fmap = model.features(x)
-    return TokenBatch.from_grid(fmap.flatten(2).transpose(1, 2), grid=tuple(fmap.shape[-2:]))
+    """The final feature map as a :class:`TokenBatch` (:meth:`EfficientNetLite0.token_batch`)."""
+    return model.token_batch(x)
 
 
 def classify_batch(model: EfficientNetLite0, batch: TokenBatch) -> Tensor:
-    """Logits for a (possibly compressed) TokenBatch, pooling its real tokens weighted by their sizes."""
-    return model.classify_tokens(batch.features, batch.sizes, batch.mask)
+    """Logits for a (possibly compressed) TokenBatch (:meth:`EfficientNetLite0.classify_batch`)."""
+    return model.classify_batch(batch)
 
 
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet-1k class names in label order (WordNet lemmas, e.g. 285 → 'Egyptian cat')."""
     text = (files("tokencodec") / "data" / "imagenet_classes.txt").read_text(encoding="utf-8")
     return text.splitlines()
-
-
-class EfficientNetTokenCompression(ModelPatch):
-    """Token compression between EfficientNet-Lite0's last feature map and its classifier.
-
-    While active, ``model(x)`` extracts the ``h·w`` tokens of the final feature map, compresses
-    them with ``method`` at ``budget``, and classifies the kept tokens by size-weighted pooling
-    (:func:`classify_batch`). A CNN has no attention and no keys, so only methods that read the
-    features alone are supported (random, pooling, DivPrune); others are refused on entry.
-    ``last_batch`` holds the compressed TokenBatch of the latest forward.
-    """
-
-    def __init__(self, model: EfficientNetLite0, method: str | TokenMethod, budget: Budget, seed: int = 0):
-        super().__init__(model)
-        if not isinstance(model, EfficientNetLite0):
-            raise TypeError(f"EfficientNetTokenCompression supports EfficientNetLite0, not {type(model).__name__}")
-        self.method = get_method(method, seed=seed) if isinstance(method, str) else method
-        if not supports(type(self.method)):
-            raise ValueError(f"method {self.method.name!r} needs {list(self.method.needs) or 'a ViT'} "
-                             f"(stage {self.method.stage}); EfficientNet-Lite0 tokens have no attention or keys. "
-                             f"Supported here: {', '.join(supported_methods())}")
-        self.budget = Budget.coerce(budget)
-        self.last_batch: TokenBatch | None = None
-
-    def _install(self) -> None:
-        model = self.model
-
-        def forward(x: Tensor) -> Tensor:
-            batch = self.method(image_tokens(model, x), self.budget)
-            self.last_batch = batch
-            return classify_batch(model, batch)
-
-        self.swap(model, "forward", forward)
-
-
-def supports(method_cls: type[TokenMethod]) -> bool:
-    """Methods that need nothing but the token features, acting before the head (images: no video methods)."""
-    return (method_cls.stage == "pre-llm" and not method_cls.needs and not method_cls.needs_cls
-            and not method_cls.video)
-
-
-def supported_methods() -> list[str]:
-    return [n for n in METHODS.names() if supports(METHODS.get(n))]

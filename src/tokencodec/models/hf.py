@@ -4,21 +4,18 @@ The one path every real-model entry point shares (the lmms-eval plugin, the ``hf
 
     mllm = HFMLLM.load("llava-hf/llava-1.5-7b-hf", device="cuda")       # or a folder; safetensors only
     out = mllm.generate([image], "Is there a dog?", method="visionzip", budget=Budget(keep=64))
-    out.text, out.rates    # tokens, tokens_avg_layers, flops (LLM prefill, macs2), latency_s, peak_bytes
+    out.text, out.rates    # tokens_in, tokens, tokens_avg_layers, flops, kv_bytes, latency_s, peak_bytes
 
-Families: LLaVA (``LlavaForConditionalGeneration``: prompt ``USER: <image>\\n… ASSISTANT:``, the
-LLaVA-1.5 format, unless the processor has a chat template) and Qwen2-VL / Qwen2.5-VL (the
-``<|im_start|>`` chat format; the image processor and tokenizer are used apart and the
-``<|image_pad|>`` token is repeated once per merged patch, as ``Qwen2VLProcessor`` does: that
-processor insists on a video processor, which needs torchvision). The method runs through
-:func:`tokencodec.compress` (hooks, no fork), so every registered method a family supports works.
+Families are those of the adapter registry that can be loaded from a checkpoint
+(:func:`tokencodec.adapters.registry.hf_classes`: LLaVA, Qwen2-VL, Qwen2.5-VL), each prompted by its entry
+in :mod:`tokencodec.models.prompts` (the processor's chat template when it has one). The method runs
+through :func:`tokencodec.compress` (hooks, no fork), so every registered method a family supports works.
 
-Rates per call: ``tokens`` (visual tokens at the LLM's last layer, as every tokencodec observer counts
-them; the same at every layer for pre-LLM methods), ``tokens_avg_layers``,
-``flops`` (LLM prefill only, ``macs2``: 2 FLOPs per multiply-add, the convention of FastV-style
-papers; the vision tower and projector are not counted), ``latency_s`` (the whole ``generate``,
-CUDA-synchronised on a GPU) and ``peak_bytes`` (``torch.cuda.max_memory_allocated`` on CUDA,
-the process's resident set on CPU).
+Rates per call come from :class:`~tokencodec.metrics.cost.CostModel` (the one cost path): visual tokens
+entering the LLM and at its last layer, their average over layers, prefill FLOPs of the vision tower,
+projector and LLM (``macs2``; :data:`FLOPS_CONVENTION`), KV-cache bytes; plus ``latency_s`` (the whole
+``generate``, CUDA-synchronised on a GPU) and ``peak_bytes`` (``torch.cuda.max_memory_allocated`` on
+CUDA, the process's resident set on CPU).
 """
 
 from __future__ import annotations
@@ -29,11 +26,16 @@ from typing import Any
 
 import numpy as np
 
-FAMILIES = {"llava": "LlavaForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration",
-            "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
-FLOPS_CONVENTION = "LLM prefill only, macs2 (2 FLOPs per multiply-add), no vision tower or projector"
-# image placeholders a benchmark's prompt may already carry (LLaVA's, Qwen2-VL's)
-PLACEHOLDERS = ("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>", "<image>")
+from tokencodec.models.prompts import PLACEHOLDERS, PROMPTS
+
+FLOPS_CONVENTION = "macs2 (2 FLOPs per multiply-add), prefill of the vision tower, projector and LLM"
+
+
+def families() -> dict[str, str]:
+    """``config.model_type`` → transformers class, for the registry's families that have a prompt entry."""
+    from tokencodec.adapters.registry import hf_classes
+
+    return {t: c for t, c in hf_classes().items() if t in PROMPTS}
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -68,10 +70,11 @@ class HFMLLM:
     model: Any
     tokenizer: Any
     image_processor: Any
-    family: str                             # a key of FAMILIES
+    family: str                             # a key of families() (the checkpoint's config.model_type)
     source: str
     processor: Any = None                   # LLaVA's processor (it expands <image>)
     info: dict[str, str] = field(default_factory=dict)
+    latency_device: str | None = None       # a roofline profile name: rates then include latency_pred_s
 
     @classmethod
     def load(cls, name_or_path: str, device: str = "cpu", dtype: str = "auto",
@@ -90,19 +93,19 @@ class HFMLLM:
                 f"model {source!r}: not in the hub cache ({HF_HUB_CACHE}) and the hub could not be reached "
                 f"({type(err).__name__}); download it where there is network (hf download {source}) or pass a "
                 "local folder") from None
-        family = config.model_type
-        if family not in FAMILIES:
-            raise ValueError(f"model {source!r} is a {family!r}; supported families: {', '.join(FAMILIES)}")
+        family, known = config.model_type, families()
+        if family not in known:
+            raise ValueError(f"model {source!r} is a {family!r}; supported families: {', '.join(known)}")
         torch_dtype = {"auto": "auto", "float32": torch.float32, "float16": torch.float16,
                        "bfloat16": torch.bfloat16}.get(dtype)
         if torch_dtype is None:
             raise ValueError(f"dtype {dtype!r}: allowed auto, float32, float16, bfloat16")
-        model = getattr(transformers, FAMILIES[family]).from_pretrained(
+        model = getattr(transformers, known[family]).from_pretrained(
             source, dtype=torch_dtype, use_safetensors=True, attn_implementation=attn_implementation)
         model = model.to(device).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
         image_processor = transformers.AutoImageProcessor.from_pretrained(source)
-        processor = transformers.AutoProcessor.from_pretrained(source) if family == "llava" else None
+        processor = transformers.AutoProcessor.from_pretrained(source) if PROMPTS[family].needs_processor else None
         return cls(model, tokenizer, image_processor, family, source, processor,
                    {"model": source, "family": family, "local": str(local), "dtype": str(model.dtype)})
 
@@ -114,6 +117,19 @@ class HFMLLM:
     def image_token_id(self) -> int:
         return int(self.model.config.image_token_id)
 
+    @property
+    def format(self):
+        """The family's prompt entry (:mod:`tokencodec.models.prompts`)."""
+        return PROMPTS[self.family]
+
+    @property
+    def cost_model(self):
+        """The one cost path for this checkpoint (``device``: a roofline profile for ``latency_pred_s``)."""
+        from tokencodec.metrics.cost import CostModel, MLLMShape
+
+        recipe = "hf-qwen2-vl" if self.family.startswith("qwen") else "hf-llava"
+        return CostModel(MLLMShape.from_config(self.model.config), recipe=recipe, device=self.latency_device)
+
     def prompt(self, question: str, n_images: int = 1) -> str:
         template = getattr(self.processor or self.tokenizer, "chat_template", None)
         if template:
@@ -121,13 +137,11 @@ class HFMLLM:
             owner = self.processor or self.tokenizer
             return owner.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                              tokenize=False)
-        if self.family == "llava":
-            return "USER: " + "<image>\n" * n_images + question + " ASSISTANT:"
-        vision = "<|vision_start|><|image_pad|><|vision_end|>" * n_images
-        return f"<|im_start|>user\n{vision}{question}<|im_end|>\n<|im_start|>assistant\n"
+        return self.format.text(question, n_images)
 
     def inputs(self, images: list, question: str) -> dict:
-        """Model inputs for one prompt with ``images`` (PIL images or uint8 arrays) and a question.
+        """Model inputs for one prompt with ``images`` (PIL images or uint8 arrays) and a question, the keys the
+        family's own processor returns (so ``model(**inputs)`` works).
 
         Image placeholders already in the question (some benchmark prompts carry ``<image>``) are removed:
         the images go before the question, as LLaVA-1.5 and Qwen2-VL were trained."""
@@ -136,29 +150,16 @@ class HFMLLM:
         images = [np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im) for im in images]
         for placeholder in PLACEHOLDERS:
             question = question.replace(placeholder, "")
-        text = self.prompt(question.strip(), len(images))
-        if self.family == "llava":
-            out = self.processor(images=images or None, text=text, return_tensors="pt")
-        else:
-            out = dict(self.image_processor(images=images, return_tensors="pt")) if images else {}
-            if images:
-                merge = self.image_processor.merge_size ** 2
-                counts = (out["image_grid_thw"].prod(-1) // merge).tolist()
-                pad = "<|image_pad|>"
-                parts = text.split(pad)
-                if len(parts) - 1 != len(counts):
-                    raise ValueError(f"the prompt holds {len(parts) - 1} {pad} for {len(counts)} images")
-                text = parts[0] + "".join(pad * n + rest for n, rest in zip(counts, parts[1:], strict=True))
-            out.update(self.tokenizer(text, return_tensors="pt"))
-        return {k: v.to(self.device) for k, v in dict(out).items()}
+        out = self.format.inputs(self, images, self.prompt(question.strip(), len(images)))
+        return {k: v.to(self.device) for k, v in out.items()}
 
     def generate(self, images: list, question: str, method=None, budget=None, max_new_tokens: int = 16,
                  **method_options) -> Generation:
         """Greedy answer to ``question`` about ``images``, with ``method`` (a name or TokenMethod) at ``budget``."""
         import torch
 
+        from tokencodec.adapters.registry import compress
         from tokencodec.metrics.cost import measure_latency
-        from tokencodec.models.adapters import compress, record_of
 
         kw = self.inputs(images, question)
         prompt_len = kw["input_ids"].shape[1]
@@ -172,36 +173,24 @@ class HFMLLM:
                     return
                 with compress(self.model, method, budget, **method_options) as patch:
                     out["ids"] = self.model.generate(**kw, max_new_tokens=max_new_tokens, do_sample=False)
-                out["record"] = record_of(patch)
+                out["record"] = patch.record()
 
         # one timed call: synchronised and peak memory on CUDA, peak RSS on CPU (the project's one timer)
         timing = measure_latency(run, warmup=0, repeats=1, device=self.device)
         record = out.get("record")
         text = self.tokenizer.decode(out["ids"][0, prompt_len:], skip_special_tokens=True).strip()
+        rates = {**self.cost_model.of_record(record, n_visual, prompt_len - n_visual,
+                                             vision_patches=self.vision_patches(kw)),
+                 "latency_s": timing.median_s, "peak_bytes": float(timing.peak_bytes)}
         layers = self.model.config.get_text_config().num_hidden_layers
-        per_layer = self._visual_per_layer(record, n_visual, layers)
-        rates = {**self.cost(per_layer, prompt_len - n_visual), "latency_s": timing.median_s,
-                 "peak_bytes": float(timing.peak_bytes)}
+        per_layer = record.tokens_per_layer if record is not None and record.tokens_per_layer else [n_visual] * layers
         return Generation(text, rates, record, [int(n) for n in per_layer])
 
     @staticmethod
-    def _visual_per_layer(record, n_visual: int, layers: int) -> list[int]:
-        if record is not None and record.tokens_per_layer:
-            return list(record.tokens_per_layer)
-        kept = None if record is None else record.kept
-        if kept is not None:                 # pre-LLM methods: the kept set enters every layer
-            n = sum(k.num_tokens for k in kept) if isinstance(kept, list) else kept.num_tokens
-            return [int(n)] * layers
-        return [n_visual] * layers
-
-    def cost(self, visual_per_layer: list[int], text_tokens: int) -> dict[str, float]:
-        """tokens, tokens_avg_layers and LLM prefill FLOPs (FLOPS_CONVENTION) for these visual counts."""
-        from tokencodec.metrics.cost import TextShape, llm_prefill_flops
-
-        shape = TextShape.from_config(self.model.config.get_text_config())
-        flops = llm_prefill_flops(shape, visual_per_layer, text_tokens, False, "macs2")
-        return {"tokens": float(visual_per_layer[-1]), "tokens_avg_layers": float(np.mean(visual_per_layer)),
-                "flops": float(flops.total)}
+    def vision_patches(inputs: dict) -> int | None:
+        """Patches the vision encoder ran on, where they depend on the image (Qwen2-VL's ``image_grid_thw``)."""
+        grid = inputs.get("image_grid_thw")
+        return None if grid is None else int(grid.prod(-1).sum())
 
 
-__all__ = ["FAMILIES", "FLOPS_CONVENTION", "Generation", "HFMLLM", "ModelNotFoundError", "resolve_source"]
+__all__ = ["FLOPS_CONVENTION", "Generation", "HFMLLM", "ModelNotFoundError", "families", "resolve_source"]

@@ -72,7 +72,12 @@ def video_support(shows_video: bool, method_cls) -> str | None:
 class Runner(ABC):
     """Turns pixels into an output, optionally with a token method acting inside the model."""
 
-    rates: ClassVar[tuple[str, ...]] = ()          # rates ``run`` reports (tokens, flops…)
+    cost = None                                    # a metrics.cost.CostModel: how ``run`` turns records into rates
+
+    @property
+    def rates(self) -> tuple[str, ...]:
+        """Rates ``run`` reports (tokens, flops…): the cost model's, unless a runner names its own."""
+        return () if self.cost is None else self.cost.rates
     stages: ClassVar[tuple[str, ...]] = ()         # method stages this runner can run
     video: bool = False                            # samples are clips (T×H×W×3); video methods can run
 
@@ -97,6 +102,33 @@ class Runner(ABC):
                 + (", ".join(repr(s) for s in self.stages) or "no token methods"))
 
 
+class SplitInference(ABC):
+    """Split inference for one observer: the vision side that runs on the sender, and what its receiver does
+    with tokens decoded from a bitstream (``receiver``: "answer" a question or "classify").
+
+    ``input_size``: the square an input image is resized to (None: the sender crops as the model does);
+    ``defaults``: the sender's method, keep count and shipped profile when the user names none.
+    """
+
+    receiver: ClassVar[str] = ""
+    input_size: ClassVar[int | None] = None
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    @abstractmethod
+    def tokens(self) -> int:
+        """Tokens the sender's method chooses from."""
+
+    @abstractmethod
+    def send(self, image: np.ndarray, method, budget):
+        """The kept TokenBatch of ``image`` (the observer's tokens, ``method`` at ``budget``)."""
+
+    def answer(self, tokens, question: str) -> str:
+        raise NotImplementedError(f"{type(self).__name__} classifies; it does not answer questions")
+
+    def classify(self, tokens, top: int) -> list[tuple[str, float]]:
+        raise NotImplementedError(f"{type(self).__name__} answers questions; it does not classify")
+
+
 class Observer:
     """A task judged through a runner; registered by name in ``OBSERVERS``."""
 
@@ -105,6 +137,7 @@ class Observer:
     runner_stages: ClassVar[tuple[str, ...]] = ()
     runner_rates: ClassVar[tuple[str, ...]] = ()
     video: ClassVar[bool] = False                      # its samples are clips (the runner's ``video`` too)
+    split: ClassVar[type[SplitInference] | None] = None   # split inference with token bitstreams, if it has one
 
     @classmethod
     def method_support(cls, method_cls) -> str | None:
@@ -118,10 +151,11 @@ class Observer:
             return (f"it acts at stage {method_cls.stage!r}; observer {cls.name!r} runs "
                     + (", ".join(repr(s) for s in cls.runner_stages) or "no token methods"))
         if method_cls.stage == "pre-llm":   # pre-LLM signals come from the vision tower (CDPruner's text: none yet)
-            from tokencodec.tokens.signals import VISION_TOWER, resolve_request
+            from tokencodec.adapters.vision_tower import TOWER_SIGNALS
+            from tokencodec.tokens.signals import resolve_request
 
             try:
-                resolve_request(method_cls, VISION_TOWER, True, "the vision tower")
+                resolve_request(method_cls, TOWER_SIGNALS, True, "the vision tower")
             except ValueError as err:
                 return str(err)
         return None

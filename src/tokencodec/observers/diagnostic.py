@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from tokencodec.metrics.machine import recall
-from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
+from tokencodec.observers.base import Observer, Prepared, Runner, Sample, SplitInference, Task, content_digest
 from tokencodec.observers.registry import register_observer
 
 
@@ -64,18 +64,17 @@ class VQATask(Task):
 
 
 class DiagnosticRunner(Runner):
-    rates = ("tokens", "tokens_avg_layers", "flops")
     stages = ("pre-llm", "llm")
 
     def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa", spatial: str = "per-frame",
-                 positions: str | None = None):
-        from tokencodec.metrics.cost import MLLMShape
+                 positions: str | None = None, latency_device: str | None = None):
+        from tokencodec.metrics.cost import CostModel, MLLMShape
         from tokencodec.models.diagnostic import WEIGHTS_DIR, DiagnosticMLLM
 
         self.mllm = DiagnosticMLLM.from_pretrained(weights, attn_implementation=attn_implementation)
         self.spatial = spatial      # video: spatial methods per frame or over all frames (LlavaTokenCompression)
         self.positions = positions  # None: each method's official layout; "original" | "renumber" for all
-        self.shape = MLLMShape.from_config(self.mllm.model.config)
+        self.cost = CostModel(MLLMShape.from_config(self.mllm.model.config), device=latency_device)
         self.depth = self.mllm.model.config.text_config.num_hidden_layers
         folder = WEIGHTS_DIR if weights is None else weights
         with open(f"{folder}/model.safetensors", "rb") as f:
@@ -104,41 +103,93 @@ class DiagnosticRunner(Runner):
 
     @torch.inference_mode()
     def run(self, sample, image, method, budget, prepared, pixels_changed):
-        from tokencodec.metrics.cost import prefill_flops, tokens_per_layer_summary
-        from tokencodec.models.llava import LlavaTokenCompression
+        import tokencodec
 
         s = sample.payload
         kw = self.mllm.inputs([image], [s.question])
         last = int(kw.pop("last")[0])
         image_slots = int((kw["input_ids"][0] == self.mllm.model.config.image_token_id).sum())
         text_tokens = int(kw["attention_mask"][0].sum()) - image_slots
+        frames, record = self.frames_of(image), None
         if method is None:
             logits = self.mllm.model(**kw).logits
-            answer, covered, per_layer = logits[0, last, self.mllm.answer_ids].float(), None, [image_slots] * self.depth
+            answer, covered = logits[0, last, self.mllm.answer_ids].float(), None
         else:
-            frames = self.frames_of(image)
             video = {"frames": frames, "spatial": self.spatial} if frames > 1 else {}
             options = {**video, **self._adapter_options(method)}
-            with LlavaTokenCompression(self.mllm.model, method, budget, **options) as patch:
+            with tokencodec.compress(self.mllm.model, method, budget, **options) as patch:
                 logits = self.mllm.model(**kw).logits
-            slot = int((patch.sequence_index[0] == last).nonzero()[0, 0])  # logits are shorter after pruning
+            record = patch.record()
+            slot = int((record.sequence_index[0] == last).nonzero()[0, 0])  # logits are shorter after pruning
             answer = logits[0, slot, self.mllm.answer_ids].float()
-            covered = patch.kept.source[0].any(0).numpy()
-            per_layer = patch.tokens_per_layer
-        summary = tokens_per_layer_summary(per_layer)
-        return Answer(answer, covered), {
-            "tokens": float(per_layer[-1]), "tokens_avg_layers": float(summary.avg),
-            "flops": float(prefill_flops(self.shape, per_layer, text_tokens).total)}
+            covered = record.kept.source[0].any(0).numpy()
+        return Answer(answer, covered), self.cost.of_record(record, image_slots, text_tokens, images=frames)
+
+
+class DiagnosticSplit(SplitInference):
+    """The sender runs the tower on the 64×64 image and takes layer −2's patch tokens; the receiver answers a
+    question from decoded tokens through the LLaVA adapter (the tower runs on a blank image whose tokens are
+    replaced by the decoded ones)."""
+
+    receiver = "answer"
+    input_size = 64                   # models.diagnostic.IMAGE_SIZE (not imported here: the CLI reads it first)
+    defaults = {"method": "rdo", "keep": 16, "profile": "step-4"}
+
+    def __init__(self):
+        from tokencodec.models.diagnostic import DiagnosticMLLM
+
+        self.mllm = DiagnosticMLLM.from_pretrained()
+
+    def tokens(self) -> int:
+        from tokencodec.models.diagnostic import N_IMAGE_TOKENS
+
+        return N_IMAGE_TOKENS
+
+    @torch.inference_mode()
+    def send(self, image: np.ndarray, method, budget):
+        import tokencodec
+        from tokencodec.models.diagnostic import preprocess
+
+        size = self.input_size
+        if image.shape != (size, size, 3):
+            raise ValueError(f"image of shape {image.shape}; the diagnostic MLLM takes {size}×{size}×3")
+        tower = self.mllm.model.model.vision_tower          # layer −2, with the signals the method reads
+        return tokencodec.compress(tower, method, budget, layer=-2).compress(preprocess(image))
+
+    @torch.inference_mode()
+    def answer(self, tokens, question: str) -> str:
+        import tokencodec
+        from tokencodec.tokens.replay import Replay
+
+        mllm = self.mllm
+        unknown = [w for w in question.replace("?", " ?").split() if mllm.tokenizer.token_to_id(w) is None]
+        if unknown:
+            raise ValueError(f"question words {unknown} are not in the diagnostic model's vocabulary "
+                             "(its questions: tokencodec.data.vqa)")
+        if not question.rstrip().endswith("?"):
+            question = question.rstrip() + " ?"
+        blank = np.zeros((self.input_size, self.input_size, 3), dtype=np.uint8)   # the tower's output is replaced
+        kw = mllm.inputs([blank], [question])
+        last = int(kw.pop("last")[0])
+        replay = Replay(tokens.features, tokens.positions)
+        with tokencodec.compress(mllm.model, replay, replay.budget) as patch:
+            logits = mllm.model(**kw).logits
+        slot = int((patch.record().sequence_index[0] == last).nonzero()[0, 0])
+        return mllm.answers[int(logits[0, slot, mllm.answer_ids].argmax())]
 
 
 @register_observer("diagnostic-mllm")
 class DiagnosticObserver(Observer):
     """The diagnostic MLLM on its VQA test questions (see the module docstring)."""
 
+    split = DiagnosticSplit
     task_class = VQATask
     runner_stages = ("pre-llm", "llm")
-    runner_rates = ("tokens", "tokens_avg_layers", "flops")
+    runner_rates = ("tokens_in", "tokens", "tokens_avg_layers", "flops", "kv_bytes", "latency_pred_s")
 
-    def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa"):
-        runner = DiagnosticRunner(weights, attn_implementation)
+    def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa",
+                 latency_device: str | None = None):
+        """``latency_device``: a roofline device profile (h200, h100-sxm, a100-80gb, l40s, cpu): every point
+        then also reports ``latency_pred_s``."""
+        runner = DiagnosticRunner(weights, attn_implementation, latency_device=latency_device)
         super().__init__(VQATask(runner.mllm.answers), runner)

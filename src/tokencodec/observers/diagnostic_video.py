@@ -43,10 +43,10 @@ class DiagnosticVideoObserver(Observer):
     task_class = VideoVQATask
     video = True
     runner_stages = ("pre-llm", "llm")
-    runner_rates = ("tokens", "tokens_avg_layers", "flops")
+    runner_rates = ("tokens_in", "tokens", "tokens_avg_layers", "flops", "kv_bytes", "latency_pred_s")
 
     def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa", spatial: str = "per-frame",
-                 positions: str | None = None):
+                 positions: str | None = None, latency_device: str | None = None):
         from tokencodec.models.diagnostic import VIDEO_WEIGHTS_DIR
 
         if spatial not in ("per-frame", "joint"):
@@ -55,6 +55,6 @@ class DiagnosticVideoObserver(Observer):
             raise ValueError(f"observer diagnostic-video: positions={positions!r}; allowed: None (each method's "
                              "official layout), 'original', 'renumber'")
         folder = str(VIDEO_WEIGHTS_DIR) if weights is None else weights
-        runner = DiagnosticRunner(folder, attn_implementation, spatial, positions)
+        runner = DiagnosticRunner(folder, attn_implementation, spatial, positions, latency_device)
         runner.video = True
         super().__init__(VideoVQATask(runner.mllm.answers), runner)

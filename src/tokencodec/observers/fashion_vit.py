@@ -3,8 +3,8 @@
 Tokens are the 196 patch tokens of a 4-layer CLIP-architecture ViT trained here
 (:mod:`tokencodec.models.fashion_vit`). A "pre-llm" method compresses the patch tokens after
 encoder layer ``prune_layer`` (default 1: the last two layers and the CLS head see the kept set,
-:class:`~tokencodec.models.vision_tower.TowerTokenPruning`); ToMe merges inside every layer
-(:class:`~tokencodec.models.vision_tower.ToMeVisionPatch`), its keep ratio turned into a per-layer
+:class:`~tokencodec.adapters.vision_tower.TowerTokenPruning`); ToMe merges inside every layer
+(:class:`~tokencodec.adapters.vision_tower.ToMeVisionPatch`), its keep ratio turned into a per-layer
 ``r`` schedule that ends at the budget (as even as ToMe's r ≤ n/2 rule allows). Distortions:
 ``accuracy`` (the true label), ``top1_agreement`` / ``top5_agreement`` / ``kl`` against the
 uncompressed model on the original image. Rates: patch tokens at the last layer, patch tokens
@@ -18,13 +18,12 @@ images held out when the model was trained, for tuning), a ``seed``-ed subset of
 from __future__ import annotations
 
 import hashlib
-import math
 
 import numpy as np
 import torch
 
 from tokencodec.metrics.machine import classification_metrics
-from tokencodec.observers.base import Observer, Prepared, Runner, Sample, Task, content_digest
+from tokencodec.observers.base import Observer, Prepared, Runner, Sample, SplitInference, Task, content_digest
 from tokencodec.observers.registry import register_observer
 
 TRAIN_DATA_SEED = 0     # the seed scripts/train_fashion_vit.py split train/val with
@@ -61,30 +60,11 @@ class FashionMNISTTask(Task):
         return sample_id.rsplit("/", 1)[-1]      # ids are split/index/class
 
 
-def tome_schedule(n: int, keep: int, layers: int) -> list[int]:
-    """Per-layer r merging ``n`` patch tokens down to ``keep`` as evenly as ToMe's r ≤ n_i/2 allows
-    (more in early layers when the later ones could not reach it; the floor is ⌈n/2^layers⌉)."""
-    def reachable(t: int, m: int) -> int:          # fewest tokens m more layers can leave from t
-        for _ in range(m):
-            t -= t // 2
-        return t
-
-    out, t = [], n
-    for i in range(layers):
-        r = min(math.ceil(max(t - keep, 0) / (layers - i)), t // 2)
-        while r < t // 2 and reachable(t - r, layers - i - 1) > keep:
-            r += 1
-        out.append(r)
-        t -= r
-    return out
-
-
 class FashionViTRunner(Runner):
-    rates = ("tokens", "tokens_avg_layers", "flops")
     stages = ("vision-encoder", "pre-llm")
 
     def __init__(self, weights: str | None = None, prune_layer: int = 1):
-        from tokencodec.metrics.cost import VisionShape
+        from tokencodec.metrics.cost import CostModel, VisionShape
         from tokencodec.models.fashion_vit import FashionViT, weights_folder
 
         self.model = FashionViT.from_pretrained(weights)
@@ -94,6 +74,7 @@ class FashionViTRunner(Runner):
                              "on the kept tokens)")
         self.prune_layer, self.depth = prune_layer, depth
         self.shape = VisionShape.from_config(self.model.config)
+        self.cost = CostModel(self.shape, prefix_tokens=1)      # the CLS is processed, not counted as a token
         folder = weights_folder() if weights is None else weights
         with open(f"{folder}/model.safetensors", "rb") as f:
             self.weights_id = hashlib.sha256(f.read()).hexdigest()[:12]
@@ -117,43 +98,83 @@ class FashionViTRunner(Runner):
 
     @torch.inference_mode()
     def run(self, sample, image, method, budget, prepared, pixels_changed):
-        from tokencodec.metrics.cost import vit_flops
-        from tokencodec.models.vision_tower import ToMeVisionPatch, TowerTokenPruning
+        import tokencodec
 
         x = self._pixels(image)
-        n = self.shape.num_patches
         if method is None:
-            logits, per_layer = self.model(x), [n + 1] * self.depth
-        elif method.stage == "vision-encoder":
-            r = tome_schedule(n, budget.tokens(n), self.depth)
-            with ToMeVisionPatch(self.model, r) as patch:
+            logits, per_layer = self.model(x), [self.shape.num_tokens] * self.depth
+        else:      # ToMe merges in every layer (its keep schedule); other methods prune after prune_layer
+            options = {} if method.stage == "vision-encoder" else {"layer": self.prune_layer}
+            with tokencodec.compress(self.model, method, budget, **options) as patch:
                 logits = self.model(x)
-            per_layer = list(patch.token_counts)
-        else:
-            with TowerTokenPruning(self.model, method, budget, layer=self.prune_layer) as patch:
-                logits = self.model(x)
-            per_layer = patch.tokens_per_layer
-        patches = [t - 1 for t in per_layer]
-        return logits[0].float(), {"tokens": float(patches[-1]), "tokens_avg_layers": float(np.mean(patches)),
-                                   "flops": float(vit_flops(self.shape, per_layer).total)}
+            per_layer = patch.record().tokens_per_layer
+        return logits[0].float(), self.cost.point(per_layer)
+
+
+class FashionViTSplit(SplitInference):
+    """The sender runs the ViT's first two layers on the 28×28 greyscale image and sends the CLS and K patch
+    tokens of layer 1; the receiver runs the last two layers and the head on them (the tower runs on a blank
+    image whose layer-1 output is replaced whole)."""
+
+    receiver = "classify"
+    input_size = 28
+    defaults = {"method": "random", "keep": 98, "profile": "vq-1024"}
+    layer = 1              # the observer's default prune_layer: the sender runs layers 0 and 1
+
+    def __init__(self):
+        from tokencodec.models.fashion_vit import FashionViT
+
+        self.vit = FashionViT.from_pretrained()
+
+    def tokens(self) -> int:
+        return (self.vit.config.image_size // self.vit.config.patch_size) ** 2
+
+    @torch.inference_mode()
+    def send(self, image: np.ndarray, method, budget):
+        import tokencodec
+        from tokencodec.models.fashion_vit import preprocess
+
+        grey = np.rint(image.mean(2) if image.ndim == 3 else image).astype(np.uint8)
+        if grey.shape != (28, 28):
+            raise ValueError(f"image of shape {image.shape}; the Fashion-MNIST ViT takes 28×28 greyscale")
+        return tokencodec.compress(self.vit.vision_tower, method, budget, layer=self.layer).compress(
+            preprocess(grey[None]))
+
+    @torch.inference_mode()
+    def classify(self, tokens, top: int) -> list[tuple[str, float]]:
+        import tokencodec
+        from tokencodec.data.fashion_mnist import CLASSES
+        from tokencodec.models.fashion_vit import preprocess
+        from tokencodec.tokens.replay import Replay
+
+        if tokens.prefix is None:
+            raise ValueError("a fashion-vit file without its CLS (the profile has no prefix token)")
+        replay = Replay(tokens.features, tokens.positions, tokens.prefix[0])
+        blank = preprocess(np.zeros((1, 28, 28), dtype=np.uint8))
+        with tokencodec.compress(self.vit, replay, replay.budget, layer=self.layer):
+            p = self.vit(blank)[0].float().softmax(-1)
+        best = p.topk(min(top, len(CLASSES)))
+        return [(CLASSES[i], float(v)) for v, i in zip(best.values, best.indices, strict=True)]
 
 
 @register_observer("fashion-vit")
 class FashionViTObserver(Observer):
     """The Fashion-MNIST ViT (trained here, weights shipped) on real labelled images."""
 
+    split = FashionViTSplit
     task_class = FashionMNISTTask
     runner_stages = ("vision-encoder", "pre-llm")
-    runner_rates = ("tokens", "tokens_avg_layers", "flops")
+    runner_rates = ("tokens_in", "tokens", "tokens_avg_layers", "flops")
 
     @classmethod
     def method_fits(cls, method_cls) -> str | None:
-        from tokencodec.tokens.signals import VISION_TOWER, resolve_request
+        from tokencodec.adapters.vision_tower import TOWER_SIGNALS
+        from tokencodec.tokens.signals import resolve_request
 
         if method_cls.stage not in cls.runner_stages:
             return f"it acts at stage {method_cls.stage!r}; a ViT classifier has no LLM"
         try:
-            resolve_request(method_cls, VISION_TOWER, True, "the ViT")
+            resolve_request(method_cls, TOWER_SIGNALS, True, "the ViT")
         except ValueError as err:
             return str(err)
         return None
@@ -162,4 +183,4 @@ class FashionViTObserver(Observer):
         super().__init__(FashionMNISTTask(), FashionViTRunner(weights, prune_layer))
 
 
-__all__ = ["FashionMNISTTask", "FashionViTObserver", "FashionViTRunner", "tome_schedule"]
+__all__ = ["FashionMNISTTask", "FashionViTObserver", "FashionViTRunner"]

@@ -12,7 +12,7 @@ the whole frame, so it is counted):
 
 - **video methods that rebuild frames** (``temporal``): key frames whole, predicted frames only their
   changed tokens; the receiver rebuilds every frame's grid from the reference
-  (:class:`~tokencodec.models.vision_tower.TowerVideoCoding`) and runs the later layers on all of it.
+  (:class:`~tokencodec.adapters.vision_tower.TowerVideoCoding`) and runs the later layers on all of it.
   With ``search`` > 0 the receiver also needs each predicted token's motion vector (one of
   (2r+1)² offsets, log2 9 ≈ 3.2 bits at r = 1): side information that costs bits, not tokens.
 - **frame sampling** (methods that send ``whole_frames``: uniform-frames): m = K/196 frames are sent
@@ -65,6 +65,17 @@ class FashionVideoTask(FashionMNISTTask):
 class FashionViTVideoRunner(FashionViTRunner):
     stages = ("pre-llm",)
     video = True
+    rates = ("tokens", "flops")
+
+    def __init__(self, weights: str | None = None, prune_layer: int = 1):
+        from dataclasses import replace
+
+        super().__init__(weights, prune_layer)
+        self.cost = replace(self.cost, prefix_tokens=0)          # tokens per frame count the CLS here
+
+    def _point(self, tokens_per_layer) -> dict[str, float]:
+        rates = self.cost.point(tokens_per_layer)
+        return {k: rates[k] for k in self.rates}
 
     def key(self) -> str:
         return "video-" + super().key()
@@ -87,16 +98,16 @@ class FashionViTVideoRunner(FashionViTRunner):
 
     @torch.inference_mode()
     def run(self, sample, image, method, budget, prepared, pixels_changed):
-        from tokencodec.metrics.cost import vit_flops
-        from tokencodec.models.vision_tower import TowerTokenPruning, TowerVideoCoding
+        """Rates per frame: tokens (CLS included, as this observer has always counted them) and FLOPs."""
+        import tokencodec
         from tokencodec.tokens.batch import TokenBatch
         from tokencodec.tokens.frames import per_frame_budget
 
         x = self._clip(image)
         t, n = x.shape[0], self.shape.num_patches
-        full = float(vit_flops(self.shape, [n + 1] * self.depth).total)
+        full = self._point([n + 1] * self.depth)
         if method is None:
-            return self.model(x).float(), {"tokens": float(n + 1), "flops": full}
+            return self.model(x).float(), full
         if method.whole_frames:                        # frame sampling: the receiver holds the last answer
             # the choice is read from an all-zero clip of the right layout: frame sampling is content-blind
             side = math.isqrt(n)
@@ -107,15 +118,14 @@ class FashionViTVideoRunner(FashionViTRunner):
                 raise BudgetError(f"{method.name} must send whole frames of {n} tokens; it sent {len(positions)}")
             logits = self.model(x[sent]).float()
             holder = [max(i for i, f in enumerate(sent) if f <= frame) for frame in range(t)]
-            return logits[holder], {"tokens": len(sent) * (n + 1) / t, "flops": full * len(sent) / t}
-        if method.rebuilds_frames:
-            with TowerVideoCoding(self.model, method, budget, layer=self.prune_layer, frames=t) as patch:
+            return logits[holder], {k: v * len(sent) / t for k, v in full.items()}   # frames not sent cost nothing
+        if method.rebuilds_frames:                     # every frame runs whole; the wire carries what was sent
+            with tokencodec.compress(self.model, method, budget, layer=self.prune_layer, frames=t) as patch:
                 logits = self.model(x).float()
-            return logits, {"tokens": (float(patch.sent.sum()) + t) / t, "flops": full}
-        with TowerTokenPruning(self.model, method, per_frame_budget(budget, t, n), layer=self.prune_layer) as patch:
+            return logits, {"tokens": (float(patch.record().extra["sent"].sum()) + t) / t, "flops": full["flops"]}
+        with tokencodec.compress(self.model, method, per_frame_budget(budget, t, n), layer=self.prune_layer) as patch:
             logits = self.model(x).float()
-        return logits, {"tokens": float(patch.tokens_per_layer[-1]),
-                        "flops": float(vit_flops(self.shape, patch.tokens_per_layer).total)}
+        return logits, self._point(patch.record().tokens_per_layer)
 
 
 @register_observer("fashion-vit-video")
@@ -136,9 +146,7 @@ class FashionViTVideoObserver(Observer):
         return FashionViTObserver.method_fits(method_cls)
 
     def __init__(self, weights: str | None = None, prune_layer: int = 1):
-        runner = FashionViTVideoRunner(weights, prune_layer)
-        runner.rates = ("tokens", "flops")
-        super().__init__(FashionVideoTask(), runner)
+        super().__init__(FashionVideoTask(), FashionViTVideoRunner(weights, prune_layer))
 
 
 __all__ = ["FashionVideoTask", "FashionViTVideoObserver", "FashionViTVideoRunner"]

@@ -8,8 +8,9 @@ data by hub name or folder (:mod:`tokencodec.data.hf_datasets`). Every method ru
 model's adapter (pre-LLM and in-LLM methods), answers are greedy.
 Distortions: ``accuracy`` (the answer, lower-cased and stripped of a final full stop, equals the
 ground truth) and ``agreement`` (equals the uncompressed model's answer on the original image).
-Rates: visual tokens, tokens averaged over LLM layers, FLOPs (LLM prefill, ``macs2``) and
-``latency_s`` (the whole generate, CUDA-synchronised on a GPU).
+Rates: those of the one cost path (``HFMLLM.cost_model``: visual tokens entering the LLM and at its last
+layer, their average over layers, FLOPs of the vision tower, projector and LLM prefill in ``macs2``, KV
+bytes) and ``latency_s`` (the whole generate, CUDA-synchronised on a GPU).
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ class HFVQATask(Task):
 
 
 class HFMLLMRunner(Runner):
-    rates = ("tokens", "tokens_avg_layers", "flops", "latency_s")
     stages = ("pre-llm", "llm")       # ToMe (a per-layer r, not a keep ratio) runs through the lmms-eval plugin
 
-    def __init__(self, model: str, device: str = "", dtype: str = "auto", max_new_tokens: int = 8):
+    def __init__(self, model: str, device: str = "", dtype: str = "auto", max_new_tokens: int = 8,
+                 latency_device: str | None = None):
         import torch
 
         from tokencodec.models.hf import HFMLLM
@@ -54,8 +55,14 @@ class HFMLLMRunner(Runner):
         self.mllm = HFMLLM.load(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
                                 dtype=dtype)
         self.max_new_tokens = max_new_tokens
+        self.mllm.latency_device = latency_device
+        self.cost = self.mllm.cost_model
         config = self.mllm.model.config.to_json_string(use_diff=False)
         self.model_id = hashlib.sha256(config.encode()).hexdigest()[:12]
+
+    @property
+    def rates(self) -> tuple[str, ...]:
+        return (*self.cost.rates, "latency_s")
 
     def key(self) -> str:
         return (f"hf-mllm-{self.mllm.source.replace('/', '_')}-{self.model_id}-{self.mllm.info['dtype']}"
@@ -78,7 +85,9 @@ class HFMLLMObserver(Observer):
 
     task_class = HFVQATask
     runner_stages = ("pre-llm", "llm")
-    runner_rates = ("tokens", "tokens_avg_layers", "flops", "latency_s")
+    runner_rates = ("tokens_in", "tokens", "tokens_avg_layers", "flops", "kv_bytes", "latency_pred_s", "latency_s")
 
-    def __init__(self, model: str, device: str = "", dtype: str = "auto", max_new_tokens: int = 8):
-        super().__init__(HFVQATask(), HFMLLMRunner(model, device, dtype, max_new_tokens))
+    def __init__(self, model: str, device: str = "", dtype: str = "auto", max_new_tokens: int = 8,
+                 latency_device: str | None = None):
+        """``latency_device``: a roofline device profile: every point then also reports ``latency_pred_s``."""
+        super().__init__(HFVQATask(), HFMLLMRunner(model, device, dtype, max_new_tokens, latency_device))

@@ -5,15 +5,25 @@ tensor ``[B, N, D]`` with a boolean ``mask`` ``[B, N]`` (True = a real token). M
 fixed budget keep the same count for every image and leave ``mask`` as None; adaptive methods
 (PruMerge's IQR rule) pad to the largest count in the batch and set ``mask``. Padded slots have
 zero features, zero size, no source patches and position −1.
+
+Construction checks shapes and dtypes only: a TokenBatch is built several times per forward (every
+``take``), and checking values would read device memory each time (a host sync). The value checks
+(positions within the grid) run in :meth:`TokenBatch.check_values`, called on construction when the
+environment variable ``TOKENCODEC_CHECK_VALUES`` is set to 1 (the test suite sets it), or by hand at
+an API boundary.
 """
 
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
+
+# debug: check values on every construction (each check is a host sync on an accelerator)
+CHECK_VALUES = os.environ.get("TOKENCODEC_CHECK_VALUES", "0") not in ("", "0")
 
 
 def _positive_int(x) -> bool:
@@ -64,11 +74,8 @@ class TokenBatch:
             self.positions = torch.arange(n, device=dev).expand(b, n).clone()
         _check(self.positions, "positions", (b, n), f"B={b}, N={n}", "integer", not _is_float(self.positions)
                and self.positions.dtype != torch.bool)
-        if self.positions.numel() and not (-1 <= int(self.positions.min()) and int(self.positions.max()) < n0):
-            raise ValueError(f"TokenBatch.positions hold values in [{int(self.positions.min())}, "
-                             f"{int(self.positions.max())}], expected raster indices in [-1, {n0}) (−1 = padding)")
-        if self.sizes is None:
-            self.sizes = torch.ones(b, n, device=dev, dtype=self.features.dtype)
+        if self.sizes is None:     # float32 whatever the features: bf16 counts exactly only up to 256 patches
+            self.sizes = torch.ones(b, n, device=dev, dtype=torch.float32)
         _check(self.sizes, "sizes", (b, n), f"B={b}, N={n}", "floating", _is_float(self.sizes))
         if self.source is None:  # each token stands for its own patch; padding (position −1) for none
             pos = self.positions
@@ -86,6 +93,18 @@ class TokenBatch:
             if value.dim() < 2 or tuple(value.shape[:2]) != (b, n):
                 raise ValueError(f"signal {name!r} has shape {tuple(value.shape)}; per-token signals are "
                                  f"[B={b}, N={n}, ...]; put other tensors in TokenBatch.context")
+        if CHECK_VALUES:
+            self.check_values()
+
+    def check_values(self) -> TokenBatch:
+        """Check what shapes cannot show (positions are raster indices or −1); reads device values (a sync)."""
+        n0 = self.num_original
+        if self.positions.numel():
+            lo, hi = torch.stack(torch.aminmax(self.positions)).tolist()
+            if not (-1 <= lo and hi < n0):
+                raise ValueError(f"TokenBatch.positions hold values in [{lo}, {hi}], expected raster indices in "
+                                 f"[-1, {n0}) (−1 = padding)")
+        return self
 
     @classmethod
     def from_grid(cls, features: Tensor, grid: tuple[int, int] | None = None, frames: int = 1,
@@ -119,7 +138,7 @@ class TokenBatch:
         return self.grid[0] * self.grid[1] * self.frames
 
     def counts(self) -> Tensor:
-        """Real tokens per image, [B]."""
+        """Real tokens per image, [B] on the CPU (a report: it reads the mask to the host)."""
         if self.mask is None:
             return torch.full((self.batch_size,), self.num_tokens, dtype=torch.long)
         return self.mask.sum(1).cpu()

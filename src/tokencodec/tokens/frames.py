@@ -67,11 +67,12 @@ def join_frames(out: TokenBatch, videos: int, frames: int) -> TokenBatch:
     bt, k = out.features.shape[:2]
     if bt != videos * frames:
         raise ValueError(f"{bt} frame results for {videos} videos of {frames} frames")
-    offset = (torch.arange(bt, device=out.features.device) % frames) * n_frame       # each frame's first slot
+    rows = torch.arange(bt, device=out.features.device)      # on the device: a host index would be copied
+    offset = (rows % frames) * n_frame                                            # each frame's first slot
     positions = torch.where(out.positions >= 0, out.positions + offset[:, None], -1)
     # block-diagonal sources: frame f's tokens draw on the f-th block of original patches
     source = out.source.new_zeros(bt, k, frames, n_frame)
-    source[torch.arange(bt), :, torch.arange(bt) % frames] = out.source
+    source[rows, :, rows % frames] = out.source
     source = source.reshape(videos, frames * k, frames * n_frame)
 
     def per_video(x):

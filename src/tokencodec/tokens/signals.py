@@ -1,8 +1,8 @@
 """The signals a token method may request, as one typed vocabulary shared by methods and adapters.
 
 A method declares ``needs = (Signal.CLS_ATTENTION, Signal.KEYS)``; each adapter declares the set it
-computes (``VISION_TOWER``, ``QWEN2_VL``) and calls :func:`resolve_request`, which applies the no-CLS
-fallback and names what is missing. ``Signal`` is a ``StrEnum``, so ``batch.signals["keys"]`` and
+computes (its ``supplies``, :mod:`tokencodec.adapters`) and calls :func:`resolve_request`, which applies
+the no-CLS fallback and names what is missing. ``Signal`` is a ``StrEnum``, so ``batch.signals["keys"]`` and
 ``Signal.KEYS`` are the same key. In-LLM methods state what they read with
 :class:`~tokencodec.tokens.compress.base.LLMSignal` instead, because there the request has options
 (whose attention rows, text keys too).
@@ -65,10 +65,6 @@ DESCRIPTIONS: dict[Signal, str] = {
 CLS_SIGNALS = frozenset({Signal.CLS_ATTENTION, Signal.CLS_ATTENTION_SINGLE_HEAD})
 NO_CLS_FALLBACK = Signal.MEAN_ATTENTION       # the usual stand-in where an encoder has no CLS token
 
-# what each adapter computes before the LLM
-VISION_TOWER = frozenset({*CLS_SIGNALS, Signal.MEAN_ATTENTION, Signal.KEYS, Signal.KEYS_FULL})
-QWEN2_VL = frozenset({Signal.MEAN_ATTENTION, Signal.KEYS, Signal.KEYS_FULL})
-
 
 def as_signals(names: Iterable[str], who: str = "a method") -> tuple[Signal, ...]:
     """``names`` as Signals, or a ValueError naming the unknown ones and the vocabulary."""
@@ -95,5 +91,5 @@ def resolve_request(method, supplied: frozenset[Signal], has_cls: bool, adapter:
     return needs
 
 
-__all__ = ["CLS_SIGNALS", "DESCRIPTIONS", "NO_CLS_FALLBACK", "QWEN2_VL", "VISION_TOWER", "Signal", "as_signals",
+__all__ = ["CLS_SIGNALS", "DESCRIPTIONS", "NO_CLS_FALLBACK", "Signal", "as_signals",
            "resolve_request"]

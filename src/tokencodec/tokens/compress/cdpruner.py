@@ -112,7 +112,7 @@ def dpp_greedy_map(kernel: Tensor, k: int) -> Tensor:
             / torch.sqrt(di2s[rows, j].clamp_min(tiny)).unsqueeze(-1)
         cis[i] = eis
         di2s = di2s - eis.square()
-        taken[rows, j] = True
+        taken.scatter_(1, j[:, None], True)
     return torch.stack(picked, dim=1)
 
 

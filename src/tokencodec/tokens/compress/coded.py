@@ -20,6 +20,10 @@ the decoded tokens arrive in raster order at their original positions
 (``positions="original"``, whatever the inner method's layout: the bitstream carries positions).
 ``profile``: a profile file, or a name under ``tokencodec/entropy/profiles/`` (e.g.
 ``diagnostic-mllm/step-0.5``).
+
+Host syncs: the entropy coder runs on the host, so one read brings the kept tokens (with their
+positions and the CLS) there, besides the inner method's own; the decoded tokens go back without
+blocking.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, get_method, register_method
+from tokencodec.tokens.transfer import to_device, to_host
 
 PROFILES = Path(__file__).resolve().parents[2] / "entropy" / "profiles"
 
@@ -107,26 +112,28 @@ class Coded(TokenMethod):
         if out.mask is not None or out.batch_size != 1:
             raise NotImplementedError("coded codes one image at a time, with one count (no padded batch)")
         t0 = time.perf_counter()
-        cls = None
-        if self.profile.prefix:
-            if out.cls is None or out.cls.shape[-1] != self.profile.dim or self.profile.prefix != 1:
-                raise ValueError(f"coded: profile {self.options.profile!r} sends {self.profile.prefix} CLS token(s) "
-                                 f"of width {self.profile.dim}; this model's batch has none that fits")
-            cls = out.cls.float().cpu().numpy()
-        enc = encode_tokens(out.features[0].float().cpu().numpy(), out.positions[0].cpu().numpy(), batch.grid,
-                            batch.frames, self.profile, cls)
+        if self.profile.prefix and (out.cls is None or out.cls.shape[-1] != self.profile.dim
+                                    or self.profile.prefix != 1):
+            raise ValueError(f"coded: profile {self.options.profile!r} sends {self.profile.prefix} CLS token(s) "
+                             f"of width {self.profile.dim}; this model's batch has none that fits")
+        # the coder runs on the host: one read brings the kept tokens, their positions and the CLS
+        sent = [out.features[0].float(), out.positions[0]] + ([out.cls.float()] if self.profile.prefix else [])
+        host = [t.numpy() for t in to_host(*sent)]
+        cls = host[2] if self.profile.prefix else None
+        enc = encode_tokens(host[0], host[1], batch.grid, batch.frames, self.profile, cls)
         t1 = time.perf_counter()
         dec = decode_tokens(enc.data, self.profile)
         t2 = time.perf_counter()
-        order = torch.from_numpy(np.argsort(out.positions[0].cpu().numpy(), kind="stable"))
-        out = out.take(order[None].to(out.positions.device))        # the decoder returns raster order
-        features = torch.from_numpy(dec.features)[None].to(out.features.device, out.features.dtype)
+        dev = out.features.device
+        order = torch.from_numpy(np.argsort(host[1], kind="stable"))
+        out = out.take(to_device(order[None], dev))                 # the decoder returns raster order
+        features = to_device(torch.from_numpy(dec.features)[None], dev).to(out.features.dtype)
         self.last_rates = {"bits": float(enc.total_bits), "bytes": enc.total_bits / 8,
                            "payload_bytes": (enc.position_bits + enc.payload_bits) / 8,
                            "ideal_bits": enc.ideal_payload_bits + enc.ideal_position_bits,
                            "encoding_time": t1 - t0, "decoding_time": t2 - t1}
         if cls is not None:
-            out = replace(out, cls=torch.from_numpy(dec.prefix).to(out.cls.device, out.cls.dtype))
+            out = replace(out, cls=to_device(torch.from_numpy(dec.prefix), dev).to(out.cls.dtype))
         return replace(out, features=features)
 
 

@@ -81,7 +81,9 @@ def dart_select(features: Tensor, keys: Tensor, k: int, pivots: int = 4,
         if count:
             free = cos[:, j].masked_fill(taken, torch.inf)
             taken.scatter_(1, free.argsort(dim=1, stable=True)[:, :count], True)
-    return torch.arange(n, device=features.device).expand(b, n)[taken].view(b, k)
+    # exactly k taken per row: a stable sort puts them first, in raster order (a boolean index would read
+    # the mask on the host)
+    return (~taken).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]
 
 
 @dataclass(frozen=True)

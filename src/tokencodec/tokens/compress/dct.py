@@ -24,6 +24,8 @@ Choices left open, and ours:
   input grid (its source, size and representative position are that window's, as for
   ``pool-avg``): the DCT weights themselves are global, so "every patch" would be true but useless.
 - **Video.** Each frame separately, K/t tokens per frame (as pooling).
+- **Host syncs.** ``zone="rect"``: none (the operator depends on shapes only and is cached on the
+  device). ``zone="energy"``: one, the read of the DCT energies [B, h, w] that pick each image's grid.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from torch import Tensor
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, register_method
 from tokencodec.tokens.compress.pool import centre_patches, grid_operator, target_grid
+from tokencodec.tokens.transfer import on_device, to_device, to_host
 
 
 def dct_matrix(n: int) -> Tensor:
@@ -60,10 +63,17 @@ def dct_operator(h: int, w: int, h2: int, w2: int) -> Tensor:
     return torch.kron(lowpass_axis(h, h2), lowpass_axis(w, w2))
 
 
+@on_device
+def dct_matrices(h: int, w: int) -> tuple[Tensor, Tensor]:
+    """The DCT-II of both grid axes, cached on the device (``dct_matrices(device, h, w)``)."""
+    return dct_matrix(h), dct_matrix(w)
+
+
 def block_energy(features: Tensor, h: int, w: int) -> Tensor:
     """[B, h, w]: energy of each 2-D DCT coefficient of a [B, h·w, D] grid, summed over channels."""
     x = features.double().reshape(features.shape[0], h, w, -1)
-    coeffs = torch.einsum("ph,bhwd,qw->bpqd", dct_matrix(h).to(x.device), x, dct_matrix(w).to(x.device))
+    ch, cw = dct_matrices(x.device, h, w)
+    coeffs = torch.einsum("ph,bhwd,qw->bpqd", ch, x, cw)
     return coeffs.pow(2).sum(-1)
 
 
@@ -82,12 +92,16 @@ def energy_grid(energy: Tensor, k: float, tolerance: float = 1e-6) -> tuple[int,
 
 
 def lowpass_plan(h: int, w: int, t: int, grid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-    """(weights [K, N], members [K, N], representatives [K]) of the low-pass to ``grid``, frame by frame."""
+    """(weights [K, N], members [K, N], representatives [K]) of the low-pass to ``grid``, frame by frame, on
+    the host; ``lowpass_plan_on(device, ...)`` is the same, cached on a device."""
     window = grid_operator(h, w, grid, "avg")
     op = torch.block_diag(*[dct_operator(h, w, *grid)] * t)
     members = torch.block_diag(*[window] * t) > 0
     rep = centre_patches(window, w)
     return op, members, torch.cat([rep + f * h * w for f in range(t)])
+
+
+lowpass_plan_on = on_device(lowpass_plan)
 
 
 def dct_reduce(batch: TokenBatch, k: int, zone: str = "rect", at_most: bool = False) -> TokenBatch:
@@ -97,20 +111,24 @@ def dct_reduce(batch: TokenBatch, k: int, zone: str = "rect", at_most: bool = Fa
     (h, w), t = batch.grid, batch.frames
     b, dev = batch.batch_size, batch.features.device
     if zone == "rect":
-        op, members, rep = (x.to(dev) for x in lowpass_plan(h, w, t, target_grid(h, w, k / t, at_most)))
+        op, members, rep = lowpass_plan_on(dev, h, w, t, target_grid(h, w, k / t, at_most))
         return batch.combine(op.expand(b, -1, -1), members.expand(b, -1, -1), rep.expand(b, -1))
     if t != 1:
         raise ValueError("dct zone='energy' takes single images; use zone='rect' for video")
-    energy = block_energy(batch.features, h, w)
-    plans = [lowpass_plan(h, w, 1, energy_grid(energy[i], k)) for i in range(b)]
-    width = max(len(r) for _, _, r in plans)
+    energy, = to_host(block_energy(batch.features, h, w))     # the one read: each image's grid comes from it
+    plans = [lowpass_plan_on(dev, h, w, 1, energy_grid(energy[i], k)) for i in range(b)]
+    counts = [len(r) for _, _, r in plans]
+    width = max(counts)
     # one combine for the batch: each image's rows padded with zero weights to the widest, then masked
-    op, members = torch.zeros(b, width, h * w, dtype=torch.float64), torch.zeros(b, width, h * w, dtype=torch.bool)
-    rep, mask = torch.zeros(b, width, dtype=torch.long), torch.zeros(b, width, dtype=torch.bool)
+    op = torch.zeros(b, width, h * w, dtype=torch.float64, device=dev)
+    members = torch.zeros(b, width, h * w, dtype=torch.bool, device=dev)
+    rep = torch.zeros(b, width, dtype=torch.long, device=dev)
     for i, (o, m, r) in enumerate(plans):
-        op[i, :len(r)], members[i, :len(r)], rep[i, :len(r)], mask[i, :len(r)] = o, m, r, True
-    out = batch.combine(op.to(dev), members.to(dev), rep.to(dev))
-    return replace(out, mask=None if bool(mask.all()) else mask.to(dev))
+        op[i, :len(r)], members[i, :len(r)], rep[i, :len(r)] = o, m, r
+    out = batch.combine(op, members, rep)
+    if min(counts) == width:
+        return out
+    return replace(out, mask=torch.arange(width, device=dev) < to_device(torch.tensor(counts), dev)[:, None])
 
 
 @dataclass(frozen=True)

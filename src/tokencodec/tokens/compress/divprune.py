@@ -54,22 +54,21 @@ def divprune_select(features: Tensor, k: int, dtype: torch.dtype | None = torch.
     if k >= n:  # every token is picked: the greedy loop would only reorder them into raster order
         return torch.arange(n, device=features.device).expand(b, n).clone()
     d = cosine_distance(features, dtype)
-    rows = torch.arange(b, device=features.device)
     if n == 1:
-        first = torch.zeros(b, dtype=torch.long, device=features.device)
+        first = torch.zeros(b, 1, dtype=torch.long, device=features.device)
     else:
-        first = d.kthvalue(2, dim=1).values.argmax(1)
-    picked = torch.empty(b, k, dtype=torch.long, device=features.device)
-    picked[:, 0] = first
-    taken = torch.zeros(b, n, dtype=torch.bool, device=features.device)
-    taken[rows, first] = True
-    nearest = d[rows, first]  # each token's distance to the selected set
-    for step in range(1, k):
-        nxt = nearest.masked_fill(taken, float("-inf")).argmax(1)
-        picked[:, step] = nxt
-        taken[rows, nxt] = True
-        nearest = torch.minimum(nearest, d[rows, nxt])
-    return picked.sort(1).values
+        first = d.kthvalue(2, dim=1).values.argmax(1, keepdim=True)
+    # the greedy loop stays on the device: k small launches, no value read on the host (scatter_, not
+    # `taken[rows, i] = True`, whose Python scalar torch would copy to the device and wait for)
+    picked = [first]
+    taken = torch.zeros(b, n, dtype=torch.bool, device=features.device).scatter_(1, first, True)
+    nearest = d.gather(1, first[..., None].expand(-1, -1, n))[:, 0]  # each token's distance to the selected set
+    for _ in range(1, k):
+        nxt = nearest.masked_fill(taken, float("-inf")).argmax(1, keepdim=True)
+        picked.append(nxt)
+        taken.scatter_(1, nxt, True)
+        nearest = torch.minimum(nearest, d.gather(1, nxt[..., None].expand(-1, -1, n))[:, 0])
+    return torch.cat(picked, 1).sort(1).values
 
 
 @dataclass(frozen=True)

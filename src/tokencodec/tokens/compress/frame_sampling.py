@@ -41,8 +41,10 @@ class UniformFrames(TokenMethod):
         if k % hw:
             allowed = ", ".join(str(hw * m) for m in range(1, t + 1))
             raise BudgetError(f"uniform-frames keeps whole frames of {hw} tokens: K must be one of {allowed}; got {k}")
-        index = torch.cat([torch.arange(f * hw, (f + 1) * hw) for f in sampled_frames(t, k // hw)])
-        return batch.take(index.to(batch.features.device).expand(batch.batch_size, -1))
+        m, dev = k // hw, batch.features.device
+        frames = torch.arange(m, device=dev) * t // m                 # sampled_frames(t, m), on the device
+        index = (frames[:, None] * hw + torch.arange(hw, device=dev)).reshape(-1)
+        return batch.take(index.expand(batch.batch_size, -1))
 
 
 __all__ = ["UniformFrames", "sampled_frames"]

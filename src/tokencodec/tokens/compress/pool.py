@@ -25,6 +25,8 @@ in either); the choices the cards leave open:
   plain bilinear sampling, whose tokens read only the 2×2 patches around each sample point. Its source
   map is the support of the interpolation weights, i.e. the patches that actually feed each token.
 - **Video.** Each frame is pooled separately to the same h'×w' grid, chosen for K/t tokens per frame.
+- **No host sync.** The operator depends only on the shapes: it is built on the host and cached on the
+  device (:func:`pool_plan`), so a call copies nothing after the first one per shape.
 
 The input must be the full grid in raster order (N = t·h·w tokens, no padding mask).
 """
@@ -39,6 +41,7 @@ from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, register_method
+from tokencodec.tokens.transfer import on_device
 
 
 def target_grid(h: int, w: int, k: float, at_most: bool = False) -> tuple[int, int]:
@@ -83,20 +86,25 @@ def centre_patches(op: Tensor, w: int) -> Tensor:
     return (row * w + col).long()
 
 
+@on_device
+def pool_plan(h: int, w: int, t: int, out: tuple[int, int], mode: str, antialias: bool) -> tuple[Tensor, Tensor]:
+    """(weights [K, N], representatives [K]) of pooling t frames of h×w to ``out`` each; built on the host once
+    per shape and kept on the device (``pool_plan(device, ...)``)."""
+    op = grid_operator(h, w, out, mode, antialias)
+    rep = centre_patches(op, w)
+    # frames are pooled separately: a block-diagonal operator over the t frames
+    return torch.block_diag(*[op] * t), torch.cat([rep + f * h * w for f in range(t)])
+
+
 def pool_grid(batch: TokenBatch, k: int, mode: str, at_most: bool = False,
               antialias: bool = True) -> TokenBatch:
     if batch.mask is not None or batch.num_tokens != batch.num_original:
         raise ValueError("pooling needs the full token grid in raster order (no padding, nothing dropped)")
     (h, w), t = batch.grid, batch.frames
-    h2, w2 = target_grid(h, w, k / t, at_most)
-    op = grid_operator(h, w, (h2, w2), mode, antialias)
-    rep = centre_patches(op, w)
-    # frames are pooled separately: a block-diagonal operator over the t frames
-    op = torch.block_diag(*[op] * t)
-    rep = torch.cat([rep + f * h * w for f in range(t)])
-    b, dev = batch.batch_size, batch.features.device
-    weights = op.to(dev).expand(b, -1, -1)
-    return batch.combine(weights, weights > 0, rep.to(dev).expand(b, -1))
+    op, rep = pool_plan(batch.features.device, h, w, t, target_grid(h, w, k / t, at_most), mode, antialias)
+    b = batch.batch_size
+    weights = op.expand(b, -1, -1)
+    return batch.combine(weights, weights > 0, rep.expand(b, -1))
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,10 @@ Choices the card leaves open, and deviations:
   size of each token's sources) add up to at least N when the extra token is kept. The extra token's
   position and per-token signals are those of the pruned patch with the largest attention.
 - **No CLS.** There is no official fallback; like VisionZip we then read ``mean_attention``.
+- **Full budget.** ``Budget(ratio=1.0)`` is not the identity: N−1 tokens are kept, each still merging
+  its 32 key-nearest neighbours, and the one pruned patch makes the extra token. The official code
+  at reduction ratio 1 merges too (and appends an all-zero extra token); PruMerge+'s official stride is
+  0 there, which ``torch.arange`` refuses.
 """
 
 from __future__ import annotations
@@ -67,11 +71,13 @@ from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, register_method
 from tokencodec.tokens.compress.visionzip import gather_rows, guiding_attention, top_indices
 from tokencodec.tokens.signals import Signal
+from tokencodec.tokens.transfer import to_host
 
 
 def iqr_outliers(attention: Tensor) -> Tensor:
     """Per image, how many attentions exceed Q3 + 1.5·IQR, [B] long."""
-    q1, q3 = torch.quantile(attention.float(), torch.tensor([0.25, 0.75], device=attention.device), dim=1)
+    quartiles = torch.linspace(0.25, 0.75, 2, device=attention.device)     # built on the device: no copy
+    q1, q3 = torch.quantile(attention.float(), quartiles, dim=1)
     return (attention > (q3 + 1.5 * (q3 - q1))[:, None]).sum(1)
 
 
@@ -96,24 +102,32 @@ def fixed_selection(attention: Tensor, s: int, plus: bool) -> Tensor:
     return torch.cat([top, rest[:, spots]], 1)
 
 
-def adaptive_selection(attention: Tensor, cap: int, plus: bool) -> tuple[Tensor, Tensor]:
-    """Per-image IQR selections, padded: indices [B, S] and validity [B, S]."""
-    n = attention.shape[1]
-    picks = []
-    for a, count in zip(attention, iqr_outliers(attention).tolist(), strict=True):
-        k = min(max(count, 1), cap)
-        top = top_indices(a[None], k)[0]
-        if plus:
-            samples = stride_samples(n, k).to(top.device)
-            top = torch.cat([top, samples[~torch.isin(samples, top)]])[:cap]
-        picks.append(top)
-    width = max(len(p) for p in picks)
-    index = torch.zeros(len(picks), width, dtype=torch.long, device=attention.device)
-    valid = torch.zeros(len(picks), width, dtype=torch.bool, device=attention.device)
-    for i, p in enumerate(picks):
-        index[i, : len(p)] = p
-        valid[i, : len(p)] = True
-    return index, valid
+def adaptive_selection(attention: Tensor, cap: int, plus: bool) -> tuple[Tensor, Tensor, bool]:
+    """Per-image IQR selections, padded: indices [B, S], validity [B, S], and whether every image kept
+    the same count. The counts come from the data: reading their widest (one host sync) sizes the padding.
+
+    Each image keeps k = clamp(outliers, 1, cap) tokens by attention (descending) and, for PruMerge+, then
+    the stride samples (official: ``arange(0, n, max(1, ⌊⌊n/k⌋/3⌋))``) it did not keep, in raster order,
+    at most ``cap`` in all. All images are ranked at once by a sort key: attention rank for the top k,
+    n + patch for a sample, 3n for the rest.
+    """
+    b, n = attention.shape
+    dev = attention.device
+    k = iqr_outliers(attention).clamp(1, cap)                                  # [B]
+    rank = top_indices(attention, n).argsort(dim=1)                            # each patch's attention rank
+    is_top = rank < k[:, None]
+    key = torch.where(is_top, rank, 3 * n)
+    if plus:
+        stride = ((n // k) // 3).clamp_min(1)                                  # [B]
+        patch = torch.arange(n, device=dev)
+        sample = (patch % stride[:, None] == 0) & ~is_top
+        key = torch.where(sample, n + patch, key)
+    count = (key < 3 * n).sum(1).clamp_max(cap)
+    lo, hi = to_host(count.min(), count.max())                                  # the one read
+    width = int(hi)
+    index = key.argsort(dim=1, stable=True)[:, :width]
+    valid = torch.arange(width, device=dev) < count[:, None]
+    return torch.where(valid, index, 0), valid, bool(lo == hi)
 
 
 def merge_plan(attention: Tensor, keys: Tensor, kept: Tensor, valid: Tensor, neighbours: int = 32,
@@ -202,10 +216,10 @@ class PruMerge(TokenMethod):
         n = batch.num_tokens
         cap = budget.tokens(n, minimum=1 + extra) - extra
         if opt.adaptive:
-            kept, valid = adaptive_selection(attention, cap, self.plus)
+            kept, valid, uniform = adaptive_selection(attention, cap, self.plus)
         else:
             kept = fixed_selection(attention, cap, self.plus)
-            valid = torch.ones_like(kept, dtype=torch.bool)
+            valid, uniform = torch.ones_like(kept, dtype=torch.bool), True
         if opt.order == "raster":
             kept = torch.where(valid, kept, n).sort(1).values.clamp_max(n - 1)  # padding stays last
 
@@ -214,7 +228,9 @@ class PruMerge(TokenMethod):
         weights, members, rep, valid = merge_plan(attention, batch.signals[key_signal], kept, valid,
                                                   opt.neighbours, opt.normalize_merge, extra)
         out = batch.combine(weights, members, rep)
-        if bool(valid.all()):
+        # every row is real when all images kept one count: the extra token always has a pruned patch, since
+        # the budget keeps at most N − 1 with it (so no read of ``valid`` is needed)
+        if uniform:
             return out
         # adaptive counts: padded slots carry nothing (see TokenBatch's docstring)
         signals = {name: value.masked_fill(~valid.reshape(*valid.shape, *[1] * (value.dim() - 2)), 0)

@@ -21,6 +21,10 @@ every choice it leaves open is ours:
   squared distance to the mean of its 3×3 neighbourhood, the top K kept, the rest dropped.
 
 Block sums come from 2-D prefix sums (integral images), so each density is O(D).
+
+Host syncs: the greedy tree is grown on the host (a heap, one block at a time), so ``mode="partition"``
+reads the features and sizes to the host once per call (one sync); the leaves go back without
+blocking. ``mode="select"`` runs on the device: none.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, keep_top_k, register_method
+from tokencodec.tokens.transfer import to_device, to_host
 
 Block = tuple[int, int, int, int]     # y0, x0, y1, x1 (half-open)
 
@@ -104,7 +109,7 @@ def merge_leaves(batch: TokenBatch, leaves: list[list[tuple[int, Block]]]) -> To
         for j, (f, (y0, x0, y1, x1)) in enumerate(image):
             members[i, j, f, y0:y1, x0:x1] = True
             rep[i, j] = f * h * w + ((y0 + y1 - 1) // 2) * w + (x0 + x1 - 1) // 2
-    members, rep = members.reshape(bsz, k, t * h * w).to(dev), rep.to(dev)
+    members, rep = to_device(members.reshape(bsz, k, t * h * w), dev), to_device(rep, dev)
     weights = members.to(torch.float32) * batch.sizes.float()[:, None, :]
     weights = weights / weights.sum(-1, keepdim=True)
     return batch.combine(weights, members, rep)
@@ -149,8 +154,9 @@ class Quadtree(TokenMethod):
         if min(per_frame) < 1:
             raise ValueError(f"quadtree keeps at least one token per frame: K={k} for {t} frames")
         n = h * w
-        leaves = [[(f, b) for f in range(t) for b in partition(batch.features[i, f * n:(f + 1) * n],
-                                                               batch.sizes[i, f * n:(f + 1) * n], h, w,
+        features, sizes = to_host(batch.features, batch.sizes)     # the one read: the tree is grown on the host
+        leaves = [[(f, b) for f in range(t) for b in partition(features[i, f * n:(f + 1) * n],
+                                                               sizes[i, f * n:(f + 1) * n], h, w,
                                                                per_frame[f], self.options.criterion)]
                   for i in range(batch.batch_size)]
         return merge_leaves(batch, leaves)

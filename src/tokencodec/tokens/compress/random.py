@@ -10,6 +10,10 @@ which survives the last-bit noise of batched computation). So a call is determin
 seed, an image gets the same subset whatever batch it sits in, and different images still get
 different subsets (a plain per-call seed would prune every batch-1 image identically). With
 ``content_seed=False`` one subset is drawn from ``self.seed`` alone and shared by every image.
+
+Host syncs: the subsets are drawn on the host (``torch.randperm`` with a CPU generator, as the
+reference code) and copied to the device without blocking; with ``content_seed`` the hash needs each
+image's channel argmax on the host: one read per call, for the whole batch.
 """
 
 from __future__ import annotations
@@ -22,17 +26,18 @@ from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, register_method
+from tokencodec.tokens.transfer import to_device, to_host
 
 
-def image_seed(seed: int, image: Tensor) -> int:
-    """A 63-bit seed from ``seed`` and one image's features [N, D].
+def image_seed(seed: int, strongest: Tensor) -> int:
+    """A 63-bit seed from ``seed`` and one image's strongest channel per token ([N] long, on the host).
 
     It hashes each token's strongest channel (argmax over D), not the raw bytes: the same image
     computed alone or inside a padded batch differs in the last bits of its features (other
     matmul blocking), which would change a byte hash and so the subset; an argmax changes only
     when two channels tie to within that noise.
     """
-    data = image.detach().float().argmax(-1).cpu().to(torch.int64).numpy().tobytes()
+    data = strongest.to(torch.int64).numpy().tobytes()
     digest = hashlib.blake2b(data, digest_size=8, key=seed.to_bytes(8, "little", signed=True)).digest()
     return int.from_bytes(digest, "little") >> 1
 
@@ -68,9 +73,10 @@ class RandomPrune(TokenMethod):
         n = batch.num_tokens
         k = budget.tokens(n)
         if self.options.content_seed:
-            gens = [torch.Generator().manual_seed(image_seed(self.seed, x)) for x in batch.features]
+            strongest, = to_host(batch.features.detach().float().argmax(-1))     # one read for the batch
+            gens = [torch.Generator().manual_seed(image_seed(self.seed, row)) for row in strongest]
             index = torch.stack([random_select(n, k, g) for g in gens])
         else:
             shared = random_select(n, k, torch.Generator().manual_seed(self.seed))
             index = shared.expand(batch.batch_size, k)
-        return batch.take(index.to(batch.features.device))
+        return batch.take(to_device(index, batch.features.device))

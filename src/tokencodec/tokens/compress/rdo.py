@@ -22,6 +22,8 @@ FLOPs share); token i is kept when vᵢ ≥ λ·cᵢ. Proxies (``value``):
 
 The kept tokens are returned in raster order; ``batch.context["rdo_lambda"]`` holds the λ used.
 A batch of several images under VBR comes back padded (a mask), since counts differ.
+
+Host syncs: none under CBR; under VBR one, the read of the per-image counts that sizes the padding.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, BudgetError, MethodOptions, TokenMethod, register_method
 from tokencodec.tokens.compress.visionzip import guiding_attention
 from tokencodec.tokens.signals import Signal
+from tokencodec.tokens.transfer import to_host
 
 
 def token_values(batch: TokenBatch, value: str) -> Tensor:
@@ -71,20 +74,27 @@ def calibrate_lambdas(values: Sequence[Tensor], ratios: Sequence[float]) -> tupl
 
 def keep_above(batch: TokenBatch, values: Tensor, lam: Tensor) -> TokenBatch:
     """Per image the tokens with value ≥ λ (at least the best one), raster order; padded when counts differ."""
-    keep = values >= lam[:, None]
-    keep[torch.arange(values.shape[0]), values.argmax(1)] = True
+    keep = (values >= lam[:, None]).scatter_(1, values.argmax(1, keepdim=True), True)
     return take_kept(batch, keep)
 
 
-def take_kept(batch: TokenBatch, keep: Tensor) -> TokenBatch:
-    """The tokens where ``keep`` [B, N] is True, raster order; padded (a mask) when the counts differ."""
+def take_kept(batch: TokenBatch, keep: Tensor, count: int | None = None) -> TokenBatch:
+    """The tokens where ``keep`` [B, N] is True, raster order; padded (a mask) when the counts differ.
+
+    ``count``: the number kept in every row, when the caller knows it; otherwise the counts come from the
+    data and one read (their smallest and largest) sizes the padding.
+    """
     counts = keep.sum(1)
-    width = int(counts.max())
+    if count is None:
+        lo, hi = to_host(counts.min(), counts.max())
+        width, uniform = int(hi), bool(lo == hi)
+    else:
+        width, uniform = count, True
     # kept slots first in raster order, then the others (masked): a stable sort on "not kept"
     order = (~keep).to(torch.int8).argsort(dim=1, stable=True)[:, :width]
     out = batch.take(order)
     mask = torch.arange(width, device=keep.device)[None] < counts[:, None]
-    return replace(out, mask=None if bool(mask.all()) else mask)
+    return replace(out, mask=None if uniform else mask)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, register_method
 from tokencodec.tokens.compress.visionzip import guiding_attention
 from tokencodec.tokens.signals import Signal
+from tokencodec.tokens.transfer import on_device
 
 
 def lattice_level(h: int, w: int, levels: int | None = None) -> Tensor:
@@ -49,13 +50,19 @@ def lattice_level(h: int, w: int, levels: int | None = None) -> Tensor:
     return level if levels is None else level.clamp_max(levels - 1)
 
 
+@on_device
+def lattice_levels_on(h: int, w: int, frames: int, levels: int | None) -> Tensor:
+    """Every frame's :func:`lattice_level`, [frames·h·w], cached on the device (shapes only: no copy per call)."""
+    return lattice_level(h, w, levels).repeat(frames)
+
+
 def embedded_order(batch: TokenBatch, order: str = "coarse-to-fine", coarse_levels: int | None = None) -> Tensor:
     """[B, N] every token ranked once: the scalable encode."""
     score = guiding_attention(batch, "scalable")
     if order == "priority":
         return score.argsort(dim=1, descending=True, stable=True)
     (h, w), t = batch.grid, batch.frames
-    level = lattice_level(h, w, coarse_levels).repeat(t).to(score.device)
+    level = lattice_levels_on(score.device, h, w, t, coarse_levels)
     # level first, attention within a level: a key that sorts by (level, −score)
     rank_in_level = score.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
     key = level[None] * score.shape[1] + rank_in_level

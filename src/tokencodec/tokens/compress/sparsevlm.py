@@ -43,7 +43,6 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tokencodec.tokens.batch import TokenBatch
@@ -64,7 +63,28 @@ def select_raters(visual_embeds: Tensor, text_embeds: Tensor) -> Tensor:
     """Raters, bool [M]: text tokens whose relevance (softmax_text V·Tᵀ, mean over V) is above average."""
     relevance = (visual_embeds @ text_embeds.T).softmax(dim=-1).mean(dim=0)     # [M], unscaled logits
     raters = relevance > relevance.mean()
-    return raters if bool(raters.any()) else torch.ones_like(raters)
+    return raters | ~raters.any()       # all rate when none is above the mean (no read on the host)
+
+
+def rater_slots(embeds: Tensor, start: Tensor, n: int, s_in: int, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Each sample's raters among the real text tokens after its image span (the layer-0 input ``embeds``
+    [B, S, D], spans at ``start`` [B] of ``n`` tokens): sequence slots [B, R] and validity [B, R] (rows
+    padded to the longest)."""
+    picks = []
+    for b in range(embeds.shape[0]):
+        s = int(start[b])
+        text = torch.arange(s + n, s_in, device=embeds.device)
+        text = text[valid[b, text]]
+        if len(text) == 0:
+            raise ValueError("SparseVLM needs text after the image to choose raters")
+        chosen = select_raters(embeds[b, s:s + n].float(), embeds[b, text].float())
+        picks.append(text[chosen])
+    width = max(len(p) for p in picks)
+    slots = torch.zeros(len(picks), width, dtype=torch.long, device=embeds.device)
+    ok = torch.zeros(len(picks), width, dtype=torch.bool, device=embeds.device)
+    for b, p in enumerate(picks):
+        slots[b, :len(p)], ok[b, :len(p)] = p, True
+    return slots, ok
 
 
 def visual_scores(rater_attention: Tensor) -> Tensor:
@@ -117,7 +137,8 @@ def dpc_knn(x: Tensor, num_clusters: int, k: int | None = None) -> tuple[Tensor,
     """
     b, m, c = x.shape
     k = num_clusters if k is None else k
-    dist = torch.cdist(x, x) / c ** 0.5                                      # [B, m, m]
+    # float32 whatever the model's dtype: cdist has no bf16 kernel on CUDA, and density ties need the precision
+    dist = torch.cdist(x.float(), x.float()) / c ** 0.5                      # [B, m, m]
     knn = dist.topk(k, dim=-1, largest=False).values
     density = (-(knn ** 2).mean(dim=-1)).exp()                               # [B, m]
     # j is "denser" than i if its density is higher, or equal with a lower index
@@ -147,6 +168,7 @@ class SparseVLM(TokenMethod):
     stage = "llm"
     guidance = "text"
     needs = (Signal.RATER_ATTENTION,)   # or an already averaged "text_attention" [B, N]
+    choose_raters = staticmethod(rater_slots)   # the adapter asks for raters once per prefill
     cls_fallback = "not needed: the score is the raters' attention to the image span"
     paper = ("Zhang et al., SparseVLM: Visual Token Sparsification for Efficient Vision-Language "
              "Model Inference, ICML 2025, arXiv 2410.04417")
@@ -191,11 +213,12 @@ class SparseVLM(TokenMethod):
         pool = order[:, keep:keep + m]                                   # best-scored deleted tokens
         x = batch.features.gather(1, pool[..., None].expand(-1, -1, batch.features.shape[-1]))
         labels, centres = dpc_knn(x, clusters)
-        member = F.one_hot(labels, clusters).transpose(1, 2).to(x.dtype)  # [B, clusters, m]
-        merged = member @ x / member.sum(dim=-1, keepdim=True)
-        sizes = (member @ batch.sizes.gather(1, pool)[..., None])[..., 0]
+        # [B, clusters, m]; a comparison, not F.one_hot, whose range check reads the labels on the host (CPU)
+        member = labels[:, None, :] == torch.arange(clusters, device=labels.device)[:, None]
+        merged = (member.float() @ x.float() / member.sum(dim=-1, keepdim=True)).to(x.dtype)
+        sizes = (member.to(batch.sizes.dtype) @ batch.sizes.gather(1, pool)[..., None])[..., 0]
         pool_source = batch.source.gather(1, pool[..., None].expand(-1, -1, batch.source.shape[-1]))
-        source = (member @ pool_source.to(x.dtype)) > 0
+        source = (member.float() @ pool_source.float()) > 0
         out = batch.take(torch.cat([kept, pool.gather(1, centres)], dim=1))
         return replace(out, features=torch.cat([out.features[:, :keep], merged], 1),
                        sizes=torch.cat([out.sizes[:, :keep], sizes], 1),

@@ -30,6 +30,9 @@ repeated** to the model: the receiver already holds its prediction (an earlier f
 
   ``threshold=τ`` fixes τ directly (every video sends what exceeds it, at most K).
 
+Host syncs: none under CBR (exactly K per video, known in advance); with ``threshold`` or VBR one,
+the read of the per-video counts that sizes the padding. The bisection runs on the device.
+
 The sent tokens come back in raster order (frame, row, column) at their original positions; sizes 1,
 each its own patch. ``context``: ``temporal_threshold`` [B] (τ used), ``temporal_reconstruction``
 [B, N, D] (what a reconstructing receiver holds per grid cell and frame).
@@ -173,13 +176,15 @@ class Temporal(TokenMethod):
         if fixed is not None:
             tau = torch.full((b,), float(fixed), device=x.device)
             coded = dict(grid=batch.grid, frames=t, gop=gop, search=o.search, intra=o.intra)
-            sent, residual, recon = code_video(x, tau=tau, **coded)
-            capped = cap(sent, residual, k)
-            if not torch.equal(capped, sent):       # fewer sent: the receiver's frames change with them
-                sent, recon = capped, code_video(x, sent=capped, **coded)[2]
+            sent, residual, _ = code_video(x, tau=tau, **coded)
+            # the receiver's frames follow what is finally sent (the same frames when the cap took nothing)
+            sent = cap(sent, residual, k)
+            recon = code_video(x, sent=sent, **coded)[2]
+            count = None                            # the content sets each video's count: one read
         else:
             tau, sent, recon = exact_rate(x, batch.grid, t, gop, k, o.search, o.intra)
-        out = take_kept(batch, sent)
+            count = k                               # CBR: exactly k per video, known without a read
+        out = take_kept(batch, sent, count)
         return replace(out, context={**out.context, "temporal_threshold": tau,
                                      "temporal_reconstruction": recon.to(batch.features.dtype)})
 
@@ -187,8 +192,6 @@ class Temporal(TokenMethod):
 def cap(sent: Tensor, residual: Tensor, k: int) -> Tensor:
     """At most k sent per row: the largest residuals win (stable: earlier tokens first on ties)."""
     over = sent.sum(1) > k
-    if not bool(over.any()):
-        return sent
     score = torch.where(sent, residual, torch.full_like(residual, float("-inf")))
     top = score.argsort(dim=1, descending=True, stable=True)[:, :k]
     capped = torch.zeros_like(sent).scatter_(1, top, True) & sent
@@ -215,12 +218,12 @@ def exact_rate(x: Tensor, grid, frames: int, gop: int, k: int, search: int, intr
         hi = torch.where(too_many, hi, mid)
     sent, residual, _ = code_video(x, tau=hi, **coded)
     short = k - sent.sum(1)
-    if bool((short > 0).any()):            # complete with the largest residuals not yet sent (ties at τ)
-        score = torch.where(sent, torch.full_like(residual, float("-inf")), residual)
-        order = score.argsort(dim=1, descending=True, stable=True)
-        ranks = torch.arange(order.shape[1], device=x.device).expand_as(order)
-        rank = torch.empty_like(order).scatter_(1, order, ranks)
-        sent = sent | (rank < short[:, None])
+    # complete with the largest residuals not yet sent (ties at τ); a row that is not short gains nothing
+    score = torch.where(sent, torch.full_like(residual, float("-inf")), residual)
+    order = score.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.arange(order.shape[1], device=x.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, ranks)
+    sent = sent | (rank < short[:, None])
     sent = cap(sent, residual, k)
     return hi, sent, code_video(x, sent=sent, **coded)[2]
 

@@ -125,6 +125,27 @@ def parse_r(num_layers: int, r) -> list[int]:
     return [int(lo + step * i) for i in range(num_layers)]
 
 
+def keep_schedule(n: int, keep: int, layers: int) -> list[int]:
+    """Per-layer r merging ``n`` patch tokens down to ``keep`` over ``layers`` layers, as evenly as ToMe's
+    r ≤ t/2 allows (more in early layers when the later ones could not reach it; the floor is ⌈n/2^layers⌉).
+
+    ToMe's knob is r; this is how a keep budget (``Budget(keep=...)`` or ``ratio``) becomes one, for the
+    adapters that accept both."""
+    def reachable(t: int, m: int) -> int:          # fewest tokens m more layers can leave from t
+        for _ in range(m):
+            t -= t // 2
+        return t
+
+    out, t = [], n
+    for i in range(layers):
+        r = min(math.ceil(max(t - keep, 0) / (layers - i)), t // 2)
+        while r < t // 2 and reachable(t - r, layers - i - 1) > keep:
+            r += 1
+        out.append(r)
+        t -= r
+    return out
+
+
 @register_method("tome")
 class ToMe(TokenMethod):
     """One ToMe merge step on the patch tokens, driven by signal ``keys`` [B, N, Dk]."""
@@ -147,9 +168,11 @@ class ToMe(TokenMethod):
         if budget.r == 0:
             return batch
         merge, rep = self.plan(batch.signals["keys"], budget.r, has_cls=batch.cls is not None)
-        x, size = merge_wavg(merge, batch.features, batch.sizes[..., None])
+        # the size-weighted average in float32 whatever the features' dtype (sizes beyond 256 are not exact in bf16)
+        x, size = merge_wavg(merge, batch.features.float(), batch.sizes.float()[..., None])
         out = batch.take(rep)
-        return replace(out, features=x, sizes=size[..., 0], source=merge_source(merge, x, batch.source))
+        return replace(out, features=x.to(batch.features.dtype), sizes=size[..., 0].to(batch.sizes.dtype),
+                       source=merge_source(merge, x, batch.source))
 
     @staticmethod
     def plan(keys: Tensor, r: int, has_cls: bool) -> tuple[Callable, Tensor]:

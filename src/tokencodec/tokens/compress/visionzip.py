@@ -32,6 +32,10 @@ Choices the card leaves open:
   size, and its position and per-token signals are its target's.
 - **No CLS.** Without ``cls_attention`` we rank by ``mean_attention`` (the mean attention each token
   receives, as EffiVLM-Bench does for SigLIP); with neither signal we raise.
+- **Full budget.** ``Budget(ratio=1.0)`` is not the identity: K = N tokens are the CLS, D−1 dominant
+  patches and C contextual tokens (LLaVA-1.5: 1 + 485 + 90, one of the 91 other patches merged into its
+  target), sent in the official order. The official code at dominant + contextual = N does the same, and
+  has no setting that sends the N patches unchanged (contextual = 0 divides by zero).
 """
 
 from __future__ import annotations
@@ -73,10 +77,15 @@ def visionzip_plan(attention: Tensor, keys: Tensor, n_dominant: int, n_contextua
     dominant = top_indices(attention, n_dominant).sort(1).values
     is_dom = torch.zeros(b, n, dtype=torch.bool, device=attention.device).scatter(1, dominant, True)
     rest = is_dom.to(torch.uint8).argsort(dim=1, stable=True)[:, : n - n_dominant]  # raster order
-    slots = torch.arange(n - n_dominant, device=attention.device)
-    stride = max(1, (n - n_dominant) // max(n_contextual, 1))
+    r = n - n_dominant
+    slots = torch.arange(r, device=attention.device)
+    stride = max(1, r // max(n_contextual, 1))
     is_target = (slots % stride == 0) & (slots // stride < n_contextual)
-    targets, others = rest[:, is_target], rest[:, ~is_target]
+    # the slots split by position alone, so the counts are known on the host: a stable sort puts the other
+    # slots first, then the targets, each in raster order (a boolean index would read the mask on the host)
+    n_targets = min(n_contextual, -(-r // stride))
+    split = is_target.to(torch.uint8).argsort(stable=True)
+    targets, others = rest[:, split[r - n_targets:]], rest[:, split[: r - n_targets]]
     if n_contextual == 0:  # nothing to merge into: the other patches are dropped
         return dominant, targets, others[:, :0], others[:, :0]
     k = F.normalize(keys.float(), dim=-1)

@@ -2,13 +2,9 @@ import pytest
 import torch
 from skimage import data
 
-from tokencodec.models.efficientnet_lite0 import (
-    EfficientNetLite0,
-    EfficientNetTokenCompression,
-    preprocess,
-    supported_methods,
-)
-from tokencodec.models.hooks import PatchError
+from tokencodec.adapters.efficientnet import EfficientNetTokenCompression, supported_methods
+from tokencodec.adapters.hooks import PatchError
+from tokencodec.models.efficientnet_lite0 import EfficientNetLite0, preprocess
 from tokencodec.tokens.compress import Budget, BudgetError
 
 

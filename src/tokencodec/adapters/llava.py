@@ -1,9 +1,9 @@
 """Visual-token compression for HF ``LlavaForConditionalGeneration`` (LLaVA-1.5 layout), as a context manager.
 
 ``with LlavaTokenCompression(model, "fastv", Budget(keep=64)) as tc: model.generate(...)`` installs
-forward hooks on entry and removes them on exit (:class:`~tokencodec.models.hooks.ModelPatch`); no
+forward hooks on entry and removes them on exit (:class:`~tokencodec.adapters.hooks.ModelPatch`); no
 model file is copied. Any registered method works, by name or instance (the registry's error lists
-the names). Written against transformers 5.23–5.24 (:mod:`~tokencodec.models.hf_compat`): query
+the names). Written against transformers 5.23–5.24 (:mod:`~tokencodec.adapters.hf_compat`): query
 offsets and mask sizes come from layer 0's cache length.
 
 **Chains.** ``method`` may be a list of (method, budget) steps, one before the LLM and one inside
@@ -15,7 +15,7 @@ merged tokens.
 
 **Pre-LLM methods** (stage "pre-llm": random, pool-avg, pool-resize, divprune, visionzip, prumerge,
 prumerge+, token-norm). Signals come from the vision tower through
-:class:`~tokencodec.models.vision_tower.SignalCapture` (q/k hooks, SDPA-safe) at LLaVA's
+:class:`~tokencodec.adapters.vision_tower.SignalCapture` (q/k hooks, SDPA-safe) at LLaVA's
 ``vision_feature_layer`` (−2), or at the layer the method declares (``signal_layer``: PruMerge(+) −1,
 the last layer, official). Features: the method's ``features`` declaration: DivPrune ranks the
 **projected** embeddings (its card, ``LAYER_INDEX=0``); every other method acts on the **pre-projector**
@@ -30,14 +30,14 @@ the official LLaVA-1.5 code) gets the layer −2 CLS projected by the projector 
 the span, counted in K (``cls_sent``; ``kept`` then holds the K−1 patch tokens, the CLS in
 ``kept.cls``); on encoders without CLS nothing is sent.
 
-**ToMe** (stage "vision-encoder", ``Budget(r=...)``): :class:`~tokencodec.models.vision_tower.ToMeVisionPatch`
+**ToMe** (stage "vision-encoder", ``Budget(r=...)``): :class:`~tokencodec.adapters.vision_tower.ToMeVisionPatch`
 merges r tokens in each tower layer up to ``vision_feature_layer`` (later layers do not merge), with
 proportional attention (``prop_attn``); the merged tokens (sizes, sources, each at its B token's
 patch) are projected and sent in patch order with their original positions.
 
-**In-LLM methods** (stage "llm": fastv, sparsevlm, pyramiddrop, dart): :class:`~tokencodec.models.llm_stages.LLMStages`,
-shared with the Qwen2-VL adapter, interprets each method's declarations (stages, signals); this file
-only finds the image span and feeds it the LLM's input.
+**In-LLM methods** (stage "llm": fastv, sparsevlm, pyramiddrop, dart):
+:class:`~tokencodec.adapters.llm_stages.LLMStages`, shared with the Qwen2-VL adapter, interprets each
+method's declarations (stages, signals); this file only finds the image span and feeds it the LLM's input.
 
 **Token order and positions.** Each method declares its official layout (``positions``), which the
 adapter's ``positions=`` overrides (for both steps of a chain). ``"renumber"`` (VisionZip, PruMerge(+),
@@ -54,7 +54,8 @@ K counts the CLS it sends). PyramidDrop: λ = K/N with K = ``budget.tokens(N)``,
 ⌊N·λ^s⌋ (``Budget(ratio=0.5)`` gives the official 0.5/0.25/0.125). SparseVLM: the v1.5 list nearest
 to ρ·576 (:func:`sparsevlm_keeps`); with ``count_recycled=False`` (default, official) the recycled
 clusters come on top of each stage's count. ``stage_keep`` gives explicit per-stage counts instead.
-``Budget(ratio=1.0)`` never prunes.
+``Budget(ratio=1.0)`` is the identity for every method but VisionZip and PruMerge(+), whose official code
+merges even at a full budget (their cards in docs/token-methods.md).
 
 **generate() and the KV cache.** Pruning happens at prefill only (the forward whose ``input_ids``
 hold image tokens). Layers before the first stage cache S entries, later ones fewer. In each decode
@@ -90,11 +91,17 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from tokencodec.models import llm_pruning as lp
-from tokencodec.models.hf_compat import cache_from
-from tokencodec.models.hooks import ModelPatch
-from tokencodec.models.llm_stages import LLMStages, Run, Stage, StageRecord
-from tokencodec.models.vision_tower import SignalCapture, ToMeVisionPatch, method_signals, resolve_tower
+from tokencodec.adapters import llm_pruning as lp
+from tokencodec.adapters.base import Adapter
+from tokencodec.adapters.hf_compat import cache_from
+from tokencodec.adapters.llm_stages import LLM_SIGNALS, LLMStages, Run, Stage, StageRecord
+from tokencodec.adapters.vision_tower import (
+    TOWER_SIGNALS,
+    SignalCapture,
+    ToMeVisionPatch,
+    method_signals,
+    resolve_tower,
+)
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, BudgetError, TokenMethod, get_method
 from tokencodec.tokens.compress.pyramiddrop import pyramiddrop_keeps  # noqa: F401  (importable from here too)
@@ -126,7 +133,7 @@ def chain_steps(method, budget) -> list[tuple[TokenMethod, Budget]]:
     return out
 
 
-class LlavaTokenCompression(LLMStages, ModelPatch):
+class LlavaTokenCompression(LLMStages, Adapter):
     """Compress LLaVA's image tokens with ``method`` at ``budget`` (or a chain of steps) while the context is active.
 
     Options: ``layers`` (in-LLM: override the method's layer(s), e.g. on tiny models), ``positions``
@@ -136,6 +143,10 @@ class LlavaTokenCompression(LLMStages, ModelPatch):
     ``prop_attn`` (ToMe's proportional attention), ``frames`` (T: each sample is a T-frame video) and
     ``spatial`` (video: a spatial method runs "per-frame" at K/T, or "joint" over all frames).
     """
+
+    method_stages = ("vision-encoder", "pre-llm", "llm")
+    supplies = {"vision-encoder": TOWER_SIGNALS, "pre-llm": TOWER_SIGNALS, "llm": LLM_SIGNALS}   # tower, then LLM
+    video, chains = True, True        # T-frame prompts; [(pre-LLM or ToMe, budget), (in-LLM, budget)]
 
     def __init__(self, model: nn.Module, method, budget: Budget | int | float | None = None, *,
                  layers: int | Sequence[int] | None = None, positions: str | None = None,
@@ -211,9 +222,7 @@ class LlavaTokenCompression(LLMStages, ModelPatch):
             if self.frames > 1:
                 raise NotImplementedError(f"{m.name} merges inside the tower per image; video (frames > 1) "
                                           "is not supported")
-            if budget.r is None:
-                raise BudgetError(f"{m.name} takes Budget(r=...) (tokens merged per tower layer); got {budget}")
-            self._tome = ToMeVisionPatch(self.llava, budget.r, layer=layer, prop_attn=prop_attn)
+            self._tome = ToMeVisionPatch.build(self.llava, m, budget, layer=layer, prop_attn=prop_attn)
             merged = sum(self._tome.r)
             if merged >= self.n:
                 raise BudgetError(f"{m.name} takes Budget(r=...) with r·layers < {self.n} patches "
@@ -418,6 +427,15 @@ class LlavaTokenCompression(LLMStages, ModelPatch):
     def _first_batch(self, run: Run) -> TokenBatch | None:
         return self._span_batch
 
+
+    def record(self):
+        rec = super().record()
+        if self._tome is not None:                          # ToMe merged inside the tower
+            rec.vision_tokens_per_layer = list(self._tome.token_counts)
+        if self.pre_method is not None and self.features == "projected":   # ranked after projecting every token
+            rec.projector_tokens = self.n
+        rec.extra["cls_sent"] = self.cls_sent
+        return rec
 
     def _finish(self, run: Run) -> None:
         if self.llm_method is not None:

@@ -59,7 +59,7 @@ While patched, ``get_image_features`` returns the compressed tokens in their rep
 slots (the other slots hold the original merged tokens, dropped later).
 
 In-LLM methods (stage "llm": FastV, SparseVLM, PyramidDrop, DART) run through
-:class:`~tokencodec.models.qwen2_vl_llm.Qwen2VLLLMCompression`, which ``tokencodec.compress`` picks.
+:class:`~tokencodec.adapters.qwen2_vl_llm.Qwen2VLLLMCompression`, which ``tokencodec.compress`` picks.
 
 **Not supported yet** (each raises with a message): in-ViT merging
 (ToMe: the 2×2 merger and 2-D RoPE need the intact grid), adaptive budgets that pad the TokenBatch,
@@ -67,7 +67,7 @@ video inputs, ``mm_encoder_outputs`` encoded outside the patch (and so beam sear
 ``num_return_sequences`` > 1, which copy them), ``inputs_embeds`` without ``input_ids``, ``labels``,
 4-D/precomputed attention masks, adding images to a non-empty cache.
 
-Sequence surgery comes from :mod:`~tokencodec.models.llm_pruning`, the module the LLaVA adapter and
+Sequence surgery comes from :mod:`~tokencodec.adapters.llm_pruning`, the module the LLaVA adapter and
 the in-LLM stages use too; here with its multi-span layout (a row may hold several images and rows
 keep different counts, re-padded on the left: :func:`left_aligned_gather`).
 """
@@ -82,41 +82,31 @@ import torch
 from torch import Tensor, nn
 
 import tokencodec.tokens.compress  # noqa: F401  (fills METHODS)
-from tokencodec.models.hf_compat import cache_from
-from tokencodec.models.hooks import ModelPatch
-from tokencodec.models.llm_pruning import gather_seq, left_aligned_gather, prune_mask
+from tokencodec.adapters.base import Adapter, CompressionRecord
+from tokencodec.adapters.hf_compat import cache_from
+from tokencodec.adapters.llm_pruning import gather_seq, left_aligned_gather, prune_mask
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, TokenMethod, get_method
-from tokencodec.tokens.signals import CLS_SIGNALS, QWEN2_VL, Signal, resolve_request
+from tokencodec.tokens.signals import Signal, resolve_request
 
-SIGNALS = tuple(s.value for s in Signal if s in QWEN2_VL)   # what this adapter supplies, by name
+QWEN_SIGNALS = frozenset({Signal.MEAN_ATTENTION, Signal.KEYS, Signal.KEYS_FULL})   # computed from the last block
+SIGNALS = tuple(s.value for s in Signal if s in QWEN_SIGNALS)   # the same, by name
 SUPPORTED = ("Qwen2VLForConditionalGeneration", "Qwen2VLModel",
              "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel")
 
 
 # -- which methods, which signals -----------------------------------------------------------------
 
-def support(method_cls: type[TokenMethod]) -> str:
-    """"yes", "fallback" (CLS signals replaced by mean_attention) or "—", as in ``support.py``."""
-    if method_cls.stage != "pre-llm":
-        return "—"
-    try:
-        resolve_request(method_cls, QWEN2_VL, has_cls=False, adapter="the Qwen2-VL vision tower")
-    except ValueError:
-        return "—"
-    return "fallback" if method_cls.needs_cls or set(method_cls.needs) & CLS_SIGNALS else "yes"
-
-
 def method_signals(method: TokenMethod) -> tuple[str, ...]:
     """The signals to compute for ``method``; raise naming what is wrong if it cannot run here."""
     if method.stage == "llm":
         raise ValueError(f"method {method.name!r} prunes inside the LLM (stage 'llm'): use "
-                         "tokencodec.models.qwen2_vl_llm.Qwen2VLLLMCompression (tokencodec.compress picks it)")
+                         "tokencodec.adapters.qwen2_vl_llm.Qwen2VLLLMCompression (tokencodec.compress picks it)")
     if method.stage != "pre-llm":
         raise NotImplementedError(f"method {method.name!r} acts at stage {method.stage!r}; merging inside "
                                   "the Qwen2-VL ViT breaks its 2×2 PatchMerger and 2-D RoPE, so only "
                                   "'pre-llm' methods are supported")
-    return resolve_request(method, QWEN2_VL, has_cls=False, adapter="the Qwen2-VL vision tower")
+    return resolve_request(method, QWEN_SIGNALS, has_cls=False, adapter="the Qwen2-VL vision tower")
 
 
 # -- signals: pure functions of the last block's qkv output --------------------------------------
@@ -180,12 +170,15 @@ def resolve(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
     return core, core.visual, core.language_model
 
 
-class Qwen2VLTokenCompression(ModelPatch):
+class Qwen2VLTokenCompression(Adapter):
     """Prune/merge Qwen2-VL's merged visual tokens with a "pre-llm" method; see the module docstring.
 
     ``method``: a registered name or a ``TokenMethod``; ``budget``: ``Budget``, an int (keep count per
     image) or a float (keep ratio per image). ``rope_keys``: use RoPE-rotated keys for ``keys``.
     """
+
+    method_stages = ("pre-llm",)
+    supplies = {"pre-llm": QWEN_SIGNALS}
 
     def __init__(self, model: nn.Module, method: str | TokenMethod, budget: Budget | int | float,
                  rope_keys: bool = False):
@@ -210,6 +203,15 @@ class Qwen2VLTokenCompression(ModelPatch):
         self._phase: str | None = None      # what the next LLM call is: "prefill" | "decode" | None
         self._input_ids: Tensor | None = None
         self._prompt: _Prompt | None = None
+
+    def record(self) -> CompressionRecord:
+        """Per image kept batches; ``tokens_per_layer`` counts the visual tokens of the busiest sample (every
+        LLM layer sees them all); ``extra["visual_tokens"]`` [B] has each sample's count."""
+        per_sample = self.last_visual_tokens
+        per_layer = None if per_sample is None else [int(per_sample.max())] * len(self.llm.layers)
+        return CompressionRecord(kept=self.last_kept, tokens_per_layer=per_layer,
+                                 sequence_index=self.last_gather, position_ids=self.last_position_ids,
+                                 extra={"visual_tokens": per_sample})
 
     def _reset_results(self) -> None:
         self.last_kept: list[TokenBatch] = []
@@ -406,5 +408,5 @@ def _mrope_rows(pos: Tensor | None) -> Tensor | None:
     return pos[1:] if pos.dim() == 3 and pos.shape[0] == 4 else pos
 
 
-__all__ = ["SIGNALS", "Qwen2VLTokenCompression", "group_mean", "left_aligned_gather", "merged_signals",
-           "method_signals", "prune_mask", "received_attention", "support"]
+__all__ = ["QWEN_SIGNALS", "SIGNALS", "Qwen2VLTokenCompression", "group_mean", "left_aligned_gather", "merged_signals",
+           "method_signals", "prune_mask", "received_attention"]

@@ -1,6 +1,6 @@
 """In-LLM visual-token pruning on a Llama-style decoder, shared by the LLaVA and Qwen2-VL adapters.
 
-A host adapter (a :class:`~tokencodec.models.hooks.ModelPatch`) finds each sample's image span, starts
+A host adapter (a :class:`~tokencodec.adapters.hooks.ModelPatch`) finds each sample's image span, starts
 a :class:`Run` at the language model's input, and mixes in :class:`LLMStages`, which does the rest and
 never branches on a method's name: the method declares its stages (``method.plan(budget, n, depth,
 layers)`` → :class:`~tokencodec.tokens.compress.base.LLMStage` (layer, score_layer, keep)) and what it
@@ -9,14 +9,14 @@ the last prompt token, of all tokens or of raters; keys; final-norm features; te
 
 Pre-hooks on the decoder layers recompute what each method reads, without attention maps (eager,
 SDPA alike): a layer's q/k on ``input_layernorm(h)`` with RoPE from its ``position_embeddings``
-kwarg, GQA-aware (:mod:`~tokencodec.models.llm_pruning`). The cos/sin are [B, S, d] on Llama and on
+kwarg, GQA-aware (:mod:`~tokencodec.adapters.llm_pruning`). The cos/sin are [B, S, d] on Llama and on
 Qwen2-VL (whose rotary embedding interleaves the three M-RoPE axes itself), so gathering them per
 slot keeps every token's own (t, h, w) rotation.
 
 - FastV (``layer`` K): layer K−1's softmax row of the last prompt token (``query="all"``: mean over
   every real query row) over the image span, mean over heads → ``text_attention``. Prunes before K.
-- SparseVLM (``layers`` l): raters chosen once from the layer-0 input embeddings
-  (:func:`~tokencodec.tokens.compress.sparsevlm.select_raters`); layer l's rater rows →
+- SparseVLM (``layers`` l): raters chosen once from the layer-0 input embeddings by the method
+  (``choose_raters``, :func:`~tokencodec.tokens.compress.sparsevlm.rater_slots`); layer l's rater rows →
   ``context["rater_attention"]`` [B, R, N] (``signals["text_attention"]``, already averaged, when
   samples have different rater counts). Layer l runs on all tokens and its output is pruned, i.e.
   the pruning happens before layer l+1.
@@ -49,12 +49,13 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
-from tokencodec.models import llm_pruning as lp
-from tokencodec.models.hf_compat import cache_of
+from tokencodec.adapters import llm_pruning as lp
+from tokencodec.adapters.base import CompressionRecord
+from tokencodec.adapters.hf_compat import cache_of
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, BudgetError, LLMSignal
 from tokencodec.tokens.compress.base import LLMStage as Stage
-from tokencodec.tokens.compress.sparsevlm import select_raters
+from tokencodec.tokens.signals import Signal
 
 SLOT = "_slot"                                  # private signal: the span slot each output token stands for
 
@@ -88,6 +89,11 @@ class Run:
     captured: dict = field(default_factory=dict)
     raters: tuple[Tensor, Tensor] | None = None   # SparseVLM: layer-0 slots [B, R] and validity
     stages: list[StageRecord] = field(default_factory=list)
+
+
+# what the in-LLM stages compute from a layer's input (LLMStages._signals)
+LLM_SIGNALS = frozenset({Signal.TEXT_ATTENTION, Signal.KEYS, Signal.NORMED_FEATURES, Signal.RATER_ATTENTION,
+                         Signal.TEXT_KEYS, Signal.TEXT_FEATURES})
 
 
 class LLMStages:
@@ -186,6 +192,12 @@ class LLMStages:
         if last is not None:
             self.kept, self.sequence_index = last.kept, lp.compose(run.lm_index, last.index)
 
+    def record(self) -> CompressionRecord:
+        """The last prefill's :class:`CompressionRecord` (stage records and the budget used per stage too)."""
+        return CompressionRecord(kept=self.kept, tokens_per_layer=self.tokens_per_layer,
+                                 sequence_index=self.sequence_index, stages=list(self.stages),
+                                 extra={"stage_keep": tuple(self.stage_keep)})
+
     def _first_batch(self, run: Run) -> TokenBatch | None:
         """The span entering the first stage as a TokenBatch, or None for the full patch grid.
 
@@ -194,23 +206,9 @@ class LLMStages:
         """
         return None
 
-    # -- SparseVLM raters -------------------------------------------------------------------------
+    # -- text raters (SparseVLM), chosen by the method from the layer-0 embeddings ---------------------
     def _raters(self, embeds: Tensor, run: Run) -> tuple[Tensor, Tensor]:
-        picks = []
-        for b in range(embeds.shape[0]):
-            s = int(run.start[b])
-            text = torch.arange(s + run.n, run.s_in, device=embeds.device)
-            text = text[run.valid[b, text]]
-            if len(text) == 0:
-                raise ValueError("SparseVLM needs text after the image to choose raters")
-            chosen = select_raters(embeds[b, s:s + run.n].float(), embeds[b, text].float())
-            picks.append(text[chosen])
-        width = max(len(p) for p in picks)
-        slots = torch.zeros(len(picks), width, dtype=torch.long, device=embeds.device)
-        ok = torch.zeros(len(picks), width, dtype=torch.bool, device=embeds.device)
-        for b, p in enumerate(picks):
-            slots[b, :len(p)], ok[b, :len(p)] = p, True
-        return slots, ok
+        return self.llm_method.choose_raters(embeds, run.start, run.n, run.s_in, run.valid)
 
     # -- decoder layers ---------------------------------------------------------------------------
     def _layer_hook(self, i: int):
@@ -354,4 +352,4 @@ class LLMStages:
         return signals, context
 
 
-__all__ = ["LLMStages", "Run", "SLOT", "Stage", "StageRecord"]
+__all__ = ["LLM_SIGNALS", "LLMStages", "Run", "SLOT", "Stage", "StageRecord"]

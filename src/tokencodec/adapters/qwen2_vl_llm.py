@@ -1,9 +1,9 @@
 """In-LLM visual-token pruning (FastV, SparseVLM, PyramidDrop, DART) for HF Qwen2-VL and Qwen2.5-VL.
 
 ``Qwen2VLLLMCompression(model, "fastv", Budget(keep=64))`` is a reversible context manager like the
-pre-LLM :class:`~tokencodec.models.qwen2_vl.Qwen2VLTokenCompression`; ``tokencodec.compress`` picks
+pre-LLM :class:`~tokencodec.adapters.qwen2_vl.Qwen2VLTokenCompression`; ``tokencodec.compress`` picks
 it for methods of stage "llm". The stage machinery is the LLaVA adapter's
-(:class:`~tokencodec.models.llm_stages.LLMStages`): the methods' own plans and signal declarations,
+(:class:`~tokencodec.adapters.llm_stages.LLMStages`): the methods' own plans and signal declarations,
 q/k recomputed from each scoring layer's input, the sequence cut before the pruning layer, the
 decode masks sliced per pruned layer. This file only finds the image span and starts each prefill.
 
@@ -28,22 +28,25 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from tokencodec.models import llm_pruning as lp
-from tokencodec.models.hf_compat import cache_from
-from tokencodec.models.hooks import ModelPatch
-from tokencodec.models.llm_stages import LLMStages, Run
-from tokencodec.models.qwen2_vl import resolve
+from tokencodec.adapters import llm_pruning as lp
+from tokencodec.adapters.base import Adapter
+from tokencodec.adapters.hf_compat import cache_from
+from tokencodec.adapters.llm_stages import LLM_SIGNALS, LLMStages, Run
+from tokencodec.adapters.qwen2_vl import resolve
 from tokencodec.tokens.compress.base import Budget, TokenMethod, get_method
 
 NOMINAL_TOKENS = 576    # plans are made per prefill for the real N; this one only checks the layers at set-up
 
 
-class Qwen2VLLLMCompression(LLMStages, ModelPatch):
+class Qwen2VLLLMCompression(LLMStages, Adapter):
     """Prune Qwen2-VL's visual tokens inside the LLM with an "llm" method; see the module docstring.
 
     Options as on LLaVA: ``layers`` (override the method's layer(s)), ``query`` (FastV "last" | "all"),
     ``stage_keep`` (explicit per-stage counts); ``positions`` may only be "original".
     """
+
+    method_stages = ("llm",)
+    supplies = {"llm": LLM_SIGNALS}
 
     def __init__(self, model: nn.Module, method: str | TokenMethod, budget: Budget | int | float, *,
                  layers: int | Sequence[int] | None = None, query: str | None = None,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tokencodec
-from tokencodec.models.adapters import adapter_class
+from tokencodec.adapters.registry import adapter_class
 from tokencodec.tokens.compress import Budget
 
 transformers = pytest.importorskip("transformers")
@@ -18,14 +18,15 @@ def _clip():
 
 
 def test_the_adapter_follows_the_model_class_and_the_method_stage():
-    from tokencodec.models.efficientnet_lite0 import EfficientNetLite0, EfficientNetTokenCompression
-    from tokencodec.models.vision_tower import ToMeVisionPatch, VisionTokenCompressor
+    from tokencodec.adapters.efficientnet import EfficientNetTokenCompression
+    from tokencodec.adapters.vision_tower import ToMeVisionPatch, VisionTokenCompressor
+    from tokencodec.models.efficientnet_lite0 import EfficientNetLite0
 
     tower = _clip()
     assert adapter_class(tower, "divprune") is VisionTokenCompressor
     assert adapter_class(tower, "tome") is ToMeVisionPatch
     assert adapter_class(EfficientNetLite0(), "random") is EfficientNetTokenCompression
-    with pytest.raises(TypeError, match="no token-compression adapter for Linear; supported: LlavaForConditional"):
+    with pytest.raises(TypeError, match="no token-compression adapter for Linear; supported: CLIPVisionModel"):
         tokencodec.compress(torch.nn.Linear(2, 2), "random", Budget(keep=1))
 
 
@@ -34,8 +35,8 @@ def test_every_adapter_reports_one_record():
     pixels = torch.randn(1, 3, 32, 32)
     with torch.no_grad(), tokencodec.compress(tower, "divprune", Budget(keep=5)) as patch:
         tower(pixel_values=pixels)
-    assert patch.record.kept.num_tokens == 5
+    assert patch.record().kept.num_tokens == 5
     with torch.no_grad(), tokencodec.compress(tower, "tome", Budget(r=2), layer=-1) as patch:
         tower(pixel_values=pixels)
-    rec = patch.record
+    rec = patch.record()
     assert rec.tokens_per_layer == [15, 13, 11] and rec.kept.num_tokens == 10  # 16 patches + CLS, 2 merged per layer

@@ -38,15 +38,18 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from tokencodec.models.hooks import ModelPatch, PatchError
+from tokencodec.adapters.base import Adapter, CompressionRecord
+from tokencodec.adapters.hooks import PatchError
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, TokenMethod, get_method
-from tokencodec.tokens.signals import CLS_SIGNALS, NO_CLS_FALLBACK, VISION_TOWER, Signal, resolve_request
+from tokencodec.tokens.signals import CLS_SIGNALS, NO_CLS_FALLBACK, Signal, resolve_request
 
 WITH_CLS = ("CLIPVisionModel", "CLIPVisionTransformer")
 WITHOUT_CLS = ("SiglipVisionModel", "SiglipVisionTransformer")
 WRAPPER_ATTRS = ("vision_tower", "vision_model", "model")  # LLaVA-style wrappers hold the tower here
-SIGNALS = tuple(s.value for s in Signal if s in VISION_TOWER)   # what a tower supplies, by name
+# what a tower computes for methods (the LLaVA adapter supplies the same, from its tower)
+TOWER_SIGNALS = frozenset({*CLS_SIGNALS, Signal.MEAN_ATTENTION, Signal.KEYS, Signal.KEYS_FULL})
+SIGNALS = tuple(s.value for s in Signal if s in TOWER_SIGNALS)   # the same, by name
 
 
 # -- which module is the tower --------------------------------------------------------------------
@@ -136,7 +139,7 @@ def head_mean_keys(k: Tensor, heads: int, prefix: int) -> Tensor:
 
 def check_signal_names(names: Iterable[str], tower: Tower) -> tuple[str, ...]:
     names = tuple(names)
-    unknown = [s for s in names if s not in VISION_TOWER]
+    unknown = [s for s in names if s not in TOWER_SIGNALS]
     if unknown:
         raise ValueError(f"a vision tower cannot supply signals {unknown}; it supplies {list(SIGNALS)}")
     cls_asked = [s for s in names if s in CLS_SIGNALS]
@@ -163,7 +166,9 @@ def compute_signals(q: Tensor | None, k: Tensor, names: Iterable[str], heads: in
 
 # -- shared base: a patch on one resolved tower ---------------------------------------------------
 
-class _TowerPatch(ModelPatch):
+class _TowerPatch(Adapter):
+    supplies = {"pre-llm": TOWER_SIGNALS, "vision-encoder": TOWER_SIGNALS}
+
     def __init__(self, model: nn.Module):
         self.tower = resolve_tower(model)
         super().__init__(self.tower.model)
@@ -246,7 +251,7 @@ def capture_signals(model: nn.Module, pixel_values: Tensor, layer: int = -2, sig
 
 def method_signals(method: TokenMethod, tower: Tower) -> tuple[str, ...]:
     """What to capture for ``method``; without a CLS, CLS signals become ``mean_attention``."""
-    return resolve_request(method, VISION_TOWER, tower.class_token, type(tower.model).__name__)
+    return resolve_request(method, TOWER_SIGNALS, tower.class_token, type(tower.model).__name__)
 
 
 class VisionTokenCompressor(SignalCapture):
@@ -258,6 +263,8 @@ class VisionTokenCompressor(SignalCapture):
     the tower and returns it. ``layer=-2`` is LLaVA's ``hidden_states[-2]`` (layer 22 of 24).
     """
 
+    method_stages = ("pre-llm",)
+
     def __init__(self, model: nn.Module, method: str | TokenMethod, budget: Budget | int | float,
                  layer: int = -2, signal_layer: int | None = None):
         method = get_method(method) if isinstance(method, str) else method
@@ -268,6 +275,7 @@ class VisionTokenCompressor(SignalCapture):
         self.method = method
         self.budget = Budget.coerce(budget)
         self.last_batch: TokenBatch | None = None
+        self.tokens_per_layer: list[int] | None = None      # set by subclasses that change the layers' input
 
     def _install(self) -> None:
         super()._install()
@@ -287,6 +295,9 @@ class VisionTokenCompressor(SignalCapture):
         """Run the tower on ``pixel_values`` and return the compressed TokenBatch."""
         self.run(pixel_values, **forward_kwargs)
         return self.last_batch
+
+    def record(self) -> CompressionRecord:
+        return CompressionRecord(kept=self.last_batch, tokens_per_layer=self.tokens_per_layer)
 
 
 class TowerTokenPruning(VisionTokenCompressor):
@@ -337,6 +348,9 @@ class TowerVideoCoding(TowerTokenPruning):
     token: the saving is on the wire, not in the receiver's compute).
     """
 
+    method_stages = ()
+    video, rebuilds_frames_only = True, True
+
     def __init__(self, model: nn.Module, method, budget, layer: int = -2, frames: int = 2):
         super().__init__(model, method, budget, layer)
         if not self.method.rebuilds_frames:
@@ -364,6 +378,10 @@ class TowerVideoCoding(TowerTokenPruning):
         p = self.tower.prefix
         new = torch.cat([hidden[:, :p], recon.reshape(bt, n, d).to(hidden.dtype)], 1)
         return new if isinstance(output, Tensor) else (new, *output[1:])
+
+    def record(self) -> CompressionRecord:
+        return CompressionRecord(kept=self.last_batch, tokens_per_layer=self.tokens_per_layer,
+                                 extra={"sent": self.sent})
 
 
 # -- ToMe inside every encoder layer --------------------------------------------------------------
@@ -400,6 +418,23 @@ class ToMeVisionPatch(_TowerPatch):
     token's own original index; a merged token keeps its B token's), ``token_counts`` (per layer),
     and :meth:`token_batch`. Token order after a merge is ToMe's ([unmerged A, B]), not raster order.
     """
+
+    method_stages = ("vision-encoder",)
+
+    @classmethod
+    def build(cls, model, method, budget, **options) -> ToMeVisionPatch:
+        """ToMe's knob is r, the tokens merged per layer: ``Budget(r=...)`` or anything ``parse_r`` takes; a keep
+        budget becomes r per layer by ToMe's own schedule (:func:`~tokencodec.tokens.compress.tome.keep_schedule`)
+        over the merging layers (0‥``layer``)."""
+        from tokencodec.tokens.compress import Budget
+        from tokencodec.tokens.compress.tome import keep_schedule
+
+        if isinstance(budget, Budget) and budget.r is None:
+            tower = resolve_tower(model)
+            side = tower.model.config.image_size // tower.patch_size
+            layers = tower.index(options.get("layer", -1)) + 1
+            budget = keep_schedule(side * side, budget.tokens(side * side), layers)
+        return cls(model, budget.r if isinstance(budget, Budget) else budget, **options)
 
     def __init__(self, model: nn.Module, r, layer: int = -1, prop_attn: bool = True,
                  trace_source: bool = True):
@@ -484,7 +519,11 @@ class ToMeVisionPatch(_TowerPatch):
                           sizes=self.last_sizes[:, p:, 0].to(x.dtype), source=source[:, p:, p:].bool(),
                           positions=self.last_positions[:, p:] - p)
 
+    def record(self) -> CompressionRecord:
+        kept = self.token_batch() if self.last_hidden is not None else None
+        return CompressionRecord(kept=kept, tokens_per_layer=list(self.token_counts) or None)
 
-__all__ = ["SIGNALS", "Captured", "PatchError", "SignalCapture", "ToMeVisionPatch", "Tower",
+
+__all__ = ["SIGNALS", "TOWER_SIGNALS", "Captured", "PatchError", "SignalCapture", "ToMeVisionPatch", "Tower",
            "TowerTokenPruning", "TowerVideoCoding", "VisionTokenCompressor", "capture_signals", "compute_signals",
            "resolve_tower"]

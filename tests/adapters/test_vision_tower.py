@@ -10,8 +10,8 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from tokencodec.models.hooks import ModelPatch, PatchError  # noqa: E402
-from tokencodec.models.vision_tower import (  # noqa: E402
+from tokencodec.adapters.hooks import ModelPatch, PatchError  # noqa: E402
+from tokencodec.adapters.vision_tower import (  # noqa: E402
     SignalCapture,
     ToMeVisionPatch,
     VisionTokenCompressor,

@@ -8,10 +8,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import tokencodec  # noqa: E402
-from tokencodec.models.hf_compat import cache_of  # noqa: E402
-from tokencodec.models.qwen2_vl import Qwen2VLTokenCompression  # noqa: E402
-from tokencodec.models.qwen2_vl_llm import Qwen2VLLLMCompression  # noqa: E402
-from tokencodec.models.support import support_matrix  # noqa: E402
+from tokencodec.adapters.hf_compat import cache_of  # noqa: E402
+from tokencodec.adapters.qwen2_vl import Qwen2VLTokenCompression  # noqa: E402
+from tokencodec.adapters.qwen2_vl_llm import Qwen2VLLLMCompression  # noqa: E402
+from tokencodec.adapters.support import support_matrix  # noqa: E402
 from tokencodec.tokens.batch import TokenBatch  # noqa: E402
 from tokencodec.tokens.compress.base import Budget  # noqa: E402
 from tokencodec.tokens.compress.fastv import FastV, keep_top_k  # noqa: E402

@@ -13,9 +13,9 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from tokencodec.models.hf_compat import cache_of  # noqa: E402
-from tokencodec.models.hooks import PatchError  # noqa: E402
-from tokencodec.models.llava import LlavaTokenCompression, pyramiddrop_keeps, sparsevlm_keeps  # noqa: E402
+from tokencodec.adapters.hf_compat import cache_of  # noqa: E402
+from tokencodec.adapters.hooks import PatchError  # noqa: E402
+from tokencodec.adapters.llava import LlavaTokenCompression, pyramiddrop_keeps, sparsevlm_keeps  # noqa: E402
 from tokencodec.registry import UnknownNameError  # noqa: E402
 from tokencodec.tokens.batch import TokenBatch  # noqa: E402
 from tokencodec.tokens.compress.base import Budget, BudgetError, TokenMethod, get_method  # noqa: E402
@@ -472,8 +472,15 @@ def test_chain_refusals(eager):
         LlavaTokenCompression(eager, [("visionzip", 8), ("fastv", 4)], Budget(keep=4))
     with pytest.raises(BudgetError, match="r·layers"):
         LlavaTokenCompression(eager, "tome", Budget(r=9))
-    with pytest.raises(BudgetError, match=r"takes Budget\(r=...\)"):
-        LlavaTokenCompression(eager, "tome", Budget(keep=4))
+
+
+def test_tome_takes_a_keep_budget_through_its_own_schedule(eager):
+    # ToMe's knob is r; a keep budget becomes r per merging layer (layers 0..−2: 2 of 3) by tome.keep_schedule
+    ids, mask, pos = padded("left")
+    with LlavaTokenCompression(eager, "tome", Budget(keep=6)) as tc:
+        logits(eager, input_ids=ids, pixel_values=pixels(), attention_mask=mask, position_ids=pos)
+    assert tc._tome.r[:2] == [5, 5] and tc.record().tokens_per_layer == [6] * LAYERS
+    assert tc.record().vision_tokens_per_layer == [N + 1 - 5, N + 1 - 10, N + 1 - 10]   # CLS included
 
 
 # -- video: T frames as T images, one contiguous span of T·N tokens --------------------------------

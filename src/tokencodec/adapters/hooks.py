@@ -62,15 +62,6 @@ class ModelPatch:
         setattr(obj, name, value)
         self._swaps.append((obj, name, owned, old))
 
-    # -- what the last forward kept ---------------------------------------------------------
-    @property
-    def record(self):
-        """The adapter's results of the last forward in one shape for every adapter
-        (:class:`~tokencodec.models.adapters.CompressionRecord`)."""
-        from tokencodec.models.adapters import record_of
-
-        return record_of(self)
-
     # -- context protocol -------------------------------------------------------------------
     @property
     def active(self) -> bool:

@@ -10,12 +10,11 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from tokencodec.models.qwen2_vl import (  # noqa: E402
+from tokencodec.adapters.qwen2_vl import (  # noqa: E402
     Qwen2VLTokenCompression,
     left_aligned_gather,
     method_signals,
     prune_mask,
-    support,
 )
 from tokencodec.tokens.batch import TokenBatch  # noqa: E402
 from tokencodec.tokens.compress.base import METHODS, Budget, TokenMethod, get_method  # noqa: E402
@@ -355,8 +354,9 @@ def test_signals_mean_attention_and_keys_follow_the_2x2_groups(model):
 def test_method_checks_and_fallbacks():
     assert method_signals(get_method("visionzip")) == ("mean_attention", "keys")  # CLS fallback
     assert method_signals(get_method("divprune")) == ()
-    assert support(METHODS.get("visionzip")) == "fallback" and support(METHODS.get("random")) == "yes"
-    assert support(METHODS.get("fastv")) == "—"
+    support = Qwen2VLTokenCompression.supports    # the Qwen2-VL vision tower has no CLS
+    assert support(METHODS.get("visionzip"), False) == "fallback" and support(METHODS.get("random"), False) == "yes"
+    assert support(METHODS.get("fastv"), False) == "—"
     with pytest.raises(ValueError, match="needs a CLS token and declares no cls_fallback"):
         method_signals(_NeedsCls())
     with pytest.raises(ValueError, match="inside the LLM.*Qwen2VLLLMCompression"):   # the in-LLM adapter's
