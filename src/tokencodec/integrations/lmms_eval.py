@@ -15,7 +15,7 @@ any method option as ``opt_<name>=<value>`` (e.g. ``opt_layers=2`` for FastV's K
 Per sample the plugin records, in ``<costs>/<run id>.jsonl`` (one JSON line per sample, flushed as
 it goes; each run appends a session that starts with a header line: configuration, method,
 provenance, and the cost model: FLOPs convention and parts, rate definitions): the rates of
-:class:`~tokencodec.metrics.cost.CostModel` (visual tokens entering the LLM and at its last layer, their
+:class:`~tokencodec.metrics.rates.CostModel` (visual tokens entering the LLM and at its last layer, their
 average over layers, FLOPs, KV bytes), tokens per LLM layer, latency and peak memory. Answers are greedy (the
 task's temperature and sampling options are not used). :func:`curve_from_runs` (``tokencodec
 lmms-curve``) joins these with lmms-eval's results files into a tokencodec curve (one point per run:
