@@ -16,12 +16,15 @@ What is modelled (random weights and random data; only shapes matter for time):
 - N = 2880 (LLaVA-NeXT, 5 crops × 576): the method sees ONE sequence of 2880 tokens (a TokenBatch of
   5 frames of a 24×24 grid, so the pooling baselines pool each crop separately); the encoder cost is
   5 × the measured one-crop forward (crops are independent sequences; no batch-of-5 forward is run).
-- Token batch: features [1, N, 1024]; signals from random data with the adapters' shapes:
-  cls_attention [1, N] (softmax rows summed over 16 heads), keys [1, N, 64] (head_dim, averaged over
-  heads), text_attention [1, N], mean_attention and pooler_attention [1, N] (softmax per crop: HoliTom,
-  FastVID); context rater_attention [1, 16, N] (SparseVLM), text_keys [1, 46, 64] and text_features
-  [1, 46, 1024] (DART's text pivots), frame_features [1, crops, 1152] (FastVID). The batch is built
-  outside the timing; the adapter's signal extraction (hooks, CLS attention from q/k) is not timed, only
+- Token batch: features [1, N, 1024], or [1, N, 4096] (LLaVA-1.5's projector output) for methods that
+  declare ``features = "projected"`` (DivPrune, CDPruner); signals from random data with the adapters'
+  shapes: cls_attention [1, N] (softmax rows summed over 16 heads), keys [1, N, 64] (head_dim, averaged
+  over heads), text_attention [1, N], mean_attention and pooler_attention [1, N] (softmax per crop: HoliTom,
+  FastVID), image_embedding [1, N, 768] (CDPruner); context rater_attention [1, 16, N] (SparseVLM),
+  text_keys [1, 46, 64] and text_features [1, 46, 1024] (DART's text pivots), frame_features [1, crops,
+  1152] (FastVID), text_embedding [1, 1, 768] (CDPruner: one 77-token chunk). The batch is built outside
+  the timing; the adapter's signal extraction (hooks, CLS attention from q/k, CLIP's text tower) is not
+  timed, only
   ``method(batch, budget)``.
 - Budget: Budget(ratio=0.25) for every method except ToMe and uniform-frames (one whole crop of the
   five); one call = one stage for the multi-stage methods (PyramidDrop, SparseVLM). Video methods
@@ -33,6 +36,11 @@ What is modelled (random weights and random data; only shapes matter for time):
   merge_source, merge_wavg and the position bookkeeping, on inputs shrinking as the encoder's do.
   At N = 2880 ToMe runs inside the encoder, i.e. per crop: a batch of 5 crops of 577 tokens.
   ToMe also makes the encoder itself cheaper; that saving is not measured here.
+- FlowCut: the whole per-layer schedule of ``FlowCutRun`` with feature layer 22 (its default mode, which
+  hides pruned patches by an attention bias and cuts the sequence once, so shapes never depend on data):
+  per layer 0..21, the signals from that layer's q/k/v projections [crops, 577, 1024] (random) and the
+  step; the final cut to 1 + K. Per crop at N = 2880, as in the ViT. The ViT layers it makes cheaper
+  (22, 23 on 1 + K tokens) are not credited.
 
 Run:  python benchmarks/token_method_overhead.py [--repeats 5] [--n 576 2880] [--methods ...]
       [--threads T] [--quick]
@@ -53,11 +61,14 @@ from tokencodec.adapters.vision_tower import merged_positions, split_heads
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress import METHODS, Budget, get_method
 from tokencodec.tokens.compress import tome as tome_fns
+from tokencodec.tokens.compress.flowcut import FlowCutRun
 
 KEEP = 0.25
 TEXT_TOKENS = 46
 RATERS = 16
 FRAME_FEATURE_DIM = 1152        # SigLIP-so400m's pooled output (FastVID's frame features)
+PROJECTED = 4096        # LLaVA-1.5-7B's LLM width: the projector's output
+CLIP_EMBED = 768        # CLIP ViT-L/14's joint image–text space
 
 
 def encoder_config(quick: bool) -> CLIPVisionConfig:
@@ -68,8 +79,9 @@ def encoder_config(quick: bool) -> CLIPVisionConfig:
                             num_hidden_layers=24, image_size=336, patch_size=14)
 
 
-def make_batch(n: int, side: int, d: int, heads: int, gen: torch.Generator) -> TokenBatch:
-    """A TokenBatch of n tokens (n / side² crops of side×side) with every signal any method reads."""
+def make_batch(n: int, side: int, d: int, heads: int, gen: torch.Generator, width: int | None = None) -> TokenBatch:
+    """A TokenBatch of n tokens (n / side² crops of side×side) with every signal any method reads;
+    ``width``: the features' width (default d, the vision width)."""
     dk = d // heads
     frames = n // (side * side)
     cls_logits = torch.randn(1, heads, n, generator=gen) * 2
@@ -82,12 +94,14 @@ def make_batch(n: int, side: int, d: int, heads: int, gen: torch.Generator) -> T
     context = {"rater_attention": rater_attention,
                "text_keys": torch.randn(1, TEXT_TOKENS, dk, generator=gen),
                "text_features": F.normalize(torch.randn(1, TEXT_TOKENS, d, generator=gen), dim=-1),
-               "frame_features": torch.randn(1, frames, FRAME_FEATURE_DIM, generator=gen)}
-    return TokenBatch.from_grid(torch.randn(1, n, d, generator=gen), (side, side), frames=frames,
+               "frame_features": torch.randn(1, frames, FRAME_FEATURE_DIM, generator=gen),
+               "text_embedding": torch.randn(1, 1, CLIP_EMBED, generator=gen)}
+    return TokenBatch.from_grid(torch.randn(1, n, width or d, generator=gen), (side, side), frames=frames,
                                 cls_token=torch.randn(1, d, generator=gen), context=context,
                                 cls_attention=cls_attention, keys=torch.randn(1, n, dk, generator=gen),
                                 text_attention=text_attention, mean_attention=mean_attention,
-                                pooler_attention=pooler_attention)
+                                pooler_attention=pooler_attention,
+                                image_embedding=torch.randn(1, n, CLIP_EMBED, generator=gen))
 
 
 def tome_schedule(patches: int, layers: int, keep: float) -> tuple[list[int], list[int]]:
@@ -121,6 +135,22 @@ def tome_runner(crops: int, side: int, d: int, heads: int, merge_layers: int, ge
         return size.shape[1] - 1                                      # patches left
 
     return run, r
+
+
+def flowcut_runner(crops: int, side: int, d: int, heads: int, feature_layer: int, gen: torch.Generator):
+    """A closure running FlowCut's whole per-layer schedule (FlowCutRun) on pre-generated q/k/v projections."""
+    t = side * side + 1
+    target = round(KEEP * side * side)
+    qkv = [tuple(torch.randn(crops, t, d, generator=gen) for _ in range(3)) for _ in range(feature_layer)]
+
+    def run() -> int:
+        flow = FlowCutRun(target, feature_layer)
+        for i, (q, k, v) in enumerate(qkv):
+            flow.key_bias(torch.float32)                              # what the next layer would be masked with
+            slots = flow.after_layer(i, q, k, v, heads)
+        return slots.shape[1] - 1                                     # patches left
+
+    return run, target
 
 
 def timed(fn) -> float:
@@ -164,14 +194,25 @@ def main() -> None:
     jobs = []                                                           # (method, n, fn, note)
     with torch.inference_mode():
         batches = {n: make_batch(n, side, d, heads, gen) for n in ns}
+        projected = {}                                                  # built when a method asks for them
         for name in names:
             for n in ns:
                 if name == "tome":
                     fn, r = tome_runner(n // per_crop, side, d, heads, merge_layers, gen)
                     jobs.append((name, n, fn, f"r={sum(r)} over {merge_layers} layers, {n // per_crop} crop(s) → "
                                               f"{fn()}/{per_crop} patches per crop"))
+                elif name == "flowcut":
+                    fn, k = flowcut_runner(n // per_crop, side, d, heads, merge_layers - 1, gen)
+                    jobs.append((name, n, fn, f"{merge_layers - 1} layers, {n // per_crop} crop(s) → "
+                                              f"{fn()}/{per_crop} patches per crop"))
                 else:
-                    method, batch = get_method(name), batches[n]
+                    method = get_method(name)
+                    if getattr(method, "features", "vision") == "projected":
+                        if n not in projected:
+                            projected[n] = make_batch(n, side, d, heads, gen, width=PROJECTED)
+                        batch = projected[n]
+                    else:
+                        batch = batches[n]
                     if method.video and batch.frames == 1:
                         print(f"{name} at N={n}: skipped (a video method; N={n} is one crop)")
                         continue

@@ -55,6 +55,17 @@ def make_batch(seed: int = 0, grid: tuple[int, int] = (H, W), frames: int = 1, b
     raters = separated(b, n, g)[:, None] * torch.tensor([0.8, 1.0, 1.2])[:, None]
     context = dict(rater_attention=raters,
                    text_keys=torch.randn(b, TEXT, 4, generator=g), text_features=torch.randn(b, TEXT, d, generator=g))
+    # the 2025 methods' signals come from a generator of their own, so the draws above (and the outputs
+    # recorded from them) stay as they were: CLIP image / text embeddings (CDPruner), FlowCut's semantic
+    # attention and head-mean values
+    g25 = torch.Generator().manual_seed(10_000 + seed)
+    signals.update(image_embedding=torch.randn(b, n, 6, generator=g25), cls_value_attention=separated(b, n, g25),
+                   values=torch.randn(b, n, 4, generator=g25))
+    context["text_embedding"] = torch.randn(b, 2, 6, generator=g25)
+    # and the 2025 video methods' (FastVID: the pooling head's attention and one global feature per frame)
+    gv = torch.Generator().manual_seed(20_000 + seed)
+    signals["pooler_attention"] = separated(b, n, gv)
+    context["frame_features"] = torch.randn(b, frames, 6, generator=gv)
     if not cls:
         signals = {k: v for k, v in signals.items() if not k.startswith("cls_attention")}
     cast = {k: v.to(dtype) for k, v in signals.items()}
@@ -132,10 +143,23 @@ def _cases() -> list[Case]:
         Case("temporal-vbr", "temporal", {"rate_control": "vbr", "ratios": [0.5], "thresholds": [0.05]},
              Budget(ratio=0.5), video=True),
         Case("uniform-frames", "uniform-frames", {}, Budget(keep=32), video=True),
+        # the 2025 image methods
+        # (6 < D = 8: past the features' rank every DPP gain is rounding noise)
+        Case("cdpruner", "cdpruner", {}, Budget(keep=6)),
+        Case("cdpruner-cosine", "cdpruner", {"relevance": "cosine"}, Budget(keep=6)),
+        Case("cdpruner-full", "cdpruner", {}, Budget(ratio=1.0)),
+        Case("vispruner", "vispruner", {}, Budget(keep=10)),
+        Case("vispruner-0.75", "vispruner", {"important_ratio": 0.75}, Budget(keep=12)),
+        Case("vispruner-no-cls", "vispruner", {}, Budget(keep=10), cls=False),
+        Case("flowcut", "flowcut", {}, k),
+        # the 2025 video methods (HoliTom's inner-LLM merge ranks by text attention, like FastV)
+        Case("holitom", "holitom", {}, Budget(ratio=0.25), video=True),
+        Case("holitom-llm", "holitom-llm", {}, Budget(ratio=0.5)),
+        Case("fastvid", "fastvid", {}, Budget(ratio=0.25), video=True),
     ]
     # the usual video baseline: every spatial pre-LLM method on each frame alone
     for name in ("random", "pool-avg", "pool-resize", "divprune", "visionzip", "prumerge", "prumerge+", "dct",
-                 "rdo", "scalable", "quadtree", "token-norm"):
+                 "rdo", "scalable", "quadtree", "token-norm", "vispruner"):
         out.append(Case(f"{name}-video", name, {}, kv, video=True))
     return out
 

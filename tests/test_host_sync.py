@@ -35,10 +35,8 @@ METHOD_SYNC_BUDGET: dict[str, int] = {
     "quadtree": 1, "quadtree-variance": 1, "quadtree-video": 1,   # the greedy tree grows on the host
     "temporal-threshold": 1, "temporal-vbr": 1,        # the per-video counts size the padded batch
     "coded": 2,                                        # the host entropy coder's read, plus the inner random's
+    "holitom": 1, "fastvid": 1,                        # length="count": the batch's largest official count
 }
-# methods whose cases live in their own test files (tests/tokens/test_holitom.py, test_fastvid.py): their
-# default length="count" reads the batch's largest (data-dependent) count once per call
-OWN_BUDGET: dict[str, int] = {"holitom": 1, "fastvid": 1}
 
 
 @pytest.fixture(autouse=True)
@@ -146,7 +144,15 @@ def pre_llm_budget(name: str, n: int) -> Budget:
 # adapter → (model factory, inputs factory, which methods, budget and options per method)
 def _llava_pre(name):
     m = METHODS.get(name)
-    return m.stage in ("pre-llm", "vision-encoder") and not m.video and name != "coded"
+    return m.stage in ("pre-llm", "vision-encoder") and not m.video and name != "coded" and _family("LLaVA-1.5", m)
+
+
+def _family(label: str, method_cls) -> bool:
+    """The family's adapters supply what the method reads (CDPruner's text embeddings, FlowCut's per-layer
+    signals: no adapter yet)."""
+    from tokencodec.adapters.registry import family_named
+
+    return family_named(label).supports(method_cls) != "—"
 
 
 ADAPTERS = {
@@ -163,7 +169,7 @@ ADAPTERS = {
     "clip-tower": (tiny_clip, lambda: dict(pixel_values=torch.randn(2, 3, 32, 32, generator=torch.Generator()
                                                                     .manual_seed(4))),
                    lambda name: METHODS.get(name).stage in ("pre-llm", "vision-encoder")
-                   and not METHODS.get(name).video and name != "coded",
+                   and not METHODS.get(name).video and name != "coded" and _family("CLIP tower", METHODS.get(name)),
                    lambda name: (pre_llm_budget(name, N), {"layer": -1} if name == "tome" else {})),
     "clip-tower-video": (tiny_clip, lambda: dict(pixel_values=torch.randn(4, 3, 32, 32, generator=torch.Generator()
                                                                           .manual_seed(6))),
@@ -215,7 +221,7 @@ METHOD_CALLS_PER_FORWARD = {"qwen2-vl-pre-llm": 2}
 def allowance(adapter: str, name: str) -> int:
     table = ADAPTER_SYNC_ALLOWANCE[adapter]
     own = max((method_budget(c.label) for c in CASES if c.method == name and not c.options and not c.video),
-              default=0) if not METHODS.get(name).video else OWN_BUDGET.get(name, 0)
+              default=0) if not METHODS.get(name).video else method_budget(name)
     return table.get(name, table["*"]) + own * METHOD_CALLS_PER_FORWARD.get(adapter, 1)
 
 _models: dict = {}

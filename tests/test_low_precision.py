@@ -5,9 +5,10 @@ values in float32. The output keeps the input's dtype (sizes stay float32: they 
 
 - the kept positions, sources and sizes equal float32's, and the features are within ``TOLERANCE``
   (relative to the row's largest float32 feature; observed: ≤ 0.4 % in bf16, ≤ 0.05 % in fp16);
-- except where a decision rests on a near-tie at that precision: DivPrune (its distances in the model's
-  dtype, as the official code), DART's cosines and ToMe's matching score features whose similarities
-  are continuous, so there the bf16 choice must be one that float32 itself makes when the inputs move
+- except where a decision rests on a near-tie at that precision: DivPrune, CDPruner and VisPruner (their
+  similarities in the model's dtype, as the official code), DART's cosines and ToMe's matching score
+  features whose similarities are continuous, so there the bf16 choice must be one that float32 itself
+  makes when the inputs move
   by the dtype's epsilon (``NOISE``, 32 draws): its own rounding of a similarity near 1 is that large.
   Every other method must match exactly.
 
@@ -34,7 +35,8 @@ from .test_host_sync import ADAPTER_CASES, ADAPTERS, forward, model_for
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TOLERANCE = {torch.bfloat16: 2 ** -6, torch.float16: 2 ** -9}
 NOISE = {dtype: torch.finfo(dtype).eps for dtype in DTYPES.values()}     # 2⁻⁷ (bf16), 2⁻¹⁰ (fp16)
-NEAR_TIES = {"divprune", "dart", "tome"}          # decisions on continuous similarities in the model's dtype
+NEAR_TIES = {"divprune", "dart", "tome",          # decisions on continuous similarities in the model's dtype
+             "cdpruner", "vispruner"}             # (CDPruner: its greedy DPP; VisPruner: duplicate scores)
 
 
 def as_dtype(batch, dtype, noise: float = 0.0, generator: torch.Generator | None = None):

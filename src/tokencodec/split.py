@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tokencodec.entropy.shipped import decode_container, find_profile, shipped_profiles  # noqa: F401 (API)
 from tokencodec.tokens.compress.base import Budget
-from tokencodec.tokens.compress.coded import PROFILES
 
 
 class SplitError(ValueError):
@@ -39,25 +39,6 @@ def splitter(observer: str):
     if cls is None:
         raise SplitError(f"observer {observer!r}: split inference supports {', '.join(split_observers())}")
     return cls
-
-
-def shipped_profiles(observer: str) -> dict[str, Path]:
-    """{step name: file} of the profiles shipped for an observer."""
-    folder = PROFILES / observer
-    return {p.stem: p for p in sorted(folder.glob("*.safetensors"))}
-
-
-def find_profile(profile_id: str):
-    """The shipped profile with this id (hex), or SplitError listing what is there."""
-    from tokencodec.entropy import TokenCodecProfile
-
-    seen = []
-    for path in sorted(PROFILES.rglob("*.safetensors")):
-        profile = TokenCodecProfile.load(path)
-        if profile.id.hex() == profile_id:
-            return profile, path
-        seen.append(f"{path.parent.name}/{path.stem} ({profile.id.hex()})")
-    raise SplitError(f"no shipped profile has id {profile_id}; shipped: {', '.join(seen) or 'none'}")
 
 
 def input_size(observer: str) -> int | None:
@@ -112,7 +93,6 @@ def encode_image(image: np.ndarray, observer: str = "diagnostic-mllm", method: s
 def decode_file(path: Path):
     """(header dict, DecodedTokens, profile path) of a token bitstream file, or of a packet capture (the
     tokens that arrived)."""
-    from tokencodec.entropy import decode_tokens, read_header
     from tokencodec.entropy.packets import CAPTURE_MAGIC
 
     data = Path(path).read_bytes()
@@ -120,9 +100,7 @@ def decode_file(path: Path):
         from tokencodec.channels.files import receive_file
 
         return receive_file(data, str(path))
-    head = read_header(data, str(path))
-    profile, where = find_profile(head["profile"])
-    return head, decode_tokens(data, profile, str(path)), where
+    return decode_container(data, str(path))
 
 
 def _receiver(path: Path, role: str):

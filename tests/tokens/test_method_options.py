@@ -44,6 +44,10 @@ DEFAULTS = {
     "fastvid": {"c": 8, "tau": 0.9, "d": 0.4, "p": 4, "beta": 0.6, "frame_feature": "pooler", "saliency": "pooler",
                 "length": "count"},
     "coded": {"inner": "random", "profile": ""},
+    "cdpruner": {"relevance": "negated", "theta": None, "normalize": "image", "views": "each",
+                 "compute_dtype": "model"},
+    "vispruner": {"important_ratio": 0.5, "views": "each", "compute_dtype": "model"},
+    "flowcut": {},
 }
 DEFAULTS["prumerge+"] = DEFAULTS["prumerge"]
 

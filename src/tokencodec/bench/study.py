@@ -137,14 +137,15 @@ def check_study(study: Study, source: str = "<study>") -> type:
         study.observer.check_data(study.data)
     except (UnknownNameError, ObserverOptionError) as err:
         raise StudyError(f"{source}: {err}") from None
-    from tokencodec.tokens.compress import METHODS
+    from tokencodec.tokens.compress import get_method
 
     for i, p in enumerate(study.pipelines):
         try:
             p.check()
         except PipelineError as err:
             raise StudyError(f"{source}: pipelines[{i}]: {err}") from None
-        why = cls.method_support(METHODS.get(p.method)) if p.method else None
+        # an instance with the pipeline's options: options can change what a method reads (FastVID's saliency)
+        why = cls.method_support(get_method(p.method, **p.options)) if p.method else None
         if why:
             raise StudyError(f"{source}: pipelines[{i}]: method {p.method!r} cannot run on this observer: {why}")
     labels = [p.label for p in study.pipelines]

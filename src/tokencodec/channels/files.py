@@ -36,14 +36,14 @@ def transmit_file(path: Path, spec, loss: float) -> tuple[bytes, dict]:
     """(the capture of what arrives, a report) for a token container or a capture sent over the channel."""
     from tokencodec.channels.transport import protect_packets, source_mtu, through_channel
     from tokencodec.entropy.packets import CAPTURE_MAGIC, packetize, read_capture, write_capture
-    from tokencodec.split import decode_file
+    from tokencodec.entropy.shipped import decode_container
 
     data = Path(path).read_bytes()
     key = hashlib.sha256(data).hexdigest()
     if data[:4] == CAPTURE_MAGIC:
         wire, repair, kind = list(read_capture(data, str(path)).datagrams), None, "capture"
     else:
-        head, tokens, where = decode_file(path)
+        head, tokens, where = decode_container(data, str(path))
         profile = next(p for p, f in _profiles() if f == where)
         order = np.argsort(-np.linalg.norm(tokens.features, axis=1), kind="stable")
         stream = packetize(tokens.features, tokens.positions, tokens.grid, tokens.frames, profile, tokens.prefix,

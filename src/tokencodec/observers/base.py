@@ -147,10 +147,18 @@ class Observer:
     @classmethod
     def method_fits(cls, method_cls) -> str | None:
         """The observer's own conditions (stage, signals); video against images is checked apart."""
-        if method_cls.stage in cls.runner_stages:
-            return None
-        return (f"it acts at stage {method_cls.stage!r}; observer {cls.name!r} runs "
-                + (", ".join(repr(s) for s in cls.runner_stages) or "no token methods"))
+        if method_cls.stage not in cls.runner_stages:
+            return (f"it acts at stage {method_cls.stage!r}; observer {cls.name!r} runs "
+                    + (", ".join(repr(s) for s in cls.runner_stages) or "no token methods"))
+        if method_cls.stage == "pre-llm":   # pre-LLM signals come from the vision tower (CDPruner's text: none yet)
+            from tokencodec.adapters.vision_tower import TOWER_SIGNALS
+            from tokencodec.tokens.signals import resolve_request
+
+            try:
+                resolve_request(method_cls, TOWER_SIGNALS, True, "the vision tower")
+            except ValueError as err:
+                return str(err)
+        return None
 
     def __init__(self, task: Task, runner: Runner):
         self.task, self.runner = task, runner

@@ -29,6 +29,11 @@ class Signal(StrEnum):
     TEXT_FEATURES = "text_features"
     POOLER_ATTENTION = "pooler_attention"
     FRAME_FEATURES = "frame_features"
+    IMAGE_EMBEDDING = "image_embedding"
+    TEXT_EMBEDDING = "text_embedding"
+    TEXT_EMBEDDING_MASK = "text_embedding_mask"
+    CLS_VALUE_ATTENTION = "cls_value_attention"
+    VALUES = "values"
 
     def __repr__(self) -> str:      # messages list requests as plain names: ['keys'], not <Signal.KEYS: 'keys'>
         return repr(self.value)
@@ -51,6 +56,18 @@ DESCRIPTIONS: dict[Signal, str] = {
     Signal.FRAME_FEATURES: ("context [B, T, D']: one global feature per frame, the output of the tower's "
                             "attention-pooling head (SigLIP: post_layernorm + head on the feature layer's "
                             "output; FastVID's segmentation)"),
+    Signal.IMAGE_EMBEDDING: ("signals [B, N, E]: each patch in CLIP's joint image–text space: the feature layer's "
+                             "patch hidden states through the tower's post_layernorm, then (in float32) "
+                             "CLIPVisionModelWithProjection.visual_projection (CDPruner)"),
+    Signal.TEXT_EMBEDDING: ("context [B, M, E]: text_embeds of CLIPTextModelWithProjection (same checkpoint as the "
+                            "tower) for the raw question, no chat template; tokenised without truncation, zero-padded "
+                            "to a multiple of 77 and encoded as M chunks of 77 (CDPruner)"),
+    Signal.TEXT_EMBEDDING_MASK: ("context [B, M] bool, optional: which text_embedding chunks are real when questions "
+                                 "of different lengths share a batch (absent: all M)"),
+    Signal.CLS_VALUE_ATTENTION: ("signals [B, N]: per head softmax over all tokens (CLS included) of the CLS value "
+                                 "dotted with each token's value, no 1/√d_head, averaged over heads, CLS entry "
+                                 "dropped (FlowCut's semantic term)"),
+    Signal.VALUES: "signals [B, N, Dk]: the layer's values averaged over heads (FlowCut's value norm)",
 }
 
 CLS_SIGNALS = frozenset({Signal.CLS_ATTENTION, Signal.CLS_ATTENTION_SINGLE_HEAD})

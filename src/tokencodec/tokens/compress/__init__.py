@@ -4,12 +4,14 @@ Importing this package imports every method module so that the registry is compl
 """
 
 from tokencodec.tokens.compress import (  # noqa: F401  (each import registers its methods)
+    cdpruner,
     coded,
     dart,
     dct,
     divprune,
     fastv,
     fastvid,
+    flowcut,
     frame_sampling,
     holitom,
     norm,
@@ -24,6 +26,7 @@ from tokencodec.tokens.compress import (  # noqa: F401  (each import registers i
     temporal,
     tome,
     visionzip,
+    vispruner,
 )
 from tokencodec.tokens.compress.base import (
     METHODS,

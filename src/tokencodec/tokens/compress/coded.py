@@ -35,11 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokencodec.entropy.shipped import PROFILES
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, MethodOptions, TokenMethod, get_method, register_method
 from tokencodec.tokens.transfer import to_device, to_host
-
-PROFILES = Path(__file__).resolve().parents[2] / "entropy" / "profiles"
 
 
 def profile_path(name: str) -> Path:
