@@ -691,12 +691,12 @@ def main(argv: list[str] | None = None) -> int:
     profile_name = profile_name or auto_profile(device)
     profile = get_profile(profile_name) if profile_name else None
     out_file = Path(args.out) / "gpu_prefill.json"
-    config = {k: v for k, v in vars(args).items()}
+    config = dict(vars(args))
     config.update(methods_run=methods, roofline_profile=profile_name, dtype="bfloat16", attention="sdpa",
                   text_tokens_config_models=TEXT_TOKENS, question_folder_models=QUESTION,
-                  graphs_cover="the language model (decoder layers, final norm, rotary tables, mask) replayed from a "
-                               "CUDA graph per shape; vision tower, projector, method, lm_head eager; pre-LLM "
-                               "methods and 'none' only" if args.graphs else None,
+                  graphs_cover="the language model (decoder layers, final norm, rotary tables; no attention mask: "
+                               "unpadded prompts) replayed from a CUDA graph per shape; vision tower, projector, "
+                               "method, lm_head eager; 'none', pre-LLM methods and ToMe only" if args.graphs else None,
                   not_benchmarked=NOT_BENCHMARKED)
     result: dict[str, Any] = {
         "benchmark": "gpu_prefill",
@@ -716,7 +716,14 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     started = time.perf_counter()
     for spec in specs:
-        model, inputs_for = build(spec, device, args.seed)
+        try:
+            model, inputs_for = build(spec, device, args.seed)
+        except Exception as err:                # e.g. out of memory: the other models still run
+            result["rows"].append(dict(model=spec.name, family=spec.model_type, batch="—", mode="—", method="(build)",
+                                       keep=None, status="error", error=f"{type(err).__name__}: {err}"))
+            write_json_atomic(out_file, result)
+            print(f"{spec.name}: could not build: {type(err).__name__}: {err}", file=sys.stderr)
+            continue
         cost_provenance = None
         for batch in args.batch:
             inputs = inputs_for(batch)
