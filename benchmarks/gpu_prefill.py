@@ -674,19 +674,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_prefill.py: error: {err}", file=sys.stderr)
         return 2
 
+    import tokencodec.tokens.batch
+
+    # the hot path as users run it: TokenBatch's value checks (a debug aid that reads values) off while measuring
+    checks, threads = tokencodec.tokens.batch.CHECK_VALUES, torch.get_num_threads()
+    tokencodec.tokens.batch.CHECK_VALUES = False
+    if args.threads or args.quick:
+        torch.set_num_threads(args.threads or 1)
+    try:
+        return run(args, specs, methods, profile_name)
+    finally:
+        tokencodec.tokens.batch.CHECK_VALUES = checks
+        torch.set_num_threads(threads)
+
+
+def run(args, specs: list[Spec], methods: dict[str, list[str]], profile_name: str | None) -> int:
+    """Every row of every model; the JSON rewritten after each row, the table printed at the end."""
     import transformers
 
     import tokencodec
-    import tokencodec.tokens.batch
     from tokencodec.io import write_json_atomic
     from tokencodec.metrics.roofline import get_profile
     from tokencodec.provenance import provenance
     from tokencodec.tokens.compress import METHODS
 
-    # the hot path as users run it: TokenBatch's value checks (a debug aid that reads values) off
-    tokencodec.tokens.batch.CHECK_VALUES = False
-    if args.threads or args.quick:
-        torch.set_num_threads(args.threads or 1)
     device = torch.device(args.device)
     profile_name = profile_name or auto_profile(device)
     profile = get_profile(profile_name) if profile_name else None

@@ -76,10 +76,13 @@ def test_quick_run_measures_and_costs_every_row(tmp_path):
 
 
 def test_the_flops_come_from_the_one_cost_path(bench, tmp_path):
+    import tokencodec.tokens.batch
     from tokencodec.metrics.cost import MLLMShape, kv_cache_bytes, prefill_flops
 
+    checks = tokencodec.tokens.batch.CHECK_VALUES
     assert bench.main(["--quick", "--models", "llava", "--methods", "visionzip", "--batch", "1", "--repeats", "1",
                        "--out", str(tmp_path)]) == 0
+    assert tokencodec.tokens.batch.CHECK_VALUES == checks        # measured with checks off, then restored
     rows = {r["method"]: r for r in json.loads((tmp_path / "gpu_prefill.json").read_text())["rows"]}
     shape = MLLMShape.from_config(bench.llava_config(quick=True))
     for method, visual in (("none", 16), ("visionzip", 8)):
