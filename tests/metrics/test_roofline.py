@@ -224,6 +224,20 @@ def test_decode_step_is_memory_bound_and_grows_with_the_cache():
     assert eager.bound == "launch"  # one token, ~1 300 kernels
 
 
+def test_graphing_the_llm_only_removes_the_llm_layers_host_time():
+    # benchmarks/gpu_prefill.py --graphs replays the LLM's decoder layers from a CUDA graph, the rest eager
+    kw = dict(extra_kernels=191, host_syncs=1)
+    eager, llm, whole = (predict_prefill(LLAVA_1_5_7B, None, 64, 20, 1, "h200", launch=launch, **kw)
+                         for launch in ("eager", "graph-llm", "graph"))
+    assert eager.latency_s > llm.latency_s > whole.latency_s
+    assert llm.group("llm.attention").host_s == llm.group("llm.mlp").host_s == 0
+    for group in ("vision", "projector", "method", "lm_head"):
+        assert llm.group(group).host_s == eager.group(group).host_s > 0
+    assert llm.device_s == pytest.approx(eager.device_s)      # the same kernels run on the device
+    with pytest.raises(ValueError, match="graph-llm"):
+        predict_prefill(LLAVA_1_5_7B, None, 64, 20, 1, "h200", launch="graphs")
+
+
 def test_a_sync_costs_the_drain_of_the_work_the_host_ran_ahead_of():
     # FastV-like: two LLM layers on 596 tokens, then 30 on 84. At batch 8 the first two are device-bound and
     # the host runs ahead, issuing the cheap layers early; a sync at layer 2 makes it wait for the device to

@@ -15,7 +15,8 @@ is modelled, kernel by kernel, in the order the implementation launches them:
   the half.
 - **Host time**: every kernel costs the host ``launch_s`` (one eager PyTorch op on that machine)
   times the recipe's ``host_factor`` (Hugging Face modules run Python around each op); a CUDA graph
-  costs nothing per kernel.
+  costs nothing per kernel (``launch="graph"``: the whole forward; ``"graph-llm"``: the LLM's decoder
+  layers only, the rest eager).
 - **Queue**: the host issues kernels in order and the device runs them in order, each no earlier than
   it is issued; the host runs ahead of the device until a **host sync** (``.item()``, ``.tolist()``,
   ``bool(t)``), where it waits for the device to drain and pays ``sync_s``. So a forward is, over its
@@ -397,7 +398,11 @@ RECIPES: dict[str, Recipe] = {
                    "the same shapes as the fewest plain kernels: one per linear, norm (fused), attention (SDPA), "
                    "activation, residual add; no RoPE, no bookkeeping", framework=False),
 }
-LAUNCH_MODES = ("eager", "graph")
+# "eager": the host issues every kernel; "graph": the whole forward replayed from CUDA graphs (no host cost per
+# kernel); "graph-llm": only the LLM's decoder layers replayed from a graph (benchmarks/gpu_prefill.py --graphs:
+# the LLM on the pruned, fixed-length sequence), the vision tower, projector, method and lm_head eager
+LAUNCH_MODES = ("eager", "graph", "graph-llm")
+GRAPHED_GROUPS: dict[str, tuple[str, ...]] = {"graph-llm": ("llm.attention", "llm.mlp")}
 # Qwen2-VL's decode step computes its M-RoPE positions from generate()'s state: not traced, not modelled
 DECODE_RECIPES = ("hf-llava", "bare")
 
@@ -680,6 +685,7 @@ def simulate(plan: Plan, device: str | DeviceProfile, launch: str = "eager",
     bandwidth = profile.bandwidth * profile.memory_eff
     # a method's own kernels are plain torch ops (no module code around them): one launch_s each
     host_cost = {"method": 0.0 if launch == "graph" else profile.launch_s}
+    host_cost.update(dict.fromkeys(GRAPHED_GROUPS.get(launch, ()), 0.0))
     default_host = 0.0 if launch == "graph" else profile.launch_s * plan.host_factor
     host = device_end = 0.0  # host clock; when the device finishes its queue
     acc: dict[str, dict] = {}
@@ -838,7 +844,7 @@ def fit_profile(profile: str | DeviceProfile, observations: list[Observation],
 
 
 __all__ = [
-    "CPU", "HF_HOST_FACTOR", "H200_FIT", "LAUNCH_MODES", "PROFILES", "QWEN2_VL_7B", "RECIPES", "SYNC",
+    "CPU", "GRAPHED_GROUPS", "HF_HOST_FACTOR", "H200_FIT", "LAUNCH_MODES", "PROFILES", "QWEN2_VL_7B", "RECIPES", "SYNC",
     "DeviceProfile", "GroupCost", "Kernel", "Plan", "Prediction", "Recipe", "decode_plan", "get_profile",
     "known_profiles", "predict_decode_step", "predict_prefill", "prefill_plan", "probe_cpu", "simulate",
     "FIT_FIELDS", "Observation", "fit_profile",
