@@ -10,7 +10,7 @@ Model arguments: ``pretrained`` (hub name or folder; safetensors only), ``method
 method, or ``none``), ``keep`` (tokens) or ``ratio`` (of the visual tokens) or ``r`` (ToMe's merges
 per layer), ``device`` (default cuda when available), ``dtype``, ``seed``, ``max_new_tokens``
 (default: the task's), ``costs`` (folder for the cost records, default ``tokencodec-costs``) and
-any method option as ``opt_<name>=<value>`` (e.g. ``opt_layers=2`` for FastV's K). lmms-eval's own
+any method option as ``opt_<name>=<value>`` (e.g. ``opt_layer=2`` for FastV's K). lmms-eval's own
 ``--batch_size N`` runs N samples per ``generate`` (left-padded prompts, each sample's own image span;
 requests grouped by their generation options, longest prompts first, answers in the request order);
 ``auto`` means 1.

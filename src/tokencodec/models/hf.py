@@ -5,6 +5,7 @@ The one path every real-model entry point shares (the lmms-eval plugin, the ``hf
     mllm = HFMLLM.load("llava-hf/llava-1.5-7b-hf", device="cuda")       # or a folder; safetensors only
     out = mllm.generate([image], "Is there a dog?", method="visionzip", budget=Budget(keep=64))
     out.text, out.rates    # tokens_in, tokens, tokens_avg_layers, flops, kv_bytes, latency_s, peak_bytes
+    outs = mllm.generate_batch([([im1], "Is there a dog?"), ([im2], "What colour?")], "visionzip", Budget(keep=64))
 
 Families are those of the adapter registry that can be loaded from a checkpoint
 (:func:`tokencodec.adapters.registry.hf_classes`: LLaVA, Qwen2-VL, Qwen2.5-VL), each prompted by its entry
@@ -14,8 +15,9 @@ through :func:`tokencodec.compress` (hooks, no fork), so every registered method
 Rates per call come from :class:`~tokencodec.metrics.cost.CostModel` (the one cost path): visual tokens
 entering the LLM and at its last layer, their average over layers, prefill FLOPs of the vision tower,
 projector and LLM (``macs2``; :data:`FLOPS_CONVENTION`), KV-cache bytes; plus ``latency_s`` (the whole
-``generate``, CUDA-synchronised on a GPU) and ``peak_bytes`` (``torch.cuda.max_memory_allocated`` on
-CUDA, the process's resident set on CPU).
+``generate``, CUDA-synchronised on a GPU, ÷ the batch size; ``batch_latency_s`` the batch's) and ``peak_bytes``
+(``torch.cuda.max_memory_allocated`` on CUDA, the process's resident set on CPU). A batch is left-padded
+and each sample's rates are its own (:meth:`HFMLLM.generate_batch`).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def resolve_source(name_or_path: str) -> tuple[str, bool]:
 class Generation:
     text: str
     rates: dict[str, float]
-    record: Any = None                      # the adapter's CompressionRecord (None without a method)
+    record: Any = None                      # the adapter's CompressionRecord of the batch (None without a method)
     tokens_per_layer: list[int] = field(default_factory=list)     # visual tokens each LLM layer saw
 
 
@@ -264,12 +266,6 @@ class HFMLLM:
         bounds = np.cumsum([0, *images_per_sample])
         return [int(sum(per_image[a:b])) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
-    @staticmethod
-    def vision_patches(inputs: dict) -> int | None:
-        """Patches the vision encoder ran on, where they depend on the image (Qwen2-VL's ``image_grid_thw``)."""
-        grid = inputs.get("image_grid_thw")
-        return None if grid is None else int(grid.prod(-1).sum())
-
 
 def sample_tokens_per_layer(record, i: int, n_visual: int, layers: int) -> list[int]:
     """The visual tokens each LLM layer saw for sample ``i`` of a batch, from the adapter's record.
@@ -280,7 +276,7 @@ def sample_tokens_per_layer(record, i: int, n_visual: int, layers: int) -> list[
     In-LLM stages keep one count in every row."""
     if record is None or not record.tokens_per_layer:
         return [n_visual] * layers
-    visual = record.extra.get("visual_tokens")
+    visual = record.extra.get("visual_tokens")         # [B] on the device
     if visual is not None:
         return [int(visual[i])] * layers
     mask = getattr(record.kept, "mask", None)
