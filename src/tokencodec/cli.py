@@ -430,6 +430,43 @@ def answer(
         raise _fail(str(err)) from None
 
 
+@app.command()
+def channel(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="a token bitstream (.tcb) or a packet capture")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="RECEIVED", help="capture of what arrives")],
+    loss: Annotated[float, typer.Option(help="packet loss rate (the mean rate when --burst > 1)")] = 0.1,
+    burst: Annotated[float, typer.Option(help="mean burst length in packets (1: i.i.d. losses)")] = 1.0,
+    ber: Annotated[float, typer.Option(help="bit error rate (a packet failing its CRC is lost)")] = 0.0,
+    mtu: Annotated[int, typer.Option(help="largest datagram in bytes")] = 1200,
+    fec: Annotated[float, typer.Option(help="RaptorQ repair packets per source packet")] = 0.0,
+    uep: Annotated[bool, typer.Option("--uep", help="unequal protection: most repair for the first packets")] = False,
+    seed: Annotated[int, typer.Option(help="seed of the channel's realisation")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Send a token bitstream as packets over a lossy channel; RECEIVED is what a receiver reads
+    (tokencodec answer / classify / decode RECEIVED)."""
+    from tokencodec.channels import ChannelError
+    from tokencodec.channels.files import transmit_file
+    from tokencodec.channels.transport import ChannelSpec
+
+    try:
+        spec = ChannelSpec.parse({"losses": [loss], "burst": burst, "ber": ber, "mtu": mtu, "fec": fec, "uep": uep,
+                                  "seed": seed}, "channel")
+        data, report = transmit_file(file, spec, loss)
+    except (ImportError, ChannelError, ValueError, *_split_errors()) as err:
+        raise _fail(str(err)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(out)                                  # atomic: a file is whole or absent
+    if as_json:
+        print(json.dumps({**report, "out": str(out)}))
+        return
+    console.print(f"{out}: {report['datagrams_sent'] - report['datagrams_lost']} of {report['datagrams_sent']} "
+                  f"datagrams arrived ({report['bytes_sent']} bytes sent, {report['repair'] or 0} repair)",
+                  highlight=False)
+
+
 @app.command("lmms-curve")
 def lmms_curve(
     results: Annotated[list[Path], typer.Argument(help="lmms-eval *_results.json files, or folders holding them")],

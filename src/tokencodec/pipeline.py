@@ -11,7 +11,9 @@ observer's runner, which is where the tokens exist; a method that writes a token
 
 A :class:`PipelineSpec` sweeps one knob: a codec's qualities, or a method's keep ratios; a chain
 fixes the method's keep ratio (one spec per ratio) and sweeps the codec's qualities. So each spec
-is one RD curve.
+is one RD curve. A ``channel`` after a pixel codec or the ``coded`` token bitstream
+(:mod:`tokencodec.channels.transport`) sends the file or the tokens as packets over a lossy channel; it
+fixes the quality or keep ratio (one value) and sweeps the channel's loss rates (knob ``loss``).
 """
 
 from __future__ import annotations
@@ -53,10 +55,18 @@ class PipelineSpec:
     options: dict[str, Any] = field(default_factory=dict, hash=False)
     keep_ratios: tuple[float, ...] = ()
     name: str | None = None               # label override
+    channel: dict[str, Any] | None = field(default=None, hash=False)   # a lossy channel (knob: its losses)
 
     @property
     def knob(self) -> str:
+        if self.channel is not None:
+            return "loss"
         return "quality" if self.codec else "keep_ratio"
+
+    def channel_spec(self):
+        from tokencodec.channels.transport import ChannelSpec
+
+        return ChannelSpec.parse(self.channel)
 
     @property
     def label(self) -> str:
@@ -68,10 +78,17 @@ class PipelineSpec:
             method = self.method + (f"({opts})" if opts else "")
         if self.codec and method:
             return f"{self.codec}+{method}@{self.keep_ratios[0]:g}"
+        if self.channel is not None:
+            opts = ",".join(f"{k}={v}" for k, v in sorted(self.channel.items()) if k != "losses")
+            fixed = f"q{self.qualities[0]}" if self.codec else f"{self.keep_ratios[0]:g}"
+            return f"{self.codec or method}@{fixed}~channel({opts})"
         return self.codec or method or "?"
 
     def points(self) -> list[dict[str, float]]:
-        """The knob settings of this curve, from highest rate to lowest."""
+        """The knob settings of this curve, from highest rate to lowest (a channel: from no loss up)."""
+        if self.channel is not None:
+            fixed = {"quality": int(self.qualities[0])} if self.codec else {"keep_ratio": float(self.keep_ratios[0])}
+            return [{"loss": float(v), **fixed} for v in sorted(set(self.channel.get("losses", [0.0])))]
         if self.codec:
             extra = {"keep_ratio": self.keep_ratios[0]} if self.method else {}
             return [{"quality": int(q), **extra} for q in sorted(set(self.qualities), reverse=True)]
@@ -85,6 +102,8 @@ class PipelineSpec:
             out.update(method=self.method, options=dict(self.options), keep_ratios=list(self.keep_ratios))
         if self.name:
             out["name"] = self.name
+        if self.channel is not None:
+            out["channel"] = self.channel_spec().to_json()
         return out
 
     def check(self, observer_runner=None) -> None:
@@ -95,6 +114,8 @@ class PipelineSpec:
 
         if not self.codec and not self.method:
             raise PipelineError("a pipeline needs a codec, a method, or both")
+        if self.channel is not None:
+            self._check_channel(observer_runner)
         if self.codec:
             if self.codec not in CODECS and self.codec not in VIDEO_CODECS:
                 raise PipelineError(f"unknown codec {self.codec!r}; known: {', '.join(CODECS.names())}; video: "
@@ -132,11 +153,31 @@ class PipelineSpec:
                 if why:
                     raise PipelineError(f"method {self.method!r} cannot run on this observer: {why}")
 
+    def _check_channel(self, observer_runner) -> None:
+        from tokencodec.channels import ChannelError
+
+        try:
+            self.channel_spec()
+        except (ChannelError, TypeError) as err:
+            raise PipelineError(f"channel: {err}") from None
+        if self.codec and self.method:
+            raise PipelineError("a channel follows a pixel codec or the coded token method, not a chain of both")
+        if self.method and self.method != "coded":
+            raise PipelineError(f"a channel carries a bitstream: method 'coded' (a token bitstream), not "
+                                f"{self.method!r}")
+        if len(self.qualities) > 1 or len(self.keep_ratios) > 1:
+            raise PipelineError("a channel sweeps its loss rates at ONE quality or keep ratio; got "
+                                f"{list(self.qualities or self.keep_ratios)} (write one pipeline per value)")
+        if (self.codec and is_video_codec(self.codec)) or (observer_runner is not None and observer_runner.video):
+            raise PipelineError("channels carry single images (a video over a channel is not built)")
+
     def config_id(self, observer_key: str, seed: int) -> str:
         """Identifies everything that changes a record except the knob and the sample."""
         settings = codec_for(self.codec).settings() if self.codec else None
-        text = json.dumps([observer_key, self.codec, settings, self.method, self.options, seed],
-                          sort_keys=True, default=str)
+        parts = [observer_key, self.codec, settings, self.method, self.options, seed]
+        if self.channel is not None:       # older records (no channel) keep their ids
+            parts.append({k: v for k, v in self.channel_spec().to_json().items() if k != "losses"})
+        text = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -149,13 +190,22 @@ def run_point(observer: Observer, sample: Sample, spec: PipelineSpec, knob: dict
     rates: dict[str, float] = {}
     image, changed = sample.image, False
     pixels = int(np.prod(sample.image.shape[:-1]))       # H·W, or T·H·W for a clip: bpp over every frame
+    channel = spec.channel_spec() if spec.channel is not None else None
     t0 = time.perf_counter()
     if spec.codec:
         codec = codec_for(spec.codec)
         t_enc = time.perf_counter()
         data = codec.encode(sample.image, int(knob["quality"]))
         t_dec = time.perf_counter()
-        image = codec.decode(data)
+        if channel is not None:           # the file as packets over the channel; None: no image
+            from tokencodec.channels.pixels import no_image
+            from tokencodec.channels.transport import transmit_image
+
+            image, sent = transmit_image(spec.codec, data, sample.image.shape, int(knob["quality"]), channel,
+                                         knob["loss"], sample.digest)
+            image = no_image(sample.image.shape) if image is None else image
+        else:
+            image = codec.decode(data)
         t_end = time.perf_counter()
         if image.shape != sample.image.shape:
             raise PipelineError(f"{spec.codec} on {sample.id!r} at quality {knob['quality']}: decoded shape "
@@ -165,15 +215,38 @@ def run_point(observer: Observer, sample: Sample, spec: PipelineSpec, knob: dict
         rates.update(bytes=float(len(data)), bits=8.0 * len(data), bpp=8.0 * len(data) / pixels,
                      payload_bytes=float(payload), payload_bpp=8.0 * payload / pixels,
                      encoding_time=t_dec - t_enc, decoding_time=t_end - t_dec)
+        if channel is not None:           # bits on the wire (packets, FEC): the equal-bits axis
+            rates.update(sent, bpp=sent["bits"] / pixels)
         changed = not np.array_equal(image, sample.image)
     budget = Budget(ratio=knob["keep_ratio"]) if spec.method else None
     if hasattr(method, "last_rates"):
         method.last_rates = {}
-    measured = observer.observe(sample, image, method, budget, prepared, changed)
+    if channel is not None and spec.method:
+        measured = _observe_over_channel(observer, sample, method, budget, prepared, channel, knob["loss"])
+    else:
+        measured = observer.observe(sample, image, method, budget, prepared, changed)
     coded = getattr(method, "last_rates", None)
     if coded:            # a token bitstream (the coded method): its bits per pixel of the sample's image
         rates.update(coded, bpp=coded["bits"] / pixels, payload_bpp=8 * coded["payload_bytes"] / pixels)
     return {**rates, **measured, "latency_s": time.perf_counter() - t0}
+
+
+def _observe_over_channel(observer: Observer, sample: Sample, method, budget, prepared: Prepared, channel,
+                          loss: float) -> dict[str, float]:
+    """The coded method's tokens sent over the channel; when none arrive, the observer sees no image."""
+    from tokencodec.channels.pixels import no_image
+    from tokencodec.channels.transport import NothingReceived, TokenTransport
+
+    method.transport = TokenTransport(channel, loss, sample.digest)
+    try:
+        measured = observer.observe(sample, sample.image, method, budget, prepared, False)
+    except NothingReceived:
+        measured = observer.observe(sample, no_image(sample.image.shape), None, None, prepared, True)
+        measured["tokens"] = 0.0            # what reached the model from the sender
+    finally:
+        transport, method.transport = method.transport, None
+    method.last_rates = {**(method.last_rates or {}), **transport.rates}   # bits: on the wire
+    return measured
 
 
 __all__ = ["PipelineError", "PipelineSpec", "codec_for", "is_video_codec", "run_point"]

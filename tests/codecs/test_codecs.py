@@ -21,7 +21,8 @@ def test_all_six_codecs_are_registered():
 
     assert set(plain_codecs()) == set(MAGIC)
     # machine-guided, and the block-transform baseline of semantic allocation (not swept by default)
-    assert set(CODECS.names()) - set(MAGIC) == {"jpegxl-semantic", "jpeg2000-semantic", "blockdct", "blockdct-semantic"}
+    assert set(CODECS.names()) - set(MAGIC) == {"jpegxl-semantic", "jpeg2000-semantic", "blockdct", "blockdct-semantic",
+                                                 "jpeg-rst", "jpeg2000-plt"}
 
 
 @pytest.mark.parametrize("name", ["jpegxl-semantic", "jpeg2000-semantic"])

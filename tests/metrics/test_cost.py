@@ -11,7 +11,6 @@ from tokencodec.metrics.cost import (
     CONVENTIONS,
     LLAVA_1_5_7B,
     VICUNA_7B,
-    CostModel,
     MLLMShape,
     ProjectorShape,
     TextShape,
@@ -25,6 +24,7 @@ from tokencodec.metrics.cost import (
     tokens_per_layer_summary,
     vit_flops,
 )
+from tokencodec.metrics.rates import CostModel
 from tokencodec.rd.measures import KNOWN
 
 transformers = pytest.importorskip("transformers")

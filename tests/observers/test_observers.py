@@ -63,7 +63,7 @@ def test_every_method_the_mllm_takes_runs_through_the_llava_adapter(diagnostic, 
 
 
 def test_a_latency_device_adds_the_roofline_prediction(diagnostic, tmp_path):
-    from tokencodec.metrics.cost import CostModel
+    from tokencodec.metrics.rates import CostModel
 
     diagnostic.runner.cost = CostModel(diagnostic.runner.cost.shape, device="h200")
     try:

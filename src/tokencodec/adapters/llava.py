@@ -271,9 +271,10 @@ class LlavaTokenCompression(LLMStages, Adapter):
             is_image = ids == self.image_token_id
         self._pending = None
         # images come as pixel_values, or (generate() in transformers ≥ 5.24) already encoded; without
-        # either this is a decode step, and an image token the model generated is text
+        # either this is a decode step, and an image token the model generated is text. (No value is read
+        # here: the model itself checks that its image tokens and features agree.)
         pixels = kwargs.get("pixel_values", args[1] if len(args) > 1 else None)
-        if not bool(is_image.any()) or (pixels is None and kwargs.get("mm_encoder_outputs") is None):
+        if pixels is None and kwargs.get("mm_encoder_outputs") is None:
             return None
         start = lp.image_spans(is_image, self.n)
         if start is None:

@@ -42,6 +42,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from tokencodec.tokens import batch as batch_module  # CHECK_VALUES, read at call time
+from tokencodec.tokens.transfer import to_device
+
 # -- the edit -------------------------------------------------------------------------------------
 
 
@@ -61,11 +64,17 @@ def span_index(start: Tensor, span: int, rep: Tensor, seq_len: int) -> Tensor:
 
 
 def image_spans(is_image: Tensor, n: int) -> Tensor | None:
-    """[B] the start of each row's one contiguous run of ``n`` image slots, or None if a row has another layout."""
+    """[B] the start of each row's one contiguous run of ``n`` image slots.
+
+    The layout is checked (None if a row has another one) only when value checks are on
+    (``TOKENCODEC_CHECK_VALUES``, :mod:`tokencodec.tokens.batch`): the check reads the device (a host sync),
+    and a wrong layout is refused by the model itself when its image features and tokens disagree.
+    """
     start = is_image.to(torch.int8).argmax(1)
-    span = span_slots(start, n).clamp_max(is_image.shape[1] - 1)
-    if bool((is_image.sum(1) != n).any()) or not bool(is_image.gather(1, span).all()):
-        return None
+    if batch_module.CHECK_VALUES:
+        span = span_slots(start, n).clamp_max(is_image.shape[1] - 1)
+        if not bool(((is_image.sum(1) == n) & is_image.gather(1, span).all(1)).all()):    # one read
+            return None
     return start
 
 
@@ -141,11 +150,18 @@ def mask_invalid(mask: Tensor, valid: Tensor) -> Tensor:
 
 # -- several spans per row, different counts per row (Qwen2-VL pre-LLM) ---------------------------
 
-def left_aligned_gather(keep: Tensor) -> Tensor:
-    """[B, S'] unpruned column of each slot: kept columns in order, left-padded with −1 to the longest row."""
-    rows = [k.nonzero().squeeze(1) for k in keep]
-    width = max(r.numel() for r in rows)
-    return torch.stack([torch.cat([r.new_full((width - r.numel(),), -1), r]) for r in rows])
+def left_aligned_gather(keep: Tensor, counts: list[int] | None = None) -> Tensor:
+    """[B, S'] unpruned column of each slot: kept columns in order, left-padded with −1 to the longest row.
+
+    ``counts``: the kept columns per row when the caller knows them (no host read); else they are read once.
+    """
+    if counts is None:
+        counts = keep.sum(1).tolist()                  # the output's width depends on them: one read
+    width = max(counts)
+    order = (~keep).to(torch.int8).argsort(dim=1, stable=True)        # kept columns first, in order
+    pad = width - to_device(torch.tensor(counts), keep.device)[:, None]       # a non-blocking copy
+    src = torch.arange(width, device=keep.device) - pad
+    return torch.where(src >= 0, order.gather(1, src.clamp_min(0)), -1)
 
 
 def gather_seq(x: Tensor, gather: Tensor, axis: int = 0, fill: float = 0) -> Tensor:

@@ -88,6 +88,7 @@ class Run:
     cache: object | None = None
     captured: dict = field(default_factory=dict)
     raters: tuple[Tensor, Tensor] | None = None   # SparseVLM: layer-0 slots [B, R] and validity
+    text_width: int | None = None  # the most text slots after a span (host-known, or read once when needed)
     stages: list[StageRecord] = field(default_factory=list)
 
 
@@ -316,7 +317,9 @@ class LLMStages:
         signals, context = {}, {}
         if want.keys or want.normed:
             s = int(h.shape[1])
-            m = int((s - run.start - n).max())
+            if run.text_width is None:                         # one read per prefill: the widest text after a span
+                run.text_width = int((s - run.start - n).max())
+            m = run.text_width
             after = run.start[:, None] + n + torch.arange(m, device=h.device)
             text = after.clamp_max(s - 1)
             zero = ~((after < s) & lp.take(valid, text))[..., None]   # padded text slots are zero
@@ -331,15 +334,12 @@ class LLMStages:
             signals["normed_features"] = lp.take(normed, span)
             if want.text:
                 context["text_features"] = lp.take(normed, text).masked_fill(zero, 0)
-        if want.query == "raters":
+        if want.query == "raters":                            # the raters' rows, averaged: no count is read
             slots, ok = run.raters
             rows = torch.where(ok, slots - (run.n - n), 0)      # text after the image shifts by the drops
-            p = lp.take(self._rows(stage.score_layer, hs, kw, rows, valid), span, seq_dim=-1)   # [B, R, n]
-            if bool(ok.all()):
-                context["rater_attention"] = p
-            else:
-                w = ok.to(p.dtype)[..., None]
-                signals["text_attention"] = (p * w).sum(1) / w.sum(1)
+            p = lp.take(self._rows(stage.score_layer, hs, kw, rows, valid), span, seq_dim=-1)   # [B, W, n]
+            w = ok.to(p.dtype)[..., None]
+            signals["text_attention"] = (p * w).sum(1) / w.sum(1)
         elif want.query == "all":
             rows = torch.arange(hs.shape[1], device=h.device).expand(b, -1)
             p = lp.take(self._rows(stage.score_layer, hs, kw, rows, valid), span, seq_dim=-1)

@@ -85,6 +85,8 @@ import tokencodec.tokens.compress  # noqa: F401  (fills METHODS)
 from tokencodec.adapters.base import Adapter, CompressionRecord
 from tokencodec.adapters.hf_compat import cache_from
 from tokencodec.adapters.llm_pruning import gather_seq, left_aligned_gather, prune_mask
+from tokencodec.metrics.host_sync import model_call
+from tokencodec.tokens import batch as batch_module  # CHECK_VALUES, read at call time
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, TokenMethod, get_method
 from tokencodec.tokens.signals import Signal, resolve_request
@@ -117,13 +119,11 @@ def split_qkv(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor]:
     return q, k
 
 
-def received_attention(q: Tensor, k: Tensor, cu_seqlens: Tensor) -> Tensor:
-    """Per patch [P]: attention received within its chunk, mean over heads and query rows (float32).
-
-    One head at a time so memory stays O(n²) for large images.
+def received_attention(q: Tensor, k: Tensor, bounds: list[int]) -> Tensor:
+    """Per patch [P]: attention received within its chunk (``bounds``: the block's cu_seqlens, on the host),
+    mean over heads and query rows (float32). One head at a time so memory stays O(n²) for large images.
     """
     out = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
-    bounds = cu_seqlens.tolist()
     scale = q.shape[-1] ** -0.5
     for s, e in zip(bounds[:-1], bounds[1:], strict=True):
         total = torch.zeros(e - s, dtype=torch.float32, device=q.device)
@@ -139,12 +139,13 @@ def group_mean(x: Tensor, unit: int) -> Tensor:
     return x.reshape(x.shape[0] // unit, unit, *x.shape[1:]).mean(1)
 
 
-def merged_signals(names: tuple[str, ...], q: Tensor, k_raw: Tensor, k_rot: Tensor, cu_seqlens: Tensor,
+def merged_signals(names: tuple[str, ...], q: Tensor, k_raw: Tensor, k_rot: Tensor, bounds: list[int],
                    unit: int, order: Tensor | None = None, rope_keys: bool = False) -> dict[str, Tensor]:
-    """Signals per merged token [M, ...]; ``order`` maps window order back to raster order (Qwen2.5)."""
+    """Signals per merged token [M, ...]; ``bounds`` the block's cu_seqlens (host ints); ``order`` maps window
+    order back to raster order (Qwen2.5)."""
     k = k_rot if rope_keys else k_raw
     make = {
-        "mean_attention": lambda: group_mean(received_attention(q, k_rot, cu_seqlens), unit),
+        "mean_attention": lambda: group_mean(received_attention(q, k_rot, bounds), unit),
         "keys": lambda: group_mean(k.float().mean(1), unit).to(k.dtype),
         "keys_full": lambda: group_mean(k.float().flatten(1), unit).to(k.dtype),
     }
@@ -160,6 +161,7 @@ class _Prompt:
 
     full_len: int        # S of the unpruned prompt
     gather: Tensor       # [B, S'] unpruned column per LLM slot, −1 = padding
+    padded: bool = False  # some row is shorter than the longest (left-padded with −1)
 
 
 def resolve(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
@@ -240,6 +242,7 @@ class Qwen2VLTokenCompression(Adapter):
 
     def _image_features(self, original):
         @functools.wraps(original)  # generate() reads its signature to pick the encoder's kwargs
+        @model_call                  # the model's own reads inside it are not this adapter's (HostSyncs)
         def get_image_features(*args, **kwargs):
             self._encoding_images += 1
             try:
@@ -303,7 +306,7 @@ class Qwen2VLTokenCompression(Adapter):
         if self._encoding_images:
             self._store["qkv"] = output
 
-    def _signals(self, grid_thw: Tensor) -> dict[str, Tensor]:
+    def _signals(self, grid_thw: Tensor, bounds: list[int]) -> dict[str, Tensor]:
         if not self.signals:
             return {}
         s, self._store = self._store, {}
@@ -317,17 +320,23 @@ class Qwen2VLTokenCompression(Adapter):
             window_index, _ = get_vision_window_index(grid_thw, self.visual.spatial_merge_size,
                                                       self.visual.window_size, self.visual.patch_size)
             order = torch.argsort(window_index.to(q.device))
-        return merged_signals(self.signals, q_rot, k, k_rot, s["cu_seqlens"], self._unit, order, self.rope_keys)
+        return merged_signals(self.signals, q_rot, k, k_rot, bounds, self._unit, order, self.rope_keys)
 
     def _on_visual(self, module, args, kwargs, output):
         if not self._encoding_images:
             return None  # a direct call of the tower: leave it alone
         grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
         merged = output.pooler_output
-        signals = self._signals(grid)
+        # the images' grids (and the attention chunks, for attention signals) shape the per-image batches:
+        # one read of both, the forward's one host sync
+        cu = self._store.get("cu_seqlens") if self.signals else None
+        values = torch.cat([grid.flatten().to(merged.device), *(() if cu is None else (cu.to(merged.device),))])
+        values = values.tolist()
+        grids = [tuple(values[3 * i:3 * i + 3]) for i in range(grid.shape[0])]
+        signals = self._signals(grid, values[3 * grid.shape[0]:])
         m = self.visual.spatial_merge_size
         new, keep, kept_batches, start = [], [], [], 0
-        for t, h, w in grid.tolist():
+        for t, h, w in grids:
             n = t * (h // m) * (w // m)
             feats = merged[start:start + n]
             batch = TokenBatch.from_grid(feats[None], (h // m, w // m), frames=t,
@@ -340,7 +349,9 @@ class Qwen2VLTokenCompression(Adapter):
             start += n
         self.last_kept = kept_batches
         output.pooler_output = torch.cat(new)
-        self._encoded = (output, torch.cat(keep))
+        # merged and kept tokens per image, known from shapes: the LLM's row widths follow without a read
+        sizes = [(t * (h // m) * (w // m), k.num_tokens) for (t, h, w), k in zip(grids, kept_batches, strict=True)]
+        self._encoded = (output, torch.cat(keep), sizes)
         return output
 
     def _on_llm(self, module, args, kwargs):
@@ -352,7 +363,7 @@ class Qwen2VLTokenCompression(Adapter):
             mask = kwargs.get("attention_mask")
             if isinstance(mask, dict):
                 raise NotImplementedError("precomputed (dict) attention masks are not supported")
-            if mask is None and (p.gather >= 0).all():
+            if mask is None and not p.padded:
                 return None
             if mask is None:  # generate() drops an all-ones mask; the pruned rows may still need padding
                 cache = cache_from(kwargs)
@@ -372,10 +383,16 @@ class Qwen2VLTokenCompression(Adapter):
             raise NotImplementedError("Qwen2VLTokenCompression needs a 2-D attention mask [B, S] (or None)")
         ids = self._input_ids.to(embeds.device)
         image = ids == self.core.config.image_token_id
-        keep = torch.ones_like(image)
-        keep[image] = self._encoded[1].to(embeds.device)  # masked_scatter's order: row-major over [B, S]
-        gather = left_aligned_gather(keep)
-        self._prompt = _Prompt(full_len=ids.shape[1], gather=gather)
+        _, kept_mask, sizes = self._encoded
+        keep = torch.ones_like(image).masked_scatter(image, kept_mask.to(embeds.device))  # row-major over [B, S]
+        if len(sizes) == ids.shape[0]:      # one image per row (images come in row order): widths known here
+            counts = [ids.shape[1] - n + k for n, k in sizes]
+            if batch_module.CHECK_VALUES and keep.sum(1).tolist() != counts:
+                raise ValueError("Qwen2VLTokenCompression: as many images as rows, but not one image per row")
+        else:                               # several images in a row: the row widths are read (one host sync)
+            counts = keep.sum(1).tolist()
+        gather = left_aligned_gather(keep, counts)
+        self._prompt = _Prompt(full_len=ids.shape[1], gather=gather, padded=min(counts) < max(counts))
         new_pos = gather_seq(pos, gather, axis=1)
         self.last_keep_mask, self.last_gather = keep, gather
         self.last_visual_tokens = (keep & image).sum(1)
@@ -391,13 +408,11 @@ def place_tokens(feats: Tensor, kept: TokenBatch, name: str) -> tuple[Tensor, Te
         raise NotImplementedError(f"method {name!r} returned a padded batch; adaptive budgets are not "
                                   "supported on Qwen2-VL yet")
     rep = kept.positions[0]
-    if rep.unique().numel() != rep.numel():
+    if batch_module.CHECK_VALUES and rep.unique().numel() != rep.numel():     # a value check: a host read
         raise ValueError(f"method {name!r} gave two tokens the same representative; each kept token needs "
                          "its own slot (and M-RoPE position)")
-    slot = feats.clone()
-    slot[rep] = kept.features[0].to(slot.dtype)
-    mask = torch.zeros(feats.shape[0], dtype=torch.bool, device=feats.device)
-    mask[rep] = True
+    slot = feats.index_copy(0, rep, kept.features[0].to(feats.dtype))
+    mask = torch.zeros(feats.shape[0], dtype=torch.bool, device=feats.device).index_fill_(0, rep, True)
     return slot, mask
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from tokencodec.adapters import llm_pruning as lp
@@ -111,27 +112,35 @@ class Qwen2VLLLMCompression(LLMStages, Adapter):
         grid = kwargs.get("image_grid_thw")
         grid = self._grid_thw if grid is None else grid
         is_image = ids == self.core.config.image_token_id
-        counts = is_image.sum(1)
         m = self.visual.spatial_merge_size
-        n = int(counts[0])
-        if grid is None or grid.shape[0] != ids.shape[0] or bool((counts != n).any()):
-            raise ValueError("Qwen2VLLLMCompression needs one image per sample and the same number of image "
-                             f"tokens in every sample; got {counts.tolist()} image tokens for "
-                             f"{0 if grid is None else grid.shape[0]} images in {ids.shape[0]} samples")
-        t, h, w = grid[0].tolist()
-        if bool((grid != grid[0]).any()) or t * (h // m) * (w // m) != n:
-            raise ValueError(f"every image in the batch must have the same grid; got {grid.tolist()}")
+        if grid is None or grid.shape[0] != ids.shape[0]:
+            raise ValueError("Qwen2VLLLMCompression needs one image per sample; got "
+                             f"{0 if grid is None else grid.shape[0]} images for {ids.shape[0]} samples")
+        # the counts, span starts and grids decide the shapes of the plan: one read of all three (the forward's
+        # one host sync)
+        b = ids.shape[0]
+        first = is_image.to(torch.int8).argmax(1)
+        values = torch.cat([is_image.sum(1), first, grid.flatten().to(ids.device)]).tolist()
+        counts, starts = values[:b], values[b:2 * b]
+        grids = [tuple(values[2 * b + 3 * i:2 * b + 3 * i + 3]) for i in range(b)]
+        n = counts[0]
+        if any(c != n for c in counts):
+            raise ValueError("Qwen2VLLLMCompression needs the same number of image tokens in every sample; got "
+                             f"{counts} image tokens")
+        t, h, w = grids[0]
+        if any(g != grids[0] for g in grids) or t * (h // m) * (w // m) != n:
+            raise ValueError(f"every image in the batch must have the same grid; got {grids}")
         start = lp.image_spans(is_image, n)
         if start is None:
             raise ValueError("the image tokens of each sample must be contiguous (one image per sample)")
-        self._pending = (start, n, (t * (h // m), w // m))
+        self._pending = (start, n, (t * (h // m), w // m), min(starts))
         return None
 
     # -- language model: start a prefill, follow its decode steps -----------------------------------
     def _on_lm(self, module, args, kwargs):
         cache = cache_from(kwargs)
         if self._pending is not None:
-            (start, n, grid), self._pending = self._pending, None
+            (start, n, grid, first), self._pending = self._pending, None
             embeds, mask = kwargs["inputs_embeds"], kwargs.get("attention_mask")
             if isinstance(mask, dict) or (mask is not None and mask.dim() != 2):
                 raise NotImplementedError("Qwen2VLLLMCompression needs a 2-D attention mask [B, S] (or None)")
@@ -139,6 +148,7 @@ class Qwen2VLLLMCompression(LLMStages, Adapter):
             self.stage_plan = self._plan(*self._options)           # the method's counts for this N
             self.stage_keep = tuple(s.keep for s in self.stage_plan)
             run = self._begin_run(start, n, embeds, mask)
+            run.text_width = embeds.shape[1] - n - first          # text slots after the earliest span
             if self.signal.query == "raters":
                 run.raters = self._raters(embeds, run)
             return None

@@ -24,6 +24,7 @@ import numpy as np
 
 from tokencodec.bench.executors import Executor, SerialExecutor
 from tokencodec.bench.store import RecordStore
+from tokencodec.channels.transport import CHANNEL_RATES
 from tokencodec.observers.base import Observer, Prepared, Sample
 from tokencodec.observers.registry import ObserverSpec, observer_for
 from tokencodec.pipeline import PipelineError, PipelineSpec, codec_for, run_point
@@ -205,8 +206,9 @@ def build_curve(observer: Observer, spec: PipelineSpec, cid: str, samples: Seque
     """Per sample, then the mean over samples at each knob (CompressAI's averaging)."""
     from tokencodec.tokens.compress import get_method
 
-    names = [*(CODEC_RATES if spec.codec else ()), *(BITSTREAM_RATES if spec.method else ()), *observer.rates,
-             "latency_s", *observer.measures]
+    channel = ("loss", *CHANNEL_RATES) if spec.channel is not None else ()
+    names = [*(CODEC_RATES if spec.codec else ()), *(BITSTREAM_RATES if spec.method else ()), *channel,
+             *observer.rates, "latency_s", *observer.measures]
     names = list(dict.fromkeys(names))
     per_item: dict[str, dict[str, list[float]]] = {s.id: {m: [] for m in names} for s in samples}
     unavailable = {s.id: why for s in samples if (why := observer.task.unavailable(s))}
@@ -243,6 +245,11 @@ def build_curve(observer: Observer, spec: PipelineSpec, cid: str, samples: Seque
     cost = getattr(observer.runner, "cost", None)
     if cost is not None:                         # how tokens, FLOPs and KV bytes were counted (metrics.cost)
         extra["cost"] = cost.provenance()
+    if spec.channel is not None:
+        spec_channel = spec.channel_spec()
+        extra["channel"] = {**spec_channel.to_json(), "models": [spec_channel.describe(v) for v in spec_channel.losses],
+                            "no_image": "a uniform mid-grey image (128) shown to the observer when nothing decodes"}
+        libraries = {**libraries, **_channel_versions(spec_channel)}
     if unavailable:
         extra["unavailable"] = unavailable
     what = " then ".join(x for x in (spec.codec, spec.method) if x)
@@ -251,6 +258,12 @@ def build_curve(observer: Observer, spec: PipelineSpec, cid: str, samples: Seque
         description=f"{what} judged by {observer.name}, {len(samples)} samples; latency_s is the pipeline plus the "
                     "model after the compression point (the cached preparation is not timed)",
         per_item=per_item, provenance=provenance(config={**config, **extra}, libraries=libraries, seed=seed))
+
+
+def _channel_versions(spec) -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {"raptorq": version("raptorq")} if spec.protected else {}
 
 
 __all__ = ["Job", "KEY_FIELDS", "PreparedCache", "SweepError", "build_curve", "data_identity", "file_name",

@@ -9,6 +9,7 @@ pipelines:
   - {method: divprune, keep_ratios: [0.5, 0.25]}
   - {method: visionzip, options: {merge: mean}, keep_ratios: [0.5]}
   - {codec: webp, qualities: [20, 80], method: divprune, keep_ratios: [0.5]}   # a chain
+  - {codec: jpeg-rst, qualities: [80], channel: {losses: [0, 0.1, 0.3], burst: 4}}   # over a lossy channel
 metrics: [top1_agreement]                     # default: every measure of the observer
 anchor: jpeg                                  # default: the first pipeline
 seed: 0
@@ -36,7 +37,7 @@ from tokencodec.registry import UnknownNameError
 
 KEYS = {"name", "description", "observer", "data", "pipelines", "methods", "keep_ratios", "anchor", "metrics",
         "seed"}
-PIPELINE_KEYS = {"codec", "qualities", "method", "options", "keep_ratios", "name"}
+PIPELINE_KEYS = {"codec", "qualities", "method", "options", "keep_ratios", "name", "channel"}
 
 
 class StudyError(ValueError):
@@ -84,7 +85,7 @@ def parse_pipeline(entry: Any, where: str) -> PipelineSpec:
         qualities=_numbers(entry["qualities"], "qualities", where, int) if "qualities" in entry else (),
         method=entry.get("method"), options=dict(options),
         keep_ratios=_numbers(entry["keep_ratios"], "keep_ratios", where, float) if "keep_ratios" in entry else (),
-        name=entry.get("name"))
+        name=entry.get("name"), channel=entry.get("channel"))
 
 
 def parse_study(raw: Any, source: str = "<study>") -> Study:
@@ -191,7 +192,11 @@ def run_study(study: Study, out: str | Path | None = None, *, executor=None, cac
     curves = run_sweep(study.observer, samples, study.pipelines, out, seed=study.seed, executor=executor,
                        cache_dir=cache_dir, data=data, config={"study": study.to_json()}, on_progress=on_progress)
     paths: dict[str, Path] = {}
-    if write_report:
+    if write_report and all(p.channel is not None for p in study.pipelines):   # curves against loss, not rate
+        from tokencodec.channels.report import write_channel_report
+
+        paths = write_channel_report(out, (study.metrics or list(observer.measures))[0], f"Study: {study.name}")
+    elif write_report:
         from tokencodec.bench.report import write_report as write
 
         rates = [r for r in ("bpp", "tokens", "flops") if any(r in c.measures for c in curves.values())]

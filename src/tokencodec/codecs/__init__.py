@@ -1,6 +1,16 @@
 """Pixel codecs behind one interface (``Codec``) and one registry (``CODECS``)."""
 
-from tokencodec.codecs import avif, blockdct, heic, jpeg, jpeg2000, jpegxl, semantic, webp  # noqa: F401  (registry)
+from tokencodec.codecs import (  # noqa: F401  (registry)
+    avif,
+    blockdct,
+    heic,
+    jpeg,
+    jpeg2000,
+    jpegxl,
+    resilient,
+    semantic,
+    webp,
+)
 from tokencodec.codecs.base import CODECS, Codec, CodecError, get_codec, register_codec
 from tokencodec.codecs.payload import container_overhead, payload_bytes
 

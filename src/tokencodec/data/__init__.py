@@ -5,8 +5,8 @@ from tokencodec.data.images import (
     ImageConversionWarning,
     ImageItem,
     ImageReadError,
-    load_dataset,
     read_image,
 )
+from tokencodec.data.sets import load_dataset
 
 __all__ = ["DatasetError", "ImageConversionWarning", "ImageItem", "ImageReadError", "load_dataset", "read_image"]

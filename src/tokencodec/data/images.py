@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,24 +147,3 @@ def load_folder(folder: str | Path, limit: int | None = None) -> list[ImageItem]
     if not paths:
         raise DatasetError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return [ImageItem(p.name, read_image(p)) for p in paths[:limit]]
-
-
-def _loaders() -> dict[str, Callable[[int | None], list[ImageItem]]]:
-    from tokencodec.data.embedded import load_calibration, load_embedded
-    from tokencodec.data.kodak import load_kodak
-
-    return {"embedded": load_embedded, "kodak": load_kodak, "calibration": load_calibration}
-
-
-def load_dataset(spec: str, limit: int | None = None) -> list[ImageItem]:
-    """``embedded``, ``kodak``, ``calibration`` (a tuning set of other bundled images), or a folder of images."""
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise DatasetError(f"limit={limit!r}: allowed an integer >= 1 (or no limit)")
-    loaders = _loaders()
-    if spec in loaders:
-        return loaders[spec](limit)
-    if Path(spec).is_dir():
-        return load_folder(spec, limit)
-    if Path(spec).exists() or "/" in spec or spec.startswith("."):
-        return load_folder(spec, limit)  # names the path: not found, or not a folder
-    raise DatasetError(f"unknown data set {spec!r}: use one of {', '.join(loaders)} or a folder of images")

@@ -18,7 +18,7 @@ requests grouped by their generation options, longest prompts first, answers in 
 Per sample the plugin records, in ``<costs>/<run id>.jsonl`` (one JSON line per sample, flushed as
 it goes; each run appends a session that starts with a header line: configuration, method,
 provenance, and the cost model: FLOPs convention and parts, rate definitions): the rates of
-:class:`~tokencodec.metrics.cost.CostModel` (visual tokens entering the LLM and at its last layer, their
+:class:`~tokencodec.metrics.rates.CostModel` (visual tokens entering the LLM and at its last layer, their
 average over layers, FLOPs, KV bytes) of that sample's own tokens, tokens per LLM layer, latency (the
 batch's wall time ÷ its size, and the batch's, ``batch_latency_s``, with ``batch_size``) and the batch's
 peak memory. Answers are greedy (the task's temperature and sampling options are not used).

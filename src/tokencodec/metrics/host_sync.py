@@ -100,6 +100,16 @@ def _frame_label(filename: str, line: int) -> str:
     return f"{short}:{line}"
 
 
+_WRAPPERS: set = set()            # code of tokencodec functions that only call a model's own method
+
+
+def model_call(fn):
+    """Mark ``fn`` as a wrapper that calls one of the model's own methods (an adapter's swapped-in
+    ``get_image_features``): reads below it are the model's, as inside a module's forward."""
+    _WRAPPERS.add(fn.__code__)
+    return fn
+
+
 def _locate() -> tuple[str | None, str]:
     """(the tokencodec line responsible, or None; the innermost frame outside torch and this module).
 
@@ -112,7 +122,9 @@ def _locate() -> tuple[str | None, str]:
     in_forward = False              # a module call (nn.Module.__call__) lies between the read and this frame
     while frame is not None:
         name = frame.f_code.co_filename
-        if name.startswith(_TORCH):
+        if frame.f_code in _WRAPPERS:
+            in_forward = True
+        elif name.startswith(_TORCH):
             in_forward |= frame.f_code.co_name in _MODULE_CALL and name.endswith(_MODULE_FILE)
         elif name not in _PASS_THROUGH:
             label = _frame_label(name, frame.f_lineno)

@@ -12,7 +12,7 @@ Families are those of the adapter registry that can be loaded from a checkpoint
 in :mod:`tokencodec.models.prompts` (the processor's chat template when it has one). The method runs
 through :func:`tokencodec.compress` (hooks, no fork), so every registered method a family supports works.
 
-Rates per call come from :class:`~tokencodec.metrics.cost.CostModel` (the one cost path): visual tokens
+Rates per call come from :class:`~tokencodec.metrics.rates.CostModel` (the one cost path): visual tokens
 entering the LLM and at its last layer, their average over layers, prefill FLOPs of the vision tower,
 projector and LLM (``macs2``; :data:`FLOPS_CONVENTION`), KV-cache bytes; plus ``latency_s`` (the whole
 ``generate``, CUDA-synchronised on a GPU, ÷ the batch size; ``batch_latency_s`` the batch's) and ``peak_bytes``
@@ -128,7 +128,8 @@ class HFMLLM:
     @property
     def cost_model(self):
         """The one cost path for this checkpoint (``device``: a roofline profile for ``latency_pred_s``)."""
-        from tokencodec.metrics.cost import CostModel, MLLMShape
+        from tokencodec.metrics.cost import MLLMShape
+        from tokencodec.metrics.rates import CostModel
 
         recipe = "hf-qwen2-vl" if self.family.startswith("qwen") else "hf-llava"
         return CostModel(MLLMShape.from_config(self.model.config), recipe=recipe, device=self.latency_device)

@@ -72,7 +72,7 @@ def video_support(shows_video: bool, method_cls) -> str | None:
 class Runner(ABC):
     """Turns pixels into an output, optionally with a token method acting inside the model."""
 
-    cost = None                                    # a metrics.cost.CostModel: how ``run`` turns records into rates
+    cost = None                                    # a metrics.rates.CostModel: how ``run`` turns records into rates
 
     @property
     def rates(self) -> tuple[str, ...]:

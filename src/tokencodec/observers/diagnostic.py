@@ -68,7 +68,8 @@ class DiagnosticRunner(Runner):
 
     def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa", spatial: str = "per-frame",
                  positions: str | None = None, latency_device: str | None = None):
-        from tokencodec.metrics.cost import CostModel, MLLMShape
+        from tokencodec.metrics.cost import MLLMShape
+        from tokencodec.metrics.rates import CostModel
         from tokencodec.models.diagnostic import WEIGHTS_DIR, DiagnosticMLLM
 
         self.mllm = DiagnosticMLLM.from_pretrained(weights, attn_implementation=attn_implementation)
@@ -158,6 +159,7 @@ class DiagnosticSplit(SplitInference):
 
     @torch.inference_mode()
     def answer(self, tokens, question: str) -> str:
+        """The answer from decoded tokens (None: nothing arrived, the answer to the no-image grey picture)."""
         import tokencodec
         from tokencodec.tokens.replay import Replay
 
@@ -168,6 +170,11 @@ class DiagnosticSplit(SplitInference):
                              "(its questions: tokencodec.data.vqa)")
         if not question.rstrip().endswith("?"):
             question = question.rstrip() + " ?"
+        if tokens is None:      # nothing arrived over a lossy channel: the answer to "no image" (uniform grey)
+            from tokencodec.channels.pixels import no_image
+
+            logits = mllm.answer_logits([no_image((self.input_size, self.input_size, 3))], [question])
+            return mllm.answers[int(logits[0].argmax())]
         blank = np.zeros((self.input_size, self.input_size, 3), dtype=np.uint8)   # the tower's output is replaced
         kw = mllm.inputs([blank], [question])
         last = int(kw.pop("last")[0])

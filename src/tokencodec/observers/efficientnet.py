@@ -64,7 +64,7 @@ class EfficientNetRunner(Runner):
     stages = ("pre-llm",)
 
     def __init__(self, size: int = 224, weights: str | None = None, view: bool = False):
-        from tokencodec.metrics.cost import CostModel
+        from tokencodec.metrics.rates import CostModel
         from tokencodec.models.efficientnet_lite0 import CROP_FRACTION, EfficientNetLite0
 
         self.cost = CostModel(None)           # a CNN head: token counts only

@@ -64,7 +64,8 @@ class FashionViTRunner(Runner):
     stages = ("vision-encoder", "pre-llm")
 
     def __init__(self, weights: str | None = None, prune_layer: int = 1):
-        from tokencodec.metrics.cost import CostModel, VisionShape
+        from tokencodec.metrics.cost import VisionShape
+        from tokencodec.metrics.rates import CostModel
         from tokencodec.models.fashion_vit import FashionViT, weights_folder
 
         self.model = FashionViT.from_pretrained(weights)

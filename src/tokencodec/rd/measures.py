@@ -38,7 +38,7 @@ KNOWN: dict[str, Measure] = dict([
     _m("bytes", "byte", False, "rate", "size of the real bitstream"),
     _m("payload_bytes", "byte", False, "rate", "coded image data of the bitstream, container and tables left out"),
     _m("payload_bpp", "bit/pixel", False, "rate", "payload bits per image pixel (container and tables left out)"),
-    # token and compute rates: computed in one place, tokencodec.metrics.cost.CostModel.point
+    # token and compute rates: computed in one place, tokencodec.metrics.rates.CostModel.point
     _m("tokens_in", "token", False, "rate", "visual tokens entering the consumer's first layer (LLM or ViT head)"),
     _m("tokens", "token", False, "rate", "visual tokens at the consumer's last layer (LLM, ViT or CNN head)"),
     _m("tokens_avg_layers", "token", False, "rate", "visual tokens averaged over the consumer's layers"),
@@ -67,6 +67,15 @@ KNOWN: dict[str, Measure] = dict([
     _m("feature_mse", "", False, "distortion", "mean squared error of features"),
     _m("quality", "", True, "knob", "codec quality setting"),
     _m("keep_ratio", "", True, "knob", "fraction of visual tokens kept"),
+    _m("loss", "", False, "knob", "packet loss rate of the channel (the mean rate of a bursty one)"),
+    _m("file_bytes", "byte", False, "rate", "the file (token container or pixel file) before packetisation"),
+    _m("packet_bytes", "byte", False, "rate", "the packets before FEC (headers and CRCs included)"),
+    _m("fec_bytes", "byte", False, "rate", "what FEC adds on the wire (repair symbols and FEC headers)"),
+    _m("datagrams", "", False, "rate", "datagrams sent"),
+    _m("repair", "", False, "rate", "FEC repair symbols sent"),
+    _m("datagrams_lost", "", False, "other", "datagrams the channel lost"),
+    _m("delivered", "", True, "other", "fraction of the tokens (or pixel units) that reached the receiver"),
+    _m("decoded", "", True, "other", "1 when the receiver had an image or tokens, 0 for no image"),
 ])
 
 

@@ -74,6 +74,7 @@ class Coded(TokenMethod):
     features = "vision"
     positions = "original"
     Options = CodedOptions
+    transport = None             # set by a channel pipeline (tokencodec.channels.transport): a subset arrives
 
     def __init__(self, seed: int = 0, **options):
         super().__init__(seed, **options)
@@ -122,11 +123,14 @@ class Coded(TokenMethod):
         cls = host[2] if self.profile.prefix else None
         enc = encode_tokens(host[0], host[1], batch.grid, batch.frames, self.profile, cls)
         t1 = time.perf_counter()
-        dec = decode_tokens(enc.data, self.profile)
+        dec = decode_tokens(enc.data, self.profile) if self.transport is None else self.transport(batch, out, enc,
+                                                                                                 self.profile)
         t2 = time.perf_counter()
         dev = out.features.device
-        order = torch.from_numpy(np.argsort(host[1], kind="stable"))
-        out = out.take(to_device(order[None], dev))                 # the decoder returns raster order
+        order = np.argsort(host[1], kind="stable")
+        if self.transport is not None:                              # only the tokens that arrived go on
+            order = order[np.isin(host[1][order], dec.positions)]
+        out = out.take(to_device(torch.from_numpy(order)[None], dev))   # the decoder returns raster order
         features = to_device(torch.from_numpy(dec.features)[None], dev).to(out.features.dtype)
         self.last_rates = {"bits": float(enc.total_bits), "bytes": enc.total_bits / 8,
                            "payload_bytes": (enc.position_bits + enc.payload_bits) / 8,

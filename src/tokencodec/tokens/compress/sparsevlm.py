@@ -67,24 +67,23 @@ def select_raters(visual_embeds: Tensor, text_embeds: Tensor) -> Tensor:
 
 
 def rater_slots(embeds: Tensor, start: Tensor, n: int, s_in: int, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """Each sample's raters among the real text tokens after its image span (the layer-0 input ``embeds``
-    [B, S, D], spans at ``start`` [B] of ``n`` tokens): sequence slots [B, R] and validity [B, R] (rows
-    padded to the longest)."""
-    picks = []
-    for b in range(embeds.shape[0]):
-        s = int(start[b])
-        text = torch.arange(s + n, s_in, device=embeds.device)
-        text = text[valid[b, text]]
-        if len(text) == 0:
-            raise ValueError("SparseVLM needs text after the image to choose raters")
-        chosen = select_raters(embeds[b, s:s + n].float(), embeds[b, text].float())
-        picks.append(text[chosen])
-    width = max(len(p) for p in picks)
-    slots = torch.zeros(len(picks), width, dtype=torch.long, device=embeds.device)
-    ok = torch.zeros(len(picks), width, dtype=torch.bool, device=embeds.device)
-    for b, p in enumerate(picks):
-        slots[b, :len(p)], ok[b, :len(p)] = p, True
-    return slots, ok
+    """Each sample's raters among the real text tokens after its image span, on the device: the layer-0 input
+    ``embeds`` [B, S, D] with spans at ``start`` [B] of ``n`` tokens give the W = S − n slots after the span
+    [B, W] (clamped into the sequence) and which of them are raters [B, W] (:func:`select_raters` per sample,
+    as a masked softmax over each sample's real text tokens; all of them when none is above average)."""
+    b, s, d = embeds.shape
+    width = max(s_in - n, 1)                               # text slots after the span, at most
+    slots = start[:, None].to(embeds.device) + n + torch.arange(width, device=embeds.device)
+    text_ok = (slots < s_in) & valid.gather(1, slots.clamp_max(s_in - 1))
+    slots = slots.clamp_max(s_in - 1)
+    image = embeds.gather(1, (start[:, None].to(embeds.device) + torch.arange(n, device=embeds.device))[..., None]
+                          .expand(b, n, d)).float()
+    text = embeds.gather(1, slots[..., None].expand(b, width, d)).float()
+    logits = (image @ text.transpose(1, 2)).masked_fill(~text_ok[:, None], float("-inf"))   # [B, n, W]
+    relevance = logits.softmax(-1).nan_to_num(0.0).mean(1)                                  # [B, W]
+    mean = (relevance * text_ok).sum(1, keepdim=True) / text_ok.sum(1, keepdim=True).clamp_min(1)
+    raters = (relevance > mean) & text_ok
+    return slots, torch.where(raters.any(1, keepdim=True), raters, text_ok)
 
 
 def visual_scores(rater_attention: Tensor) -> Tensor:
