@@ -26,16 +26,17 @@ def setup(tmp_path_factory):
     return root, models
 
 
-def lmms_eval(root, model_args: str) -> subprocess.CompletedProcess:
+def lmms_eval(root, model_args: str, batch_size: int = 1, out: str = "out", costs: str = "costs",
+              ) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(root / "hf")}
     cmd = [sys.executable, "-m", "lmms_eval", "--model", "tokencodec", "--model_args",
-           f"{model_args},costs={root / 'costs'}", "--tasks", "tokencodec_vqa", "--include_path", str(root / "task"),
-           "--output_path", str(root / "out")]
+           f"{model_args},costs={root / costs}", "--tasks", "tokencodec_vqa", "--include_path", str(root / "task"),
+           "--output_path", str(root / out), "--batch_size", str(batch_size), "--log_samples"]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-def costs_of(root, model_args: str) -> list[dict]:
-    (head, samples), = read_costs(root / "costs" / f"{run_id(parse_model_args(model_args))}.jsonl")
+def costs_of(root, model_args: str, costs: str = "costs") -> list[dict]:
+    (head, samples), = read_costs(root / costs / f"{run_id(parse_model_args(model_args))}.jsonl")
     assert head["config"]["pretrained"] == parse_model_args(model_args)["pretrained"]
     assert head["provenance"]["tokencodec"] and head["provenance"]["libraries"]["lmms-eval"]
     assert head["cost"]["flops_convention"] == "macs2" and head["cost"]["flops_parts"] == ["vision", "projector", "llm"]
@@ -70,6 +71,26 @@ def test_lmms_eval_runs_methods_on_tiny_llava_and_qwen2_vl_and_results_become_a_
     assert curve.measures["exact_match"].higher_is_better
 
 
+def test_a_batched_run_answers_and_costs_each_sample_as_batch_1_does(setup):
+    root, models = setup
+    args = f"pretrained={models['llava']},method=fastv,keep=4,opt_layer=2"
+    answers, costs = {}, {}
+    for b in (1, 3):                         # N = 4 samples: batches of 3 and 1
+        done = lmms_eval(root, args, batch_size=b, out=f"out-b{b}", costs=f"costs-b{b}")
+        assert done.returncode == 0, (b, done.stdout[-3000:], done.stderr[-3000:])
+        logged, = (root / f"out-b{b}").rglob("*_samples_tokencodec_vqa.jsonl")
+        answers[b] = {d["doc_id"]: d["filtered_resps"] for d in map(json.loads, logged.read_text().splitlines())}
+        costs[b] = {s["doc_id"]: s for s in costs_of(root, args, f"costs-b{b}")}
+    assert len(answers[3]) == len(costs[3]) == N and answers[3] == answers[1]       # each doc its own answer
+    for doc, alone in costs[1].items():
+        batched = costs[3][doc]
+        assert {k: batched[k] for k in ("tokens", "tokens_in", "flops", "kv_bytes", "tokens_per_layer")} == \
+            {k: alone[k] for k in ("tokens", "tokens_in", "flops", "kv_bytes", "tokens_per_layer")}
+        assert batched["latency_s"] * batched["batch_size"] == pytest.approx(batched["batch_latency_s"])
+    assert sorted(s["batch_size"] for s in costs[3].values()) == [1, 3, 3, 3]
+    assert read_costs(root / "costs-b3" / f"{run_id(parse_model_args(args))}.jsonl")[0][0]["batch_size"] == 3
+
+
 def test_run_ids_agree_between_the_command_line_and_the_plugin():
     a = parse_model_args("pretrained=/m,method=visionzip,keep=64,opt_layers=2,costs=/x")
     b = run_config("/m", "visionzip", 64, None, None, 0, "auto", None, {"layers": 2})
@@ -89,6 +110,8 @@ def test_the_plugin_refuses_bad_arguments(setup):
         TokencodecLMM(str(models["llava"]), method="visionzip", keep=4, kep=3)
     with pytest.raises(ValueError, match="one of keep, ratio, r"):
         TokencodecLMM(str(models["llava"]), method="visionzip", keep=4, ratio=0.5)
+    with pytest.raises(ValueError, match="batch_size='auto:4': allowed a positive integer, or auto"):
+        TokencodecLMM(str(models["llava"]), method="visionzip", keep=4, batch_size="auto:4")
 
 
 def test_cost_sessions_are_kept_apart_and_joined_by_sample_count(tmp_path):

@@ -10,17 +10,22 @@ Model arguments: ``pretrained`` (hub name or folder; safetensors only), ``method
 method, or ``none``), ``keep`` (tokens) or ``ratio`` (of the visual tokens) or ``r`` (ToMe's merges
 per layer), ``device`` (default cuda when available), ``dtype``, ``seed``, ``max_new_tokens``
 (default: the task's), ``costs`` (folder for the cost records, default ``tokencodec-costs``) and
-any method option as ``opt_<name>=<value>`` (e.g. ``opt_layers=2`` for FastV's K).
+any method option as ``opt_<name>=<value>`` (e.g. ``opt_layer=2`` for FastV's K). lmms-eval's own
+``--batch_size N`` runs N samples per ``generate`` (left-padded prompts, each sample's own image span;
+requests grouped by their generation options, longest prompts first, answers in the request order);
+``auto`` means 1.
 
 Per sample the plugin records, in ``<costs>/<run id>.jsonl`` (one JSON line per sample, flushed as
 it goes; each run appends a session that starts with a header line: configuration, method,
 provenance, and the cost model: FLOPs convention and parts, rate definitions): the rates of
 :class:`~tokencodec.metrics.rates.CostModel` (visual tokens entering the LLM and at its last layer, their
-average over layers, FLOPs, KV bytes), tokens per LLM layer, latency and peak memory. Answers are greedy (the
-task's temperature and sampling options are not used). :func:`curve_from_runs` (``tokencodec
-lmms-curve``) joins these with lmms-eval's results files into a tokencodec curve (one point per run:
-the task metric against the mean rates; the latest session with the results' sample count), which
-``tokencodec bd`` and ``tokencodec plot`` read like any other. One process only (no accelerate).
+average over layers, FLOPs, KV bytes) of that sample's own tokens, tokens per LLM layer, latency (the
+batch's wall time ÷ its size, and the batch's, ``batch_latency_s``, with ``batch_size``) and the batch's
+peak memory. Answers are greedy (the task's temperature and sampling options are not used).
+:func:`curve_from_runs` (``tokencodec lmms-curve``) joins these with lmms-eval's results files into a
+tokencodec curve (one point per run: the task metric against the mean rates; the latest session with the
+results' sample count), which ``tokencodec bd`` and ``tokencodec plot`` read like any other.
+One process only (no accelerate).
 """
 
 from __future__ import annotations
@@ -34,6 +39,16 @@ from pathlib import Path
 from lmms_eval.api.model import lmms
 
 from tokencodec.integrations.lmms_results import run_config, run_id
+
+
+def parse_batch_size(value) -> int:
+    """lmms-eval's ``--batch_size``: a positive int; ``auto`` means 1 (no out-of-memory probing here)."""
+    text = str(value).strip()
+    if text == "auto":
+        return 1
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"batch_size={value!r}: allowed a positive integer, or auto (= 1)")
+    return int(text)
 
 
 def parse_budget(keep=None, ratio=None, r=None):
@@ -55,7 +70,7 @@ class TokencodecLMM(lmms):
 
     def __init__(self, pretrained: str, method: str = "none", keep=None, ratio=None, r=None, device: str = "",
                  dtype: str = "auto", seed: int = 0, max_new_tokens=None, costs: str = "tokencodec-costs",
-                 batch_size=1, **kwargs) -> None:
+                 batch_size=1, max_batch_size=None, **kwargs) -> None:
         super().__init__()
         import torch
 
@@ -68,8 +83,7 @@ class TokencodecLMM(lmms):
         if unknown:
             raise ValueError(f"tokencodec model: unknown model_args {unknown}; allowed: pretrained, method, keep, "
                              "ratio, r, device, dtype, seed, max_new_tokens, costs, opt_<method option>")
-        if str(batch_size) not in ("1", "auto"):
-            raise ValueError(f"batch_size={batch_size}: the tokencodec model runs one sample at a time")
+        self.batch_size = parse_batch_size(batch_size)      # lmms-eval's --batch_size (max_batch_size: unused)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("the tokencodec model runs in one process (every process would run every sample "
                              "and write the same cost file); launch lmms-eval without accelerate")
@@ -86,7 +100,10 @@ class TokencodecLMM(lmms):
         self.costs_path = Path(costs) / f"{self.run}.jsonl"
         self.costs_path.parent.mkdir(parents=True, exist_ok=True)
         method_info = self.method.describe() if self.method is not None else {"name": "none"}
+        # the batch size is not in the run id (the answers and counts do not depend on it; latency_s does):
+        # each session's header says it
         head = {"run": self.run, "session": f"{time.time_ns()}-{os.getpid()}", "config": self.config,
+                "batch_size": self.batch_size,
                 "method": method_info, "model": self.mllm.info,
                 "device": device, "cost": self.mllm.cost_model.provenance(),
                 "provenance": provenance(config=self.config, seed=int(seed),
@@ -100,21 +117,29 @@ class TokencodecLMM(lmms):
         os.fsync(self._costs.fileno())
 
     def generate_until(self, requests) -> list[str]:
-        out = []
-        for context, gen_kwargs, doc_to_visual, doc_id, task, split in [req.args for req in requests]:
-            visuals = [v for v in doc_to_visual(self.task_dict[task][split][doc_id]) if v is not None]
+        from lmms_eval.utils import Collator
+
+        # lmms-eval's batching (as its own HF models do): requests grouped by their gen_kwargs, longest
+        # prompts first (less padding), batches of batch_size; the answers go back in the request order
+        order = Collator([req.args for req in requests], lambda args: -len(args[0]), grouping=True)
+        answers = []
+        for chunk in order.get_batched(n=self.batch_size):
+            items = [([v for v in doc_to_visual(self.task_dict[task][split][doc_id]) if v is not None], context)
+                     for context, _, doc_to_visual, doc_id, task, split in chunk]
+            gen_kwargs = chunk[0][1]                       # one per batch (the grouping)
             # greedy always (temperature and sampling options are not used); the task's token limit, else 16
             limit = self.max_new_tokens or int(gen_kwargs.get("max_new_tokens", 16))
-            g = self.mllm.generate(visuals, context, self.method, self.budget, max_new_tokens=limit)
-            text = g.text
-            for stop in gen_kwargs.get("until", []) or []:
-                if isinstance(stop, str) and stop and stop in text:
-                    text = text.split(stop)[0]
-            self._write({"task": task, "split": split, "doc_id": doc_id, **g.rates,
-                         "tokens_per_layer": g.tokens_per_layer})
-            out.append(text)
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
-        return out
+            generations = self.mllm.generate_batch(items, self.method, self.budget, max_new_tokens=limit)
+            for (context, _, _, doc_id, task, split), g in zip(chunk, generations, strict=True):
+                text = g.text
+                for stop in gen_kwargs.get("until", []) or []:
+                    if isinstance(stop, str) and stop and stop in text:
+                        text = text.split(stop)[0]
+                self._write({"task": task, "split": split, "doc_id": doc_id, **g.rates,
+                             "tokens_per_layer": g.tokens_per_layer})
+                answers.append(text)
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+        return order.get_original(answers)
 
     def loglikelihood(self, requests):
         raise NotImplementedError("the tokencodec model answers generate_until tasks (POPE, GQA, MME, TextVQA, …)")
@@ -130,4 +155,4 @@ def manifest():
     return ModelManifest(model_id="tokencodec", simple_class_path="tokencodec.integrations.lmms_eval.TokencodecLMM")
 
 
-__all__ = ["TokencodecLMM", "manifest", "parse_budget"]
+__all__ = ["TokencodecLMM", "manifest", "parse_batch_size", "parse_budget"]

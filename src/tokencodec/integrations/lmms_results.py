@@ -50,7 +50,7 @@ def run_id(config: dict) -> str:
 
 
 def parse_model_args(text: str) -> dict:
-    """``pretrained=x,method=y,keep=64,opt_layers=2`` → run_config(...) (the keys the plugin identifies runs by)."""
+    """``pretrained=x,method=y,keep=64,opt_layer=2`` → run_config(...) (the keys the plugin identifies runs by)."""
     args = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
     options = {k[4:]: v for k, v in args.items() if k.startswith("opt_")}
     known = ("pretrained", "method", "keep", "ratio", "r", "seed", "dtype", "max_new_tokens")

@@ -5,6 +5,7 @@ The one path every real-model entry point shares (the lmms-eval plugin, the ``hf
     mllm = HFMLLM.load("llava-hf/llava-1.5-7b-hf", device="cuda")       # or a folder; safetensors only
     out = mllm.generate([image], "Is there a dog?", method="visionzip", budget=Budget(keep=64))
     out.text, out.rates    # tokens_in, tokens, tokens_avg_layers, flops, kv_bytes, latency_s, peak_bytes
+    outs = mllm.generate_batch([([im1], "Is there a dog?"), ([im2], "What colour?")], "visionzip", Budget(keep=64))
 
 Families are those of the adapter registry that can be loaded from a checkpoint
 (:func:`tokencodec.adapters.registry.hf_classes`: LLaVA, Qwen2-VL, Qwen2.5-VL), each prompted by its entry
@@ -14,13 +15,15 @@ through :func:`tokencodec.compress` (hooks, no fork), so every registered method
 Rates per call come from :class:`~tokencodec.metrics.rates.CostModel` (the one cost path): visual tokens
 entering the LLM and at its last layer, their average over layers, prefill FLOPs of the vision tower,
 projector and LLM (``macs2``; :data:`FLOPS_CONVENTION`), KV-cache bytes; plus ``latency_s`` (the whole
-``generate``, CUDA-synchronised on a GPU) and ``peak_bytes`` (``torch.cuda.max_memory_allocated`` on
-CUDA, the process's resident set on CPU).
+``generate``, CUDA-synchronised on a GPU, ÷ the batch size; ``batch_latency_s`` the batch's) and ``peak_bytes``
+(``torch.cuda.max_memory_allocated`` on CUDA, the process's resident set on CPU). A batch is left-padded
+and each sample's rates are its own (:meth:`HFMLLM.generate_batch`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +64,7 @@ def resolve_source(name_or_path: str) -> tuple[str, bool]:
 class Generation:
     text: str
     rates: dict[str, float]
-    record: Any = None                      # the adapter's CompressionRecord (None without a method)
+    record: Any = None                      # the adapter's CompressionRecord of the batch (None without a method)
     tokens_per_layer: list[int] = field(default_factory=list)     # visual tokens each LLM layer saw
 
 
@@ -146,52 +149,142 @@ class HFMLLM:
 
         Image placeholders already in the question (some benchmark prompts carry ``<image>``) are removed:
         the images go before the question, as LLaVA-1.5 and Qwen2-VL were trained."""
-        if any(isinstance(im, str | bytes) for im in images):
-            raise NotImplementedError("visuals given as paths (video or file tasks) are not supported; pass images")
-        images = [np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im) for im in images]
-        for placeholder in PLACEHOLDERS:
-            question = question.replace(placeholder, "")
-        out = self.format.inputs(self, images, self.prompt(question.strip(), len(images)))
+        return self.inputs_batch([(images, question)])
+
+    def inputs_batch(self, items: Sequence[tuple[list, str]]) -> dict:
+        """Model inputs for several ``(images, question)`` prompts, as :meth:`inputs` makes one: left-padded
+        with the tokenizer's pad token (its EOS when it has none) to the longest, ``attention_mask`` 0 on
+        the padding, each prompt's images in order (LLaVA through its processor with a list of texts,
+        Qwen2-VL through its image processor and tokenizer)."""
+        if not items:
+            raise ValueError("inputs_batch: no prompts given")
+        images, texts = [], []
+        for sample_images, question in items:
+            if any(isinstance(im, str | bytes) for im in sample_images):
+                raise NotImplementedError("visuals given as paths (video or file tasks) are not supported; "
+                                          "pass images")
+            images.append([np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im)
+                           for im in sample_images])
+            for placeholder in PLACEHOLDERS:
+                question = question.replace(placeholder, "")
+            texts.append(self.prompt(question.strip(), len(sample_images)))
+        if len(items) > 1 and self.tokenizer.pad_token is None:      # padding needs a pad token
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        out = self.format.inputs(self, images, texts)
         return {k: v.to(self.device) for k, v in out.items()}
 
     def generate(self, images: list, question: str, method=None, budget=None, max_new_tokens: int = 16,
                  **method_options) -> Generation:
         """Greedy answer to ``question`` about ``images``, with ``method`` (a name or TokenMethod) at ``budget``."""
+        return self.generate_batch([(images, question)], method, budget, max_new_tokens, **method_options)[0]
+
+    def generate_batch(self, items: Sequence[tuple[list, str]], method=None, budget=None, max_new_tokens: int = 16,
+                       **method_options) -> list[Generation]:
+        """Greedy answers to several ``(images, question)`` prompts in one left-padded batch, one
+        :class:`Generation` per prompt, in order.
+
+        Each sample's rates are its own: its text tokens (the padding left out), its visual tokens (the
+        record's per-layer counts; where rows keep different counts, each row's count: Qwen2-VL pre-LLM's
+        ``extra["visual_tokens"]``, LLaVA pre-LLM's padded ``kept.mask``) and its images' patches. The
+        batch is timed once: ``latency_s`` is the batch's wall time ÷ its size (the per-sample cost at this
+        batch size), ``batch_latency_s`` the batch's wall time, ``batch_size`` its size; ``peak_bytes`` is
+        the batch's. Qwen2-VL in-LLM methods need one image size per batch: prompts whose image sizes
+        differ run in sub-batches of equal sizes (each timed on its own)."""
+        if not items:
+            raise ValueError("generate_batch: no prompts given")
+        out: list[Generation | None] = [None] * len(items)
+        for group in self._batch_groups(items, method):
+            for i, g in zip(group, self._generate_group([items[i] for i in group], method, budget, max_new_tokens,
+                                                        method_options), strict=True):
+                out[i] = g
+        return out
+
+    def _batch_groups(self, items, method) -> list[list[int]]:
+        """Indices of ``items`` that can share one forward: all of them, except for a Qwen2-VL in-LLM method
+        (its adapter needs the same image grid in every sample: grouped by image sizes, in order)."""
+        from tokencodec.tokens.compress import get_method
+
+        stage = None
+        if method is not None and method != "none" and not isinstance(method, list | tuple):
+            stage = (get_method(method) if isinstance(method, str) else method).stage
+        if not (self.family.startswith("qwen") and stage == "llm"):
+            return [list(range(len(items)))]
+        groups: dict[tuple, list[int]] = {}
+        for i, (images, _) in enumerate(items):
+            sizes = tuple(im.size[::-1] if hasattr(im, "convert") else np.asarray(im).shape[:2] for im in images)
+            groups.setdefault(sizes, []).append(i)
+        return list(groups.values())
+
+    def _generate_group(self, items, method, budget, max_new_tokens, method_options) -> list[Generation]:
         import torch
 
         from tokencodec.adapters.registry import compress
         from tokencodec.metrics.cost import measure_latency
 
-        kw = self.inputs(images, question)
-        prompt_len = kw["input_ids"].shape[1]
-        n_visual = int((kw["input_ids"] == self.image_token_id).sum())
+        kw = self.inputs_batch(items)
+        padded_len = kw["input_ids"].shape[1]
         out: dict = {}
+        gen = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
 
         def run() -> None:
             with torch.inference_mode():
                 if method is None or method == "none":
-                    out["ids"] = self.model.generate(**kw, max_new_tokens=max_new_tokens, do_sample=False)
+                    out["ids"] = self.model.generate(**kw, **gen)
                     return
                 with compress(self.model, method, budget, **method_options) as patch:
-                    out["ids"] = self.model.generate(**kw, max_new_tokens=max_new_tokens, do_sample=False)
+                    out["ids"] = self.model.generate(**kw, **gen)
                 out["record"] = patch.record()
 
-        # one timed call: synchronised and peak memory on CUDA, peak RSS on CPU (the project's one timer)
+        # one timed call for the batch: synchronised and peak memory on CUDA, peak RSS on CPU (the project's
+        # one timer)
         timing = measure_latency(run, warmup=0, repeats=1, device=self.device)
-        record = out.get("record")
-        text = self.tokenizer.decode(out["ids"][0, prompt_len:], skip_special_tokens=True).strip()
-        rates = {**self.cost_model.of_record(record, n_visual, prompt_len - n_visual,
-                                             vision_patches=self.vision_patches(kw)),
-                 "latency_s": timing.median_s, "peak_bytes": float(timing.peak_bytes)}
+        record, b = out.get("record"), len(items)
+        # per-sample counts, read once after generate (never inside the hooks)
+        visual = (kw["input_ids"] == self.image_token_id).sum(1).tolist()
+        real = kw["attention_mask"].sum(1).tolist() if "attention_mask" in kw else [padded_len] * b
+        patches = self.vision_patches_per_sample(kw, [len(images) for images, _ in items])
         layers = self.model.config.get_text_config().num_hidden_layers
-        per_layer = record.tokens_per_layer if record is not None and record.tokens_per_layer else [n_visual] * layers
-        return Generation(text, rates, record, [int(n) for n in per_layer])
+        cost = self.cost_model
+        gens = []
+        for i in range(b):
+            text = self.tokenizer.decode(out["ids"][i, padded_len:], skip_special_tokens=True).strip()
+            per_layer = sample_tokens_per_layer(record, i, visual[i], layers)
+            own = None if record is None else replace(record, tokens_per_layer=per_layer)
+            rates = {**cost.of_record(own, visual[i], real[i] - visual[i], vision_patches=patches[i]),
+                     "latency_s": timing.median_s / b, "batch_latency_s": timing.median_s, "batch_size": float(b),
+                     "peak_bytes": float(timing.peak_bytes)}
+            gens.append(Generation(text, rates, record, per_layer))
+        return gens
 
     @staticmethod
-    def vision_patches(inputs: dict) -> int | None:
-        """Patches the vision encoder ran on, where they depend on the image (Qwen2-VL's ``image_grid_thw``)."""
+    def vision_patches_per_sample(inputs: dict, images_per_sample: Sequence[int]) -> list[int | None]:
+        """Patches the vision encoder ran on for each sample (Qwen2-VL's ``image_grid_thw`` rows, in sample
+        order), None per sample where they do not depend on the image."""
         grid = inputs.get("image_grid_thw")
-        return None if grid is None else int(grid.prod(-1).sum())
+        if grid is None:
+            return [None] * len(images_per_sample)
+        per_image = grid.prod(-1).tolist()
+        bounds = np.cumsum([0, *images_per_sample])
+        return [int(sum(per_image[a:b])) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-__all__ = ["FLOPS_CONVENTION", "Generation", "HFMLLM", "ModelNotFoundError", "families", "resolve_source"]
+def sample_tokens_per_layer(record, i: int, n_visual: int, layers: int) -> list[int]:
+    """The visual tokens each LLM layer saw for sample ``i`` of a batch, from the adapter's record.
+
+    The record's ``tokens_per_layer`` is the batch's (the widest row). Rows keep different counts only
+    before the LLM: Qwen2-VL's pre-LLM adapter gives each row's count (``extra["visual_tokens"]``), LLaVA's
+    a padded ``kept`` whose mask marks each row's tokens (plus the CLS it sent, ``extra["cls_sent"]``).
+    In-LLM stages keep one count in every row."""
+    if record is None or not record.tokens_per_layer:
+        return [n_visual] * layers
+    visual = record.extra.get("visual_tokens")         # [B] on the device
+    if visual is not None:
+        return [int(visual[i])] * layers
+    mask = getattr(record.kept, "mask", None)
+    if mask is not None and not record.stages:
+        return [int(mask[i].sum()) + int(bool(record.extra.get("cls_sent")))] * layers
+    return [int(n) for n in record.tokens_per_layer]
+
+
+__all__ = ["FLOPS_CONVENTION", "Generation", "HFMLLM", "ModelNotFoundError", "families", "resolve_source",
+           "sample_tokens_per_layer"]

@@ -1,9 +1,11 @@
 """How each Hugging Face MLLM family is prompted: one entry per family, read by :class:`~tokencodec.models.hf.HFMLLM`.
 
-An entry turns a question and its images into the model's inputs the way the family's own processor
-does. The key is the checkpoint's ``config.model_type``; the transformers class that loads it comes
-from the adapter registry (:func:`tokencodec.adapters.registry.hf_classes`), so adding a family is its
-adapter file, its registry line and one entry here.
+An entry turns prompts and their images into the model's inputs the way the family's own processor
+does: a batch of prompts, left-padded with the tokenizer's pad token (so that every row's last token
+is its own last prompt token, as ``generate`` needs). The key is the checkpoint's ``config.model_type``;
+the transformers class that loads it comes from the adapter registry
+(:func:`tokencodec.adapters.registry.hf_classes`), so adding a family is its adapter file, its registry
+line and one entry here.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ class LlavaFormat:
         return "USER: " + f"{IMAGE}\n" * n_images + question + " ASSISTANT:"
 
     @staticmethod
-    def inputs(mllm, images: list[np.ndarray], text: str) -> dict[str, Any]:
-        return dict(mllm.processor(images=images or None, text=text, return_tensors="pt"))
+    def inputs(mllm, images: list[list[np.ndarray]], texts: list[str]) -> dict[str, Any]:
+        flat = [im for sample in images for im in sample]
+        return dict(mllm.processor(images=flat or None, text=texts, padding=True, padding_side="left",
+                                   return_tensors="pt"))
 
 
 class QwenVLFormat:
@@ -44,19 +48,23 @@ class QwenVLFormat:
         return f"<|im_start|>user\n{QWEN_IMAGE * n_images}{question}<|im_end|>\n<|im_start|>assistant\n"
 
     @staticmethod
-    def inputs(mllm, images: list[np.ndarray], text: str) -> dict[str, Any]:
+    def inputs(mllm, images: list[list[np.ndarray]], texts: list[str]) -> dict[str, Any]:
         import torch
 
-        out = dict(mllm.image_processor(images=images, return_tensors="pt")) if images else {}
-        if images:
+        flat = [im for sample in images for im in sample]
+        out = dict(mllm.image_processor(images=flat, return_tensors="pt")) if flat else {}
+        if flat:
             merge = mllm.image_processor.merge_size ** 2
-            counts = (out["image_grid_thw"].prod(-1) // merge).tolist()
+            counts = iter((out["image_grid_thw"].prod(-1) // merge).tolist())   # images in sample order
             pad = "<|image_pad|>"
-            parts = text.split(pad)
-            if len(parts) - 1 != len(counts):
-                raise ValueError(f"the prompt holds {len(parts) - 1} {pad} for {len(counts)} images")
-            text = parts[0] + "".join(pad * n + rest for n, rest in zip(counts, parts[1:], strict=True))
-        out.update(mllm.tokenizer(text, return_tensors="pt"))
+            expanded = []
+            for sample, text in zip(images, texts, strict=True):
+                parts = text.split(pad)
+                if len(parts) - 1 != len(sample):
+                    raise ValueError(f"the prompt holds {len(parts) - 1} {pad} for {len(sample)} images")
+                expanded.append(parts[0] + "".join(pad * next(counts) + rest for rest in parts[1:]))
+            texts = expanded
+        out.update(mllm.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt"))
         out["mm_token_type_ids"] = (out["input_ids"] == mllm.image_token_id).to(torch.long)
         return out
 

@@ -11,6 +11,9 @@ ground truth) and ``agreement`` (equals the uncompressed model's answer on the o
 Rates: those of the one cost path (``HFMLLM.cost_model``: visual tokens entering the LLM and at its last
 layer, their average over layers, FLOPs of the vision tower, projector and LLM prefill in ``macs2``, KV
 bytes) and ``latency_s`` (the whole generate, CUDA-synchronised on a GPU).
+Batch 1: the sweep engine hands a runner one sample per job (every pipeline and budget of it), so there
+is no batch of samples to run here; batched costs come from the lmms-eval plugin's ``--batch_size`` or
+:meth:`~tokencodec.models.hf.HFMLLM.generate_batch` (docs/real-models.md).
 """
 
 from __future__ import annotations
