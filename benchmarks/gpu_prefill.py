@@ -407,7 +407,8 @@ class Bench:
     """Measures the rows of one model and batch; keeps what ratios need (its "none" rows)."""
 
     def __init__(self, spec: Spec, model, inputs: dict, batch: int, device: torch.device, profile, args):
-        from tokencodec.metrics.cost import CostModel, MLLMShape
+        from tokencodec.metrics.cost import MLLMShape
+        from tokencodec.metrics.rates import CostModel
 
         self.spec, self.model, self.inputs, self.batch, self.args = spec, model, inputs, batch, args
         self.device, self.cuda, self.profile = device, device.type == "cuda", profile
