@@ -26,10 +26,10 @@ def test_token_methods_reuse_one_preparation_per_sample(tmp_path):
     curves = run_sweep(obs, obs.samples(n=3), specs, tmp_path, seed=3, cache_dir=None)
     assert obs.runner.prepares == 3  # 2 methods × 3 ratios reuse one preparation per sample
     rnd = curves["random"]
-    assert rnd.column("tokens").tolist() == [16.0, 8.0, 4.0]
-    assert rnd.column("agreement")[0] == 1.0 and rnd.column("kl")[0] == pytest.approx(0.0, abs=1e-6)
+    assert rnd.column("tokens").tolist() == [4.0, 8.0, 16.0]          # ascending rate, as CompressAI's files
+    assert rnd.column("agreement")[-1] == 1.0 and rnd.column("kl")[-1] == pytest.approx(0.0, abs=1e-6)
     raw = json.loads((tmp_path / "divprune.json").read_text())
-    assert raw["knob"] == "keep_ratio" and raw["results"]["keep_ratio"] == [1.0, 0.5, 0.25]
+    assert raw["knob"] == "keep_ratio" and raw["results"]["keep_ratio"] == [0.25, 0.5, 1.0]
     assert set(raw["per_item"]) == {"s0", "s1", "s2"} and raw["provenance"]["seed"] == 3
     assert raw["measures"]["kl"]["higher_is_better"] is False
     data = raw["provenance"]["config"]["data"]
@@ -42,7 +42,7 @@ def test_any_observer_judges_codec_pipelines_and_chains(tmp_path):
              PipelineSpec(codec="jpeg", qualities=(10, 90), method="pool-avg", keep_ratios=(0.25,))]
     curves = run_sweep(obs, obs.samples(n=2), specs, tmp_path)
     jpeg, chain = curves["jpeg"], curves["jpeg+pool-avg@0.25"]
-    assert jpeg.knob == "quality" and [p.knob for p in jpeg.points] == [90, 10]
+    assert jpeg.knob == "quality" and [p.knob for p in jpeg.points] == [10, 90]
     assert jpeg.column("tokens").tolist() == [16.0, 16.0] and chain.column("tokens").tolist() == [4.0, 4.0]
     s = obs.samples(n=1)[0]
     h, w, _ = s.image.shape
@@ -51,7 +51,7 @@ def test_any_observer_judges_codec_pipelines_and_chains(tmp_path):
                   and json.loads(x)["knob"]["quality"] == 10)
     assert record["bytes"] == len(JPEG().encode(s.image, 10))
     assert record["bpp"] == pytest.approx(8 * record["bytes"] / (h * w))
-    assert jpeg.points[1]["kl"] > 0  # decoded pixels, not the cached tokens of the original, were judged
+    assert jpeg.points[0]["kl"] > 0  # decoded pixels, not the cached tokens of the original, were judged
     prov = jpeg.provenance
     assert prov["libraries"]["libjpeg-turbo"] and prov["config"]["codec"]["settings"]["subsampling"] == "4:2:0"
 
@@ -65,7 +65,7 @@ def test_human_observer_reproduces_codec_metrics(tmp_path, photo):
     samples = [Sample("photo.png", content_digest(photo), photo)]
     curves = run_sweep(obs, samples, [PipelineSpec(codec="jpeg", qualities=(30, 80))], tmp_path)
     codec = JPEG()
-    assert curves["jpeg"].points[1]["psnr-rgb"] == pytest.approx(psnr(photo, codec.decode(codec.encode(photo, 30))))
+    assert curves["jpeg"].points[0]["psnr-rgb"] == pytest.approx(psnr(photo, codec.decode(codec.encode(photo, 30))))
     assert set(curves["jpeg"].measures) >= {"bpp", "psnr-rgb", "ms-ssim-rgb"}
 
 

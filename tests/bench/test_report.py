@@ -74,7 +74,7 @@ def test_report_files(report):
     assert "## agreement per group" in md and "| method | keep ratio | even | odd |" in md
     assert "## agreement as a share of the uncompressed model's" in md
     assert "| random | 1.000 |" in md  # the anchor at keep 1 is the uncompressed model
-    assert "![agreement vs tokens — tiny](agreement_vs_tokens.png)" in md
+    assert "![agreement vs tokens — tiny; shaded: 95 % bootstrap interval over items](agreement_vs_tokens.png)" in md
     assert "## Provenance" in md and "fingerprint 0123abcd" in md
     page = report["html"].read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
@@ -153,10 +153,12 @@ def test_one_figure_holds_every_curve_that_shares_the_rate():
     curves = {"jpeg": jpeg, "divprune": divprune}
     fig, ax = plt.subplots()
     assert plots.draw(ax, curves, "tokens", "accuracy") == 2
-    assert ax.get_xlabel() == "tokens (token)" and ax.get_ylabel() == "accuracy"
+    assert ax.get_xlabel() == "visual tokens" and ax.get_ylabel() == "accuracy"   # units once: not "tokens (token)"
+    assert ax.get_xscale() == "linear"                                                # counts: a linear axis
     plt.close(fig)
     fig, ax = plt.subplots()
-    assert plots.draw(ax, curves, "bpp", "accuracy") == 1 and ax.get_xlabel() == "bpp (bit/pixel)"
+    assert plots.draw(ax, curves, "bpp", "accuracy") == 1 and ax.get_xlabel() == "rate (bit/pixel)"
+    assert ax.get_xscale() == "log"                                                   # bit rates: a log axis
     plt.close(fig)
     assert plots.default_title("tokens", "accuracy") == "accuracy vs tokens"
     assert plots.default_title("tokens", "accuracy", "kodak") == "accuracy vs tokens — kodak"

@@ -82,3 +82,10 @@ class HFMLLMObserver(Observer):
 
     def __init__(self, model: str, device: str = "", dtype: str = "auto", max_new_tokens: int = 8):
         super().__init__(HFVQATask(), HFMLLMRunner(model, device, dtype, max_new_tokens))
+
+    @staticmethod
+    def check_machine(model: str, **_) -> None:
+        """The checkpoint can be loaded here: a folder with a config, or a hub name in the cache or reachable."""
+        from tokencodec.models.hf import check_available
+
+        check_available(model)
