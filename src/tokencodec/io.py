@@ -43,9 +43,18 @@ class InputPathError(ValueError):
 
 def _existing_ancestor(path: Path) -> Path:
     for parent in (path, *path.parents):
-        if parent.exists() or parent.is_symlink():
-            return parent
+        try:
+            if parent.exists() or parent.is_symlink():
+                return parent
+        except OSError:          # a name the file system refuses (too long…): look further up
+            continue
     return Path(".")
+
+
+def _shown(path: Path) -> str:
+    """The path for a one-line message: very long names shortened in the middle."""
+    text = str(path)
+    return text if len(text) <= 100 else f"{text[:48]}…{text[-48:]}"
 
 
 def check_writable_folder(folder: str | os.PathLike, option: str = "--out") -> Path:
@@ -57,15 +66,15 @@ def check_writable_folder(folder: str | os.PathLike, option: str = "--out") -> P
     folder = Path(folder)
     base = _existing_ancestor(folder)
     if base.exists() and not base.is_dir():
-        what = "is a file" if base == folder else f"is under the file {base}"
-        raise OutputPathError(f"{option} {folder}: {what}; give a folder that can be written")
+        what = "is a file" if base == folder else f"is under the file {_shown(base)}"
+        raise OutputPathError(f"{option} {_shown(folder)}: {what}; give a folder that can be written")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".tokencodec-write-test.", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise OutputPathError(f"{option} {folder}: cannot write there ({err.strerror or err}); "
+        raise OutputPathError(f"{option} {_shown(folder)}: cannot write there ({err.strerror or err}); "
                               "give a folder that can be written") from None
     return folder
 
@@ -73,8 +82,12 @@ def check_writable_folder(folder: str | os.PathLike, option: str = "--out") -> P
 def check_writable_file(path: str | os.PathLike, option: str = "--out") -> Path:
     """The folder of the file ``path`` is writable and ``path`` is not a folder (``OutputPathError`` else)."""
     path = Path(path)
-    if path.is_dir():
-        raise OutputPathError(f"{option} {path}: is a folder; give a file name")
+    try:
+        is_dir = path.is_dir()
+    except OSError as err:
+        raise OutputPathError(f"{option} {_shown(path)}: cannot write there ({err.strerror or err})") from None
+    if is_dir:
+        raise OutputPathError(f"{option} {_shown(path)}: is a folder; give a file name")
     check_writable_folder(path.parent, option)
     return path
 
@@ -82,10 +95,13 @@ def check_writable_file(path: str | os.PathLike, option: str = "--out") -> Path:
 def check_input_file(path: str | os.PathLike, what: str = "input") -> Path:
     """``path`` is an existing, readable regular file (``InputPathError`` naming it and what it is else)."""
     path = Path(path)
-    if path.is_dir():
-        raise InputPathError(f"{path}: is a folder; the {what} is a file")
-    if not path.exists():
-        raise InputPathError(f"{path}: file not found (the {what})")
+    try:
+        if path.is_dir():
+            raise InputPathError(f"{_shown(path)}: is a folder; the {what} is a file")
+        if not path.exists():
+            raise InputPathError(f"{_shown(path)}: file not found (the {what})")
+    except OSError as err:
+        raise InputPathError(f"{_shown(path)}: cannot be read ({err.strerror or err})") from None
     if not os.access(path, os.R_OK):
-        raise InputPathError(f"{path}: cannot be read (permission denied)")
+        raise InputPathError(f"{_shown(path)}: cannot be read (permission denied)")
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -150,8 +151,11 @@ def read_image(path: str | Path) -> np.ndarray:
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found", "not-found") from None
     except Image.DecompressionBombError as err:  # the header claims more pixels than Pillow will decode
-        raise ImageReadError(f"{path}: too large to decode ({err}); allowed: at most {2 * Image.MAX_IMAGE_PIXELS} "
-                             "pixels (PIL.Image.MAX_IMAGE_PIXELS × 2)", "too-large") from None
+        claimed = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(claimed.group(1)):,} pixels" if claimed else "more pixels than allowed"
+        raise ImageReadError(f"{path}: its header claims {size}; allowed: at most {2 * Image.MAX_IMAGE_PIXELS:,} "
+                             "(Pillow's decompression-bomb limit, 2 × PIL.Image.MAX_IMAGE_PIXELS)",
+                             "too-large") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"{path}: not a readable image ({err})") from None
     if alpha is not None:
@@ -193,7 +197,7 @@ def load_folder(folder: str | Path, limit: int | None = None) -> list[ImageItem]
                 raise
             if record is not None:
                 record[p.name] = f"{err.status}: {err}"
-            warnings.warn(f"{p.name} skipped ({err.status}): {err}", ImageSkippedWarning, stacklevel=2)
+            warnings.warn(f"skipped ({err.status}): {err}", ImageSkippedWarning, stacklevel=2)
     if not items:
         raise DatasetError(f"{folder}: none of its {len(paths)} images could be read")
     return items
