@@ -118,6 +118,8 @@ def test_codecs_without_c_runs_the_six_plain_codecs(folder, tmp_path):
 def test_list_codecs():
     result = runner.invoke(app, ["codecs", "--list"])
     assert result.exit_code == 0 and "jpeg2000" in result.output
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert rows[0][:2] == ["codec", "kind"] and {r[0]: r[1] for r in rows[1:]}["h265"] == "video"   # video listed
 
 
 def test_methods_lists_every_method_with_its_properties():
