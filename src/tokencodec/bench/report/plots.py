@@ -91,11 +91,15 @@ def default_log_rate(rate: str) -> bool:
     return rate in BIT_RATES
 
 
-def _format_axis(axis, values: np.ndarray, log: bool) -> None:
+def format_axis(axis, values: np.ndarray, log: bool) -> None:
     """Engineering prefixes for large numbers, plain numbers on log axes, never an offset."""
     big = values.size and np.nanmax(np.abs(values)) >= 1e4
     if log:
-        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        positive = values[np.isfinite(values) & (values > 0)] if values.size else values
+        decades = np.log10(positive.max() / positive.min()) if positive.size else 2.0
+        # 1-2-5 ticks over several decades; denser within about one decade, where 1-2-5 leaves two or three
+        subs = (1.0, 2.0, 5.0) if decades > 1.5 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
         axis.set_major_formatter(ticker.EngFormatter(sep=" ") if big else
                                  ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_minor_formatter(ticker.NullFormatter())
@@ -135,8 +139,8 @@ def draw(ax, curves: Mapping[str, Curve], rate: str, metric: str, style: Mapping
     log = bool(log and x_all.size and np.all(x_all > 0))
     if log:
         ax.set_xscale("log")
-    _format_axis(ax.xaxis, x_all, log)
-    _format_axis(ax.yaxis, np.concatenate(ys) if ys else np.array([]), False)
+    format_axis(ax.xaxis, x_all, log)
+    format_axis(ax.yaxis, np.concatenate(ys) if ys else np.array([]), False)
     ax.set_xlabel(axis_label(curves, rate))
     ax.set_ylabel(axis_label(curves, metric))
     ax.grid(True, which="major", alpha=0.3)
@@ -193,4 +197,4 @@ def has_bands(curves: Mapping[str, Curve], metric: str) -> bool:
 
 
 __all__ = ["COLOURS", "LABELS", "LINESTYLES", "MARKERS", "axis_label", "default_log_rate", "default_title", "draw",
-           "has_bands", "palette", "plot_figure", "plot_panels", "styles"]
+           "format_axis", "has_bands", "palette", "plot_figure", "plot_panels", "styles"]
