@@ -194,3 +194,25 @@ def test_process_pool_puts_each_job_on_disk_as_it_finishes(tmp_path):
         run_sweep(spec, samples, [PipelineSpec(method="random", keep_ratios=(0.5, 0.25))], tmp_path,
                   executor=ProcessExecutor(2), on_progress=progress)
     assert on_disk == [0, 2, 4, 6, 8]  # two records per job, written before the next result is handled
+
+
+def test_folder_rates_are_pixel_weighted_and_a_tiny_image_is_flagged(tmp_path, photo):
+    from tokencodec.bench.engine import SizeOutlierWarning
+    from tokencodec.observers import Sample, content_digest
+
+    tiny = np.full((4, 4, 3), 128, np.uint8)
+    images = {"a.png": photo, "b.png": np.ascontiguousarray(photo[::-1]), "tiny.png": tiny}
+    samples = [Sample(k, content_digest(v), v) for k, v in images.items()]
+    with pytest.warns(SizeOutlierWarning, match=r"1 of 3 items are far outside .*tiny.png: 16 pixels"):
+        curve = run_sweep(observer_for(ObserverSpec("human")), samples, [PipelineSpec(codec="jpeg", qualities=(50,))],
+                          tmp_path)["jpeg"]
+    bits = {k: JPEG().encode(v, 50) for k, v in images.items()}
+    total_bits = sum(8 * len(b) for b in bits.values())
+    total_pixels = sum(v.shape[0] * v.shape[1] for v in images.values())
+    per_image = [8 * len(bits[k]) / (v.shape[0] * v.shape[1]) for k, v in images.items()]
+    point = curve.points[0]
+    assert point["bpp"] == pytest.approx(total_bits / total_pixels)          # the folder's real cost
+    assert point["bpp_mean"] == pytest.approx(np.mean(per_image))            # CompressAI's per-image mean, beside it
+    assert point["bpp_mean"] > 10 * point["bpp"]                             # the 4×4 image's header dominates it
+    assert set(curve.provenance["config"]["size_outliers"]) == {"tiny.png"}
+    assert curve.per_item["tiny.png"]["pixels"] == [16.0]
