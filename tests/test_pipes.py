@@ -104,10 +104,13 @@ def test_decode_lines_are_not_wrapped(work):
     from tokencodec.split import encode_image
 
     tcb = work / "scene-with-a-long-name-so-that-its-line-is-wider-than-forty-columns.tcb"
-    tcb.write_bytes(encode_image(VQADataset("test", 2, 0)[0].image, "diagnostic-mllm", "rdo", 16, "step-4").data)
+    scene = VQADataset("test", 2, 0)[0]
+    tcb.write_bytes(encode_image(scene.image, "diagnostic-mllm", "rdo", 16, "step-4").data)
     lines = tc("decode", tcb, "--tokens", work / "tokens.safetensors").stdout.splitlines()
     shown = dict(line.split(": ", 1) for line in lines)
     assert shown["tokens_file"] == str(work / "tokens.safetensors")  # a path of 150+ characters on one line
     assert Path(shown["profile_file"]).exists()
     info = json.loads(tc("decode", tcb, "--json").stdout)
     assert info["tokens"] == 16
+    answered = tc("answer", tcb, scene.question)                      # loads the model with transformers
+    assert len(answered.stdout.splitlines()) == 1 and answered.stderr == ""   # no "Loading weights" bar

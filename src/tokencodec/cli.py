@@ -281,7 +281,7 @@ def bd(
                                              else ""), markup=False)
         console.print(f"  BD-quality {q}", markup=False)
         console.print(f"  overlap    {r.overlap:.0%} of the {metric} range, {q.overlap:.0%} of the {rate} range"
-                      + ("  (below 75 %: no value printed)" if low else ""), markup=False)
+                      + ("  (below 75 %: that value is withheld)" if low else ""), markup=False)
         console.print(f"  status     {row.status}" + (f"; {row.noise}" if row.noise else ""), markup=False)
     if row.status != "ok":
         raise typer.Exit(code=EXIT_NO_OVERLAP)
