@@ -94,7 +94,8 @@ def test_study_summary_json(work):
     run = tc("study", study, "-o", work / "study", "--json")
     summary = json.loads(run.stdout)
     assert summary["samples"] == 2 and summary["skipped"] == {"broken.png": summary["skipped"]["broken.png"]}
-    assert Path(summary["report"]["markdown"]).exists() and set(summary["results"]) == {"jpeg", "webp"}
+    assert set(summary["results"]) == {"jpeg", "webp"}
+    assert "Skipped (1 could not be read): broken.png (unreadable)." in Path(summary["report"]["markdown"]).read_text()
     assert "study pipes on human" in run.stderr                        # notes for the person go to stderr
 
 

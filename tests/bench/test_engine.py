@@ -196,6 +196,7 @@ def test_process_pool_puts_each_job_on_disk_as_it_finishes(tmp_path):
     assert on_disk == [0, 2, 4, 6, 8]  # two records per job, written before the next result is handled
 
 
+@pytest.mark.filterwarnings("ignore::tokencodec.bench.engine.UnavailableMeasureWarning")   # MS-SSIM on 4×4
 def test_folder_rates_are_pixel_weighted_and_a_tiny_image_is_flagged(tmp_path, photo):
     from tokencodec.bench.engine import SizeOutlierWarning
     from tokencodec.observers import Sample, content_digest

@@ -65,6 +65,7 @@ def test_missing_file(tmp_path):
         load_curve(tmp_path / "nope.json")
 
 
+@pytest.mark.filterwarnings("ignore::tokencodec.rd.bd.BDOverlapWarning")
 def test_files_in_either_order_load_and_compare_alike(tmp_path):
     # new files list points from the lowest rate up (CompressAI's order); older ones went from the highest down
     shipped = Path(__file__).resolve().parents[2] / "docs/studies/pixels-for-machines/humans"

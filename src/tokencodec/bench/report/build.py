@@ -41,6 +41,21 @@ def provenance_section(curves: Mapping[str, Curve], identity: DataIdentity) -> P
     return Provenance(tuple(items))
 
 
+def data_notes(curves: Mapping[str, Curve]) -> list[Paragraph]:
+    """Items left out because they could not be read, and items far outside the data's size range."""
+    config = (next(iter(curves.values())).provenance or {}).get("config") or {} if curves else {}
+    notes = []
+    skipped = (config.get("data") or {}).get("skipped") if isinstance(config.get("data"), dict) else None
+    if skipped:
+        notes.append(Paragraph(f"Skipped ({len(skipped)} could not be read): "
+                               + "; ".join(f"{k} ({v.split(':')[0]})" for k, v in skipped.items()) + "."))
+    outliers = config.get("size_outliers")
+    if outliers:
+        notes.append(Paragraph("Far outside the data's size range (rates per pixel are pixel-weighted, so they do "
+                               "not dominate): " + "; ".join(f"{k}: {v}" for k, v in outliers.items()) + "."))
+    return notes
+
+
 def figure_name(metric: str, rate: str) -> str:
     return f"{metric}_vs_{rate}.png"
 
@@ -65,6 +80,7 @@ def build_report(curves: Mapping[str, Curve], *, title: str, anchor: str, metric
     if description:
         out.append(Paragraph(description))
     out.append(Paragraph(f"Data: **{identity}**. Anchor for BD metrics: **{anchor}**."))
+    out += data_notes(curves)
     for rate in rates:
         header, rows = bd_table(bd_rows(curves, anchor, metrics, rate), show_anchor=False)
         out.append(Table(f"BD metrics against the anchor, {rate} as the rate", header, rows, bd_note(rate)))
