@@ -101,7 +101,7 @@ def test_encode_checks_its_output_before_the_model_runs(tmp_path, images, monkey
     monkeypatch.setattr(split, "encode_image", boom)
     (tmp_path / "file").write_text("x")
     r = runner.invoke(app, ["encode", str(images / "a.png"), "-o", str(tmp_path / "file" / "a.tcb")])
-    one_line_error(r, "--out", "is a file")
+    one_line_error(r, f"--out {tmp_path / 'file' / 'a.tcb'}: is under the file {tmp_path / 'file'}")
     r = runner.invoke(app, ["encode", str(images), "-o", str(tmp_path / "a.tcb")])
     one_line_error(r, f"{images}: is a folder; the image is a file")
 

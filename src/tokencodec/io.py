@@ -88,6 +88,10 @@ def check_writable_file(path: str | os.PathLike, option: str = "--out") -> Path:
         raise OutputPathError(f"{option} {_shown(path)}: cannot write there ({err.strerror or err})") from None
     if is_dir:
         raise OutputPathError(f"{option} {_shown(path)}: is a folder; give a file name")
+    base = _existing_ancestor(path.parent)
+    if base.exists() and not base.is_dir():
+        raise OutputPathError(f"{option} {_shown(path)}: is under the file {_shown(base)}; give a path in a folder "
+                              "that can be written")
     check_writable_folder(path.parent, option)
     return path
 

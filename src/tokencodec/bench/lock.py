@@ -50,6 +50,13 @@ def _describe(info: dict) -> str:
     return f"PID {info['pid']}{where}{what}"
 
 
+def _command() -> str:
+    """This process's command line as typed: "tokencodec study s.yaml", not the script's full path."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    name = "python -m tokencodec" if name == "__main__.py" else name
+    return " ".join([name, *sys.argv[1:]])
+
+
 @contextmanager
 def folder_lock(folder: str | Path, wait: bool = False, poll_s: float = 0.5) -> Iterator[None]:
     """Hold the write lock of ``folder`` (created if missing) for the block; see the module docstring."""
@@ -76,7 +83,7 @@ def folder_lock(folder: str | Path, wait: bool = False, poll_s: float = 0.5) -> 
                     raise FolderLockedError(f"{folder} is being written by {_describe(holder(folder))}; wait for "
                                             "it to finish, or pass --wait to start when it has") from None
                 time.sleep(poll_s)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:200],
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command()[:200],
                 "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
