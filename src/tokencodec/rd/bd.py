@@ -9,7 +9,9 @@
 
 The package returns NaN with a warning when curves do not overlap; here that is an explicit
 ``status="no-overlap"`` result. The overlap fraction (intersection over union of the integration
-axis, as the package defines it) is always reported, with a ``BDOverlapWarning`` below 75 %.
+axis, as the package defines it) is always reported, with a ``BDOverlapWarning`` below 75 %, and
+``bd_status`` is the one rule (API, ``bd`` command, reports) that prints a value as a number only at 75 %
+or more. ``interval=True`` adds a paired-bootstrap interval over items (``rd.bootstrap``).
 ``monotonic=True`` first fits quality as a non-decreasing function of rate (isotonic regression)
 for noisy curves, such as token sweeps on small evaluation sets.
 """
