@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             cells = []
             for curve in pixels.values():
                 r = bd_rate(curve, front, rate=rate, metric=metric, monotonic=True)
-                cells.append("no overlap" if r.value is None else f"{r.value:+.1f} %"
-                             + (f" ({r.overlap:.0%})" if r.status == "low-overlap" else ""))
+                cells.append(f"{r.value:+.1f} %" if r.shown else str(r))     # no number below 75 % overlap
             print(f"| {rate} | " + " | ".join(cells) + " |")
         plot(fronts["bpp"], tokens, pixels, metric, args.tokens / f"tokens_vs_pixels_{metric}.png")
         latency(fronts["bpp"], pixels, metric)
