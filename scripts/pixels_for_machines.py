@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 
 from tokencodec.bench.report import write_report
-from tokencodec.bench.report.tables import bd_rows
+from tokencodec.bench.report.tables import bd_rows, bd_value
 from tokencodec.io import write_json_atomic, write_text_atomic
 from tokencodec.rd import load_curve
 
@@ -32,11 +32,11 @@ STUDIES = {  # name → (metrics, rates)
 
 
 def _cell(row) -> str:
+    """BD-rate with its interval, or why there is none (the status rule: no number below 75 % overlap)."""
     r = row.bd_rate
-    if r is None or r.value is None:
-        return f"— ({row.status})"
-    flag = "" if row.status == "ok" else f" ({r.overlap:.0%})"
-    return f"{r.value:+.1f} %{flag}"
+    if r is None or not r.shown:
+        return f"— ({row.status}{f', {r.overlap:.0%}' if r is not None and r.value is not None else ''})"
+    return f"{bd_value(r)} %" + (" (within noise)" if r.within_noise else "")
 
 
 def main() -> None:
@@ -79,9 +79,9 @@ def main() -> None:
     overhead = {c: statistics.mean(p["bytes"] - p["payload_bytes"] for p in diag[c].points) for c in CODECS}
     text = "\n".join([
         "## BD-rate against JPEG (PCHIP; negative = fewer bits for the same fidelity)", "",
-        "A percentage in brackets flags a low-overlap status (one of the two overlaps, of the metric range or of "
-        "the rate range, is below 75 %); it shows the metric-range overlap. Machine metrics are fitted monotonic "
-        "first (isotonic), PSNR and MS-SSIM are not.", "",
+        "In brackets after a value: its 95 % paired-bootstrap interval over the items (where the files keep "
+        "per-item values). No value is given below 75 % overlap of the metric range (low-overlap, the overlap in "
+        "brackets). Machine metrics are fitted monotonic first (isotonic), PSNR and MS-SSIM are not.", "",
         *lines, "", "## What container headers cost at 64×64 (diagnostic VQA images, middle quality)", "",
         *head, "", "Mean overhead over all ten qualities (bytes): "
         + ", ".join(f"{c} {v:.0f}" for c, v in overhead.items()) + ".", ""])

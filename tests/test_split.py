@@ -74,7 +74,7 @@ def test_coded_pipeline_reports_the_bitstream_bits(tmp_path):
     samples = obs.samples(split="test", n=7)
     spec = PipelineSpec(method="coded", options={"inner": "rdo", "profile": "diagnostic-mllm/step-2"},
                         keep_ratios=(1.0, 0.25))
-    full, quarter = run_sweep(obs, samples, [spec], tmp_path)[spec.label].points
+    quarter, full = run_sweep(obs, samples, [spec], tmp_path)[spec.label].points   # ascending rate
     for p in (full, quarter):
         assert p["bits"] == 8 * p["bytes"] and p["bpp"] == pytest.approx(p["bits"] / (64 * 64))
         assert p["payload_bpp"] < p["bpp"] and p["ideal_bits"] <= p["bits"]

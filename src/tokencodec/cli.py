@@ -12,29 +12,56 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tokencodec import __version__
+from tokencodec.cli_output import error, install_warning_format, note, quiet_libraries, warning
+from tokencodec.cli_output import out as console
+from tokencodec.cli_output import progress as _progress
 
 # rich_markup_mode=None: click's plain help (TEXT, INTEGER; flags without a type), which reads like any CLI
 app = typer.Typer(help="tokencodec: one rate-distortion toolkit for pixel codecs and visual tokens.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-console = Console()
 EXIT_USER, EXIT_FAILED, EXIT_NO_OVERLAP = 2, 1, 3
+ON_ERROR_HELP = "an image that cannot be read: skip it (named in the results and the summary) or stop"
+QUIET_HELP = "no progress bar (it goes to stderr; results go to stdout)"
+WAIT_HELP = "when another process writes the output folder, wait for it instead of stopping"
+
+
+@app.callback()
+def _setup() -> None:
+    """Before every command: warnings on one line, third-party progress bars and info logs off."""
+    install_warning_format()
+    quiet_libraries()
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    error(message)
     return typer.Exit(code=2)
+
+
+def _on_error(value: str) -> str:
+    from tokencodec.data import ON_ERROR
+
+    if value not in ON_ERROR:
+        raise _fail(f"--on-error {value!r}: allowed {', '.join(ON_ERROR)}")
+    return value
+
+
+def _skipped_text(skipped: dict[str, str]) -> str:
+    if not skipped:
+        return ""
+    shown = ", ".join(f"{name} ({why.split(':')[0]})" for name, why in list(skipped.items())[:5])
+    return f"; {len(skipped)} skipped: {shown}" + (" …" if len(skipped) > 5 else "")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (one line, exit code 2); anything else is a bug and keeps its traceback."""
+    from tokencodec.bench.lock import FolderLockedError
     from tokencodec.bench.study import StudyError
     from tokencodec.codecs import CodecError
     from tokencodec.data import DatasetError, ImageReadError
+    from tokencodec.io import InputPathError, OutputPathError
     from tokencodec.observers import ObserverOptionError
     from tokencodec.pipeline import PipelineError
     from tokencodec.rd.results import ResultsFileError
@@ -42,7 +69,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tokencodec.tokens.compress import BudgetError
 
     errors: list[type[BaseException]] = [StudyError, CodecError, DatasetError, ImageReadError, ResultsFileError,
-                                         UnknownNameError, PipelineError, BudgetError, ObserverOptionError]
+                                         UnknownNameError, PipelineError, BudgetError, ObserverOptionError,
+                                         OutputPathError, InputPathError, FolderLockedError]
     try:
         from tokencodec.tokens.compress.base import MethodOptionError
         errors.append(MethodOptionError)
@@ -89,17 +117,13 @@ def _print_table(header: list[str], rows: list[list[str]], title: str = "") -> N
         print("\t".join(line))
 
 
-def _progress(label: str) -> Progress:
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
-
-
 @app.command()
 def codecs(
     dataset: Annotated[str, typer.Option("--dataset", "-d", metavar="NAME|DIR",
             help="embedded, kodak, or a folder of images")]
     = "embedded",
     codec: Annotated[list[str] | None, typer.Option("--codec", "-c", metavar="CODEC",
-            help="codec to run (repeat); default all")]
+            help="codec to run (repeat; a plug-in: its entry point or module:Class); default all")]
     = None,
     qualities: Annotated[str | None, typer.Option("--qualities", "-q", metavar="LIST|RANGE",
                          help="qualities for every codec: 5,50,95 or 5:95:5; default each codec's own")] = None,
@@ -108,64 +132,90 @@ def codecs(
     workers: Annotated[int, typer.Option("--workers", "-j", min=1, metavar="N",
             help="parallel processes")] = os.cpu_count() or 1,
     limit: Annotated[int | None, typer.Option(min=1, metavar="N", help="use only the first N images")] = None,
-    list_codecs: Annotated[bool, typer.Option("--list", help="list the codecs and their quality ranges")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="with --list: print JSON")] = False,
+    list_codecs: Annotated[bool, typer.Option("--list", help="list the codecs (image and video) and their "
+                                              "quality ranges")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (the list, or the run's summary and BD rows)")]
+    = False,
+    on_error: Annotated[str, typer.Option(metavar="skip|stop", help=ON_ERROR_HELP)] = "skip",
+    quiet: Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)] = False,
+    wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
 ) -> None:
     """Benchmark pixel codecs on human metrics: RD curves (results JSON per codec), an RD plot, BD-rate tables."""
     from tokencodec.bench.engine import SweepError, run_sweep
     from tokencodec.bench.executors import make_executor
-    from tokencodec.codecs import CODECS, get_codec, plain_codecs
+    from tokencodec.bench.lock import folder_lock
+    from tokencodec.codecs import CODECS, plain_codecs
+    from tokencodec.data import read_errors
+    from tokencodec.io import check_writable_folder
     from tokencodec.observers import ObserverSpec, observer_for
     from tokencodec.pipeline import PipelineSpec
 
     if list_codecs:
-        rows = []
-        for name in CODECS:
-            c = get_codec(name)
-            rows.append({"codec": name, "quality_range": list(c.quality_range), "meaning": c.quality_meaning,
-                         "default_qualities": list(c.default_qualities), "libraries": c.versions()})
-        if as_json:
-            print(json.dumps(rows, indent=2))
-            return
-        _print_table(["codec", "quality range", "meaning", "default qualities", "libraries"],
-                     [[r["codec"], "{}-{}".format(*r["quality_range"]), r["meaning"],
-                       ",".join(map(str, r["default_qualities"])),
-                       ", ".join(f"{k} {v}" for k, v in r["libraries"].items())] for r in rows])
+        _list_codecs(as_json)
         return
     names = codec or plain_codecs()          # machine-guided variants only when asked for by name
     start = time.perf_counter()
     try:
+        _on_error(on_error)
         chosen = parse_qualities(qualities)
-        specs = [PipelineSpec(codec=n, qualities=tuple(chosen or get_codec(n).default_qualities)) for n in names
+        specs = [PipelineSpec(codec=n, qualities=tuple(chosen or CODECS.get(n).default_qualities)) for n in names
                  if n in CODECS or _unknown_codec(n)]
         for spec in specs:
             spec.check()  # every codec and quality before any image is read
         if anchor not in names:
             raise _fail(f"anchor {anchor!r} is not among the codecs run: {', '.join(names)}")
+        check_writable_folder(out)
         observer = ObserverSpec("human")
         data = {"dataset": dataset, **({"limit": limit} if limit else {})}
-        samples = observer_for(observer).samples(**data)
-        console.print(f"{len(samples)} images from [bold]{dataset}[/], codecs: {', '.join(names)}")
-        executor = make_executor("process" if workers > 1 and len(samples) > 1 else "serial", workers)
-        with _progress("images") as progress:
-            task = progress.add_task("images", total=None)
-            curves = run_sweep(observer, samples, specs, out, executor=executor, data=data,
-                               config={"dataset": dataset, "limit": limit},
-                               on_progress=lambda d, t: progress.update(task, completed=d, total=t))
-        import csv
+        with folder_lock(out, wait=wait):
+            with read_errors(on_error) as skipped:
+                samples = observer_for(observer).samples(**data)
+            note(f"{len(samples)} images from {dataset}{_skipped_text(skipped)}; codecs: {', '.join(names)}")
+            executor = make_executor("process" if workers > 1 and len(samples) > 1 else "serial", workers)
+            with _progress("images", quiet) as update:
+                curves = run_sweep(observer, samples, specs, out, executor=executor, data=data,
+                                   config={"dataset": dataset, "limit": limit}, on_progress=update, skipped=skipped)
+            from tokencodec.bench.report import bd_rows, write_codec_report
+            from tokencodec.bench.report.tables import bd_table
 
-        from tokencodec.bench.report import write_codec_report
-
-        paths = write_codec_report(curves, out, anchor)
-        header, *rows = csv.reader(paths["csv"].read_text(encoding="utf-8").splitlines())
-        _print_table(header, rows, title=f"BD against {anchor}")
+            rows = bd_rows(curves, anchor, ("psnr-rgb", "ms-ssim-rgb"), "bpp")
+            paths = write_codec_report(curves, out, anchor, rows=rows)
     except SweepError as err:
-        console.print(f"[bold red]failed:[/] {err}", highlight=False)
+        error(f"failed: {err}")
         raise typer.Exit(code=EXIT_FAILED) from None
     except _user_errors() as err:
         raise _fail(str(err)) from None
-    console.print(f"results: {out}/<codec>.json; report: {', '.join(str(p) for p in paths.values())} "
-                  f"({time.perf_counter() - start:.1f} s)")
+    if as_json:
+        print(json.dumps({"images": len(samples), "skipped": skipped, "anchor": anchor,
+                          "results": {n: str(out / f"{n}.json") for n in curves},
+                          "report": {k: str(v) for k, v in paths.items()}, "bd": [r.to_json() for r in rows],
+                          "seconds": round(time.perf_counter() - start, 3)}, indent=2))
+        return
+    header, cells = bd_table(rows, show_anchor=True)
+    _print_table(header, cells, title=f"BD against {anchor}")
+    note(f"results: {out}/<codec>.json; report: {', '.join(str(p) for p in paths.values())} "
+         f"({time.perf_counter() - start:.1f} s)")
+
+
+def _list_codecs(as_json: bool) -> None:
+    """Image and video codecs with their kind, quality ranges and library versions."""
+    from tokencodec.codecs import CODECS, get_codec
+    from tokencodec.codecs.video import VIDEO_CODECS, get_video_codec
+
+    rows = []
+    for kind, registry, build in (("image", CODECS, get_codec), ("video", VIDEO_CODECS, get_video_codec)):
+        for name in registry:
+            c = build(name)
+            rows.append({"codec": name, "kind": kind, "quality_range": list(c.quality_range),
+                         "meaning": c.quality_meaning, "default_qualities": list(c.default_qualities),
+                         "libraries": c.versions()})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    _print_table(["codec", "kind", "quality range", "meaning", "default qualities", "libraries"],
+                 [[r["codec"], r["kind"], "{}-{}".format(*r["quality_range"]), r["meaning"],
+                   ",".join(map(str, r["default_qualities"])),
+                   ", ".join(f"{k} {v}" for k, v in r["libraries"].items())] for r in rows])
 
 
 def _unknown_codec(name: str) -> bool:
@@ -191,11 +241,18 @@ def bd(
     = None,
     allow_mismatch: Annotated[bool, typer.Option("--allow-mismatch",
             help="compare curves measured on different data (a warning instead of an error)")] = False,
+    resamples: Annotated[int, typer.Option(min=0, metavar="N",
+            help="paired-bootstrap resamples over the items both files share, for the 95 % interval (0: none)")]
+    = 200,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """BD-rate and BD-quality of TEST against ANCHOR from any two results files.
+    """BD-rate and BD-quality of TEST against ANCHOR from any two results files, with paired-bootstrap intervals
+    when both files keep per-item values.
 
-    Exit codes: 0 BD values printed; 2 bad input, or the files were measured on different data (see
-    --allow-mismatch); 3 the curves do not overlap, no BD value.
+    Exit codes: 0 both BD values printed; 2 bad input, or the files were measured on different data (see
+    --allow-mismatch); 3 a BD value is withheld: the curves overlap on less than 75 % of a range (low-overlap)
+    or not at all (no-overlap). The same status rule as bd_rate(...).status and reports.
     """
     from tokencodec.bench.report.tables import bd_row
     from tokencodec.rd import DataMismatchWarning, check_comparable, load_curve
@@ -205,22 +262,28 @@ def bd(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DataMismatchWarning)
             check_comparable({str(anchor): a, str(test): b}, allow_mismatch=allow_mismatch)
-        row = bd_row(a, b, metric, rate, linear_rate=linear_rate, monotonic=monotonic, method=method)
+        row = bd_row(a, b, metric, rate, linear_rate=linear_rate, monotonic=monotonic, method=method,
+                     interval=resamples or False, seed=seed)
     except _user_errors() as err:
         raise _fail(str(err)) from None
     for w in caught:
         if issubclass(w.category, DataMismatchWarning):
-            console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+            warning(w.message)
     if row.error:
         raise _fail(row.error)
     r, q = row.bd_rate, row.bd_quality
-    console.print(f"{b.name} vs {a.name} on {metric} over {rate} ({row.fit}):")
-    console.print(f"  BD-rate    {r}" + (f"  ({r.absolute:+.4g} {rate})" if r.absolute is not None else ""))
-    console.print(f"  BD-quality {q}")
-    console.print(f"  overlap    {r.overlap:.0%} of the {metric} range, {q.overlap:.0%} of the {rate} range"
-                  + ("  [yellow](below 75 %)[/]" if min(r.overlap, q.overlap) < 0.75 else ""))
-    console.print(f"  status     {row.status}")
-    if row.status == "no-overlap":
+    if as_json:
+        print(json.dumps({"anchor_file": str(anchor), "test_file": str(test), **row.to_json()}, indent=2))
+    else:
+        low = min(r.overlap, q.overlap) < 0.75
+        console.print(f"{b.name} vs {a.name} on {metric} over {rate} ({row.fit}):", markup=False)
+        console.print(f"  BD-rate    {r}" + (f"  ({r.absolute:+.4g} {rate})" if r.absolute is not None and r.shown
+                                             else ""), markup=False)
+        console.print(f"  BD-quality {q}", markup=False)
+        console.print(f"  overlap    {r.overlap:.0%} of the {metric} range, {q.overlap:.0%} of the {rate} range"
+                      + ("  (below 75 %: that value is withheld)" if low else ""), markup=False)
+        console.print(f"  status     {row.status}" + (f"; {row.noise}" if row.noise else ""), markup=False)
+    if row.status != "ok":
         raise typer.Exit(code=EXIT_NO_OVERLAP)
 
 
@@ -231,15 +294,20 @@ def plot(
     rate: Annotated[str, typer.Option(help="rate measure on x")] = "bpp",
     metric: Annotated[list[str] | None, typer.Option(help="quality measure (repeat for panels)")] = None,
     title: Annotated[str | None, typer.Option(help="figure title; default: the data set")] = None,
+    log_rate: Annotated[bool | None, typer.Option("--log-rate/--linear-rate",
+            help="rate axis; default: log for bit rates (bpp, bits, bytes), linear for counts (tokens, flops)")]
+    = None,
     allow_mismatch: Annotated[bool, typer.Option("--allow-mismatch",
             help="plot curves measured on different data (a warning instead of an error)")] = False,
 ) -> None:
-    """RD plot of any results files (exit code 2: bad input, or files measured on different data)."""
+    """RD plot of any results files, with 95 % bootstrap bands where files keep per-item values (exit code 2: bad
+    input, or files measured on different data)."""
     from tokencodec.bench.report.plots import plot_panels
-    from tokencodec.io import write_bytes_atomic
+    from tokencodec.io import check_writable_file, write_bytes_atomic
     from tokencodec.rd import DataMismatchWarning, check_comparable, load_curve
 
     try:
+        check_writable_file(out)
         files_curves = {str(f): load_curve(f) for f in files}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DataMismatchWarning)
@@ -248,14 +316,14 @@ def plot(
         for name, curve in files_curves.items():
             curves[curve.name if curve.name not in curves else f"{curve.name} ({name})"] = curve
         png = plot_panels(curves, rate, metric or ("psnr-rgb", "ms-ssim-rgb"),
-                          title=title or (str(identity) if identity.known else None))
+                          title=title or (str(identity) if identity.known else None), log_rate=log_rate)
         path = write_bytes_atomic(out, png)
     except (ValueError, *_user_errors()) as err:
         raise _fail(str(err)) from None
     for w in caught:
         if issubclass(w.category, DataMismatchWarning):
-            console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
-    console.print(f"wrote {path}")
+            warning(w.message)
+    note(f"wrote {path}")
 
 
 @app.command()
@@ -304,30 +372,50 @@ def study(
     = None,
     cache_dir: Annotated[Path | None, typer.Option(metavar="DIR",
             help="keep per-sample encodings on disk for later runs")] = None,
+    on_error: Annotated[str, typer.Option(metavar="skip|stop", help=ON_ERROR_HELP)] = "skip",
+    quiet: Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)] = False,
+    wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the run's summary as JSON")] = False,
 ) -> None:
-    """Run a study: pipelines (codecs, token methods, chains) × knobs judged by one observer → results, report."""
+    """Run a study: pipelines (codecs, token methods, chains) × knobs judged by one observer → results, report.
+
+    Methods, codecs and observers may be plug-ins: an entry point of tokencodec.methods, tokencodec.codecs or
+    tokencodec.observers, or module:Class. Checked before any data or model loads: the file, the output folder,
+    the observer's device and weights (HF_HUB_OFFLINE respected)."""
     from tokencodec.bench.engine import SweepError
     from tokencodec.bench.executors import make_executor
-    from tokencodec.bench.study import load_study, run_study
+    from tokencodec.bench.study import check_machine, load_study, run_study
+    from tokencodec.io import check_writable_folder
 
     try:
+        _on_error(on_error)
         spec = load_study(study_file)
+        check_machine(spec, str(study_file))
+        folder = check_writable_folder(out or Path("results/studies") / spec.name)
         overrides = {**({"dataset": dataset} if dataset else {}), **({"limit": limit} if limit else {})}
         runner = make_executor(executor, workers, address)
-        labels = ", ".join(p.label for p in spec.pipelines)
-        console.print(f"study [bold]{spec.name}[/] on {spec.observer.name}: {labels}")
-        with _progress("samples") as progress:
-            task = progress.add_task("samples", total=None)
-            result = run_study(spec, out, executor=runner, cache_dir=cache_dir, data_overrides=overrides,
-                               on_progress=lambda d, t: progress.update(task, completed=d, total=t))
+        note(f"study {spec.name} on {spec.observer.name}: {', '.join(p.label for p in spec.pipelines)}")
+        with _progress("samples", quiet) as update:
+            result = run_study(spec, folder, executor=runner, cache_dir=cache_dir, data_overrides=overrides,
+                               on_progress=update, on_error=on_error, wait_lock=wait)
     except SweepError as err:
-        console.print(f"[bold red]failed:[/] {err}", highlight=False)
+        error(f"failed: {err}")
         raise typer.Exit(code=EXIT_FAILED) from None
     except (ImportError, *_user_errors()) as err:
         raise _fail(str(err)) from None
     paths = result["paths"]
-    console.print(f"{result['samples']} samples; results: {result['out']}/<pipeline>.json; report: "
-                  f"{paths.get('html')} and {paths.get('markdown')} ({result['seconds']:.1f} s)")
+    if as_json:
+        from tokencodec.bench.engine import file_name
+
+        print(json.dumps({"study": spec.name, "observer": spec.observer.name, "samples": result["samples"],
+                          "skipped": result["skipped"], "out": str(result["out"]),
+                          "results": {label: str(result["out"] / f"{file_name(label)}.json")
+                                      for label in result["curves"]},
+                          "report": {k: str(v) for k, v in paths.items()},
+                          "seconds": round(result["seconds"], 3)}, indent=2))
+        return
+    note(f"{result['samples']} samples{_skipped_text(result['skipped'])}; results: {result['out']}/<pipeline>.json; "
+         f"report: {paths.get('html')} and {paths.get('markdown')} ({result['seconds']:.1f} s)")
 
 
 app.command("tokens", help="Alias of 'study' (kept for older scripts).")(study)
@@ -353,9 +441,12 @@ def encode(
                                                      "[default: the observer's]")] = None,
 ) -> None:
     """Split inference, sender: run the vision side on IMAGE and write its tokens as a bitstream."""
+    from tokencodec.io import check_input_file, check_writable_file
     from tokencodec.split import encode_image, input_size, load_image
 
     try:
+        check_input_file(image, "image")
+        check_writable_file(out)                          # before the model runs, not after
         enc = encode_image(load_image(image, input_size(observer)), observer, method, keep,
                            profile or (f"step-{step:g}" if step is not None else None))
     except (ImportError, *_split_errors()) as err:
@@ -380,9 +471,13 @@ def decode(
             help="write the decoded tokens and positions")] = None,
 ) -> None:
     """Print a token bitstream's header and bit budget; optionally write its tokens (safetensors)."""
+    from tokencodec.io import check_input_file, check_writable_file
     from tokencodec.split import decode_file
 
     try:
+        check_input_file(file, "token bitstream")
+        if tokens is not None:
+            check_writable_file(tokens, "--tokens")
         head, decoded, profile = decode_file(file)
     except (ImportError, *_split_errors()) as err:
         raise _fail(str(err)) from None
@@ -397,7 +492,7 @@ def decode(
         print(json.dumps(info))
         return
     for key, value in info.items():
-        console.print(f"{key}: {value}", highlight=False)
+        console.print(f"{key}: {value}", markup=False)
 
 
 @app.command()
@@ -407,9 +502,11 @@ def classify(
     top: Annotated[int, typer.Option(min=1, max=1000, help="classes to print")] = 5,
 ) -> None:
     """Split inference, receiver: EfficientNet-Lite0 or the Fashion-MNIST ViT classifies from the bitstream alone."""
+    from tokencodec.io import check_input_file
     from tokencodec.split import classify as classify_from
 
     try:
+        check_input_file(file, "token bitstream")
         for name, p in classify_from(file, top):
             console.print(f"{p:.3f}  {name}", highlight=False)
     except (ImportError, *_split_errors()) as err:
@@ -422,10 +519,12 @@ def answer(
     question: Annotated[str, typer.Argument(help='e.g. "what colour is the circle?"')],
 ) -> None:
     """Split inference, receiver: the diagnostic MLLM answers QUESTION from the bitstream alone."""
+    from tokencodec.io import check_input_file
     from tokencodec.split import answer as answer_from
 
     try:
-        console.print(answer_from(file, question), highlight=False)
+        check_input_file(file, "token bitstream")
+        console.print(answer_from(file, question), markup=False)
     except (ImportError, *_split_errors()) as err:
         raise _fail(str(err)) from None
 
@@ -448,8 +547,11 @@ def channel(
     from tokencodec.channels import ChannelError
     from tokencodec.channels.files import transmit_file
     from tokencodec.channels.transport import ChannelSpec
+    from tokencodec.io import check_input_file, check_writable_file
 
     try:
+        check_input_file(file, "token bitstream")
+        check_writable_file(out)
         spec = ChannelSpec.parse({"losses": [loss], "burst": burst, "ber": ber, "mtu": mtu, "fec": fec, "uep": uep,
                                   "seed": seed}, "channel")
         data, report = transmit_file(file, spec, loss)
@@ -478,10 +580,12 @@ def lmms_curve(
 ) -> None:
     """Turn lmms-eval runs of the tokencodec model into one curve (then: tokencodec bd / plot)."""
     from tokencodec.integrations.lmms_results import LmmsResultsError, curve_from_runs
+    from tokencodec.io import check_writable_file
     from tokencodec.rd.results import save_curve
 
     files = [f for p in results for f in (sorted(p.rglob("*_results.json")) if p.is_dir() else [p])]
     try:
+        check_writable_file(out)
         curve = curve_from_runs(files, costs, task, metric, name)
     except (LmmsResultsError, OSError, ValueError) as err:
         raise _fail(str(err)) from None

@@ -184,7 +184,7 @@ class PipelineSpec:
 def run_point(observer: Observer, sample: Sample, spec: PipelineSpec, knob: dict[str, float],
               prepared: Prepared, method=None) -> dict[str, float]:
     """Rates and distortions of one sample through the pipeline at one knob setting."""
-    from tokencodec.codecs.payload import payload_bytes
+    from tokencodec.codecs.payload import has_payload_parser, payload_bytes
     from tokencodec.tokens.compress import Budget
 
     rates: dict[str, float] = {}
@@ -210,8 +210,9 @@ def run_point(observer: Observer, sample: Sample, spec: PipelineSpec, knob: dict
         if image.shape != sample.image.shape:
             raise PipelineError(f"{spec.codec} on {sample.id!r} at quality {knob['quality']}: decoded shape "
                                 f"{image.shape} differs from {sample.image.shape}")
-        # video files: no payload parser for Matroska, the whole file counts as payload
-        payload = len(data) if is_video_codec(spec.codec) else payload_bytes(spec.codec, data)
+        # video files (no payload parser for Matroska) and plug-in codecs: the whole file counts as payload
+        whole = is_video_codec(spec.codec) or not has_payload_parser(spec.codec)
+        payload = len(data) if whole else payload_bytes(spec.codec, data)
         rates.update(bytes=float(len(data)), bits=8.0 * len(data), bpp=8.0 * len(data) / pixels,
                      payload_bytes=float(payload), payload_bpp=8.0 * payload / pixels,
                      encoding_time=t_dec - t_enc, decoding_time=t_end - t_dec)

@@ -26,10 +26,10 @@ def test_token_methods_reuse_one_preparation_per_sample(tmp_path):
     curves = run_sweep(obs, obs.samples(n=3), specs, tmp_path, seed=3, cache_dir=None)
     assert obs.runner.prepares == 3  # 2 methods × 3 ratios reuse one preparation per sample
     rnd = curves["random"]
-    assert rnd.column("tokens").tolist() == [16.0, 8.0, 4.0]
-    assert rnd.column("agreement")[0] == 1.0 and rnd.column("kl")[0] == pytest.approx(0.0, abs=1e-6)
+    assert rnd.column("tokens").tolist() == [4.0, 8.0, 16.0]          # ascending rate, as CompressAI's files
+    assert rnd.column("agreement")[-1] == 1.0 and rnd.column("kl")[-1] == pytest.approx(0.0, abs=1e-6)
     raw = json.loads((tmp_path / "divprune.json").read_text())
-    assert raw["knob"] == "keep_ratio" and raw["results"]["keep_ratio"] == [1.0, 0.5, 0.25]
+    assert raw["knob"] == "keep_ratio" and raw["results"]["keep_ratio"] == [0.25, 0.5, 1.0]
     assert set(raw["per_item"]) == {"s0", "s1", "s2"} and raw["provenance"]["seed"] == 3
     assert raw["measures"]["kl"]["higher_is_better"] is False
     data = raw["provenance"]["config"]["data"]
@@ -42,7 +42,7 @@ def test_any_observer_judges_codec_pipelines_and_chains(tmp_path):
              PipelineSpec(codec="jpeg", qualities=(10, 90), method="pool-avg", keep_ratios=(0.25,))]
     curves = run_sweep(obs, obs.samples(n=2), specs, tmp_path)
     jpeg, chain = curves["jpeg"], curves["jpeg+pool-avg@0.25"]
-    assert jpeg.knob == "quality" and [p.knob for p in jpeg.points] == [90, 10]
+    assert jpeg.knob == "quality" and [p.knob for p in jpeg.points] == [10, 90]
     assert jpeg.column("tokens").tolist() == [16.0, 16.0] and chain.column("tokens").tolist() == [4.0, 4.0]
     s = obs.samples(n=1)[0]
     h, w, _ = s.image.shape
@@ -51,7 +51,7 @@ def test_any_observer_judges_codec_pipelines_and_chains(tmp_path):
                   and json.loads(x)["knob"]["quality"] == 10)
     assert record["bytes"] == len(JPEG().encode(s.image, 10))
     assert record["bpp"] == pytest.approx(8 * record["bytes"] / (h * w))
-    assert jpeg.points[1]["kl"] > 0  # decoded pixels, not the cached tokens of the original, were judged
+    assert jpeg.points[0]["kl"] > 0  # decoded pixels, not the cached tokens of the original, were judged
     prov = jpeg.provenance
     assert prov["libraries"]["libjpeg-turbo"] and prov["config"]["codec"]["settings"]["subsampling"] == "4:2:0"
 
@@ -65,7 +65,7 @@ def test_human_observer_reproduces_codec_metrics(tmp_path, photo):
     samples = [Sample("photo.png", content_digest(photo), photo)]
     curves = run_sweep(obs, samples, [PipelineSpec(codec="jpeg", qualities=(30, 80))], tmp_path)
     codec = JPEG()
-    assert curves["jpeg"].points[1]["psnr-rgb"] == pytest.approx(psnr(photo, codec.decode(codec.encode(photo, 30))))
+    assert curves["jpeg"].points[0]["psnr-rgb"] == pytest.approx(psnr(photo, codec.decode(codec.encode(photo, 30))))
     assert set(curves["jpeg"].measures) >= {"bpp", "psnr-rgb", "ms-ssim-rgb"}
 
 
@@ -194,3 +194,26 @@ def test_process_pool_puts_each_job_on_disk_as_it_finishes(tmp_path):
         run_sweep(spec, samples, [PipelineSpec(method="random", keep_ratios=(0.5, 0.25))], tmp_path,
                   executor=ProcessExecutor(2), on_progress=progress)
     assert on_disk == [0, 2, 4, 6, 8]  # two records per job, written before the next result is handled
+
+
+@pytest.mark.filterwarnings("ignore::tokencodec.bench.engine.UnavailableMeasureWarning")   # MS-SSIM on 4×4
+def test_folder_rates_are_pixel_weighted_and_a_tiny_image_is_flagged(tmp_path, photo):
+    from tokencodec.bench.engine import SizeOutlierWarning
+    from tokencodec.observers import Sample, content_digest
+
+    tiny = np.full((4, 4, 3), 128, np.uint8)
+    images = {"a.png": photo, "b.png": np.ascontiguousarray(photo[::-1]), "tiny.png": tiny}
+    samples = [Sample(k, content_digest(v), v) for k, v in images.items()]
+    with pytest.warns(SizeOutlierWarning, match=r"1 of 3 items are far outside .*tiny.png: 16 pixels"):
+        curve = run_sweep(observer_for(ObserverSpec("human")), samples, [PipelineSpec(codec="jpeg", qualities=(50,))],
+                          tmp_path)["jpeg"]
+    bits = {k: JPEG().encode(v, 50) for k, v in images.items()}
+    total_bits = sum(8 * len(b) for b in bits.values())
+    total_pixels = sum(v.shape[0] * v.shape[1] for v in images.values())
+    per_image = [8 * len(bits[k]) / (v.shape[0] * v.shape[1]) for k, v in images.items()]
+    point = curve.points[0]
+    assert point["bpp"] == pytest.approx(total_bits / total_pixels)          # the folder's real cost
+    assert point["bpp_mean"] == pytest.approx(np.mean(per_image))            # CompressAI's per-image mean, beside it
+    assert point["bpp_mean"] > 10 * point["bpp"]                             # the 4×4 image's header dominates it
+    assert set(curve.provenance["config"]["size_outliers"]) == {"tiny.png"}
+    assert curve.per_item["tiny.png"]["pixels"] == [16.0]

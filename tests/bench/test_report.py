@@ -74,7 +74,7 @@ def test_report_files(report):
     assert "## agreement per group" in md and "| method | keep ratio | even | odd |" in md
     assert "## agreement as a share of the uncompressed model's" in md
     assert "| random | 1.000 |" in md  # the anchor at keep 1 is the uncompressed model
-    assert "![agreement vs tokens — tiny](agreement_vs_tokens.png)" in md
+    assert "![agreement vs tokens — tiny; shaded: 95 % bootstrap interval over items](agreement_vs_tokens.png)" in md
     assert "## Provenance" in md and "fingerprint 0123abcd" in md
     page = report["html"].read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
@@ -153,10 +153,12 @@ def test_one_figure_holds_every_curve_that_shares_the_rate():
     curves = {"jpeg": jpeg, "divprune": divprune}
     fig, ax = plt.subplots()
     assert plots.draw(ax, curves, "tokens", "accuracy") == 2
-    assert ax.get_xlabel() == "tokens (token)" and ax.get_ylabel() == "accuracy"
+    assert ax.get_xlabel() == "visual tokens" and ax.get_ylabel() == "accuracy"   # units once: not "tokens (token)"
+    assert ax.get_xscale() == "linear"                                                # counts: a linear axis
     plt.close(fig)
     fig, ax = plt.subplots()
-    assert plots.draw(ax, curves, "bpp", "accuracy") == 1 and ax.get_xlabel() == "bpp (bit/pixel)"
+    assert plots.draw(ax, curves, "bpp", "accuracy") == 1 and ax.get_xlabel() == "rate (bit/pixel)"
+    assert ax.get_xscale() == "log"                                                   # bit rates: a log axis
     plt.close(fig)
     assert plots.default_title("tokens", "accuracy") == "accuracy vs tokens"
     assert plots.default_title("tokens", "accuracy", "kodak") == "accuracy vs tokens — kodak"
@@ -219,3 +221,39 @@ def test_report_without_data_records_warns_but_is_written(tmp_path):
         paths = write_report(curves, tmp_path, "no provenance", "random", ["accuracy"])
     assert any(issubclass(w.category, DataMismatchWarning) for w in caught)
     assert "Data: **unknown**" in paths["markdown"].read_text()
+
+
+def test_figures_for_papers_styles_units_formatters_titles_and_bands():
+    from tokencodec.rd.comparable import data_identity
+
+    twenty = plots.palette(20)
+    assert len(set(twenty)) == 20
+    for i in range(20):                    # any two of 20 curves differ in at least two of colour, marker, line
+        for j in range(i):
+            assert sum(a != b for a, b in zip(twenty[i], twenty[j], strict=True)) >= 2, (i, j)
+    flops = {f"m{i}": Curve.from_columns(f"m{i}", {"flops": [4.1e7 + i * 1e6, 1.05e8], "accuracy": [0.3, 0.9]})
+             for i in range(3)}
+    fig, ax = plt.subplots()
+    plots.draw(ax, flops, "flops", "accuracy")
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert ax.get_xlabel() == "FLOPs" and ax.xaxis.get_offset_text().get_text() == ""   # no "×1e8" or "1e8"
+    assert any(label.endswith(" M") for label in labels), labels                          # engineering prefixes
+    plt.close(fig)
+    listed = Curve.from_columns("x", {"bpp": [0.5, 1], "psnr-rgb": [30, 34]},
+                                provenance={"config": {"data": {"spec": {"dataset": ["embedded", "kodak"]},
+                                                                "items": ["a"]}}})
+    assert data_identity(listed).label == "embedded + kodak"                               # not "['embedded', …]"
+    fig, ax = plt.subplots()
+    plots.draw(ax, {"x": listed}, "bpp", "psnr-rgb", log_rate=False)
+    assert ax.get_xscale() == "linear" and ax.get_ylabel() == "PSNR-RGB (dB)"
+    plt.close(fig)
+    banded = _token_curves()                     # per-item values: a shaded 95 % band per curve
+    fig, ax = plt.subplots()
+    plots.draw(ax, banded, "tokens", "agreement")
+    assert len(ax.collections) == len(banded)
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    plots.draw(ax, {"x": listed}, "bpp", "psnr-rgb")
+    assert not ax.collections                    # no per-item values: no band is invented
+    plt.close(fig)

@@ -20,11 +20,13 @@ def test_group_table_averages_per_item_values_within_each_group(tmp_path):
     assert header[2:] == ["even", "odd"]
     items = curves["random"].per_item
     for k, row in enumerate(rows):
-        assert row[:2] == ["random", ["1", "0.25"][k]]
+        assert row[:2] == ["random", ["0.25", "1"][k]]
         even = (items["s0"]["kl"][k] + items["s2"]["kl"][k]) / 2
         odd = (items["s1"]["kl"][k] + items["s3"]["kl"][k]) / 2
-        assert float(row[2]) == pytest.approx(even, abs=1e-3) and float(row[3]) == pytest.approx(odd, abs=1e-3)
-    assert float(rows[1][2]) > 0  # pruning to 25 % changes the output: the table is not a copy of the full point
+        mean = [float(cell.split(" [")[0]) for cell in row[2:]]          # "mean [low, high]": its interval follows
+        assert mean[0] == pytest.approx(even, abs=1e-3) and mean[1] == pytest.approx(odd, abs=1e-3)
+    assert float(rows[0][2].split(" [")[0]) > 0  # pruning to 25 % changes the output: not a copy of the full point
+    assert "[" in rows[0][2]                      # two samples per group at 25 %: a bootstrap interval
 
 
 def test_retention_table_divides_by_the_uncompressed_value(tmp_path):
@@ -33,7 +35,7 @@ def test_retention_table_divides_by_the_uncompressed_value(tmp_path):
     curves = run_sweep(obs, obs.samples(n=4), specs, tmp_path)
     header, rows = retention_table(curves, "agreement", "random")
     assert header == ["method", "keep 1", "keep 0.25"]
-    full = curves["random"].points[0]["agreement"]
-    assert rows[1] == ["divprune", f"{curves['divprune'].points[0]['agreement'] / full:.3f}",
-                       f"{curves['divprune'].points[1]['agreement'] / full:.3f}"]
+    full = curves["random"].points[1]["agreement"]
+    assert rows[1] == ["divprune", f"{curves['divprune'].points[1]['agreement'] / full:.3f}",
+                       f"{curves['divprune'].points[0]['agreement'] / full:.3f}"]
     assert retention_table(curves, "kl", "random") is None  # lower is better: no share of it is "kept"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tokencodec.data import DatasetError, ImageReadError, load_dataset, read_image
+from tokencodec.data import DatasetError, ImageReadError, ImageSkippedWarning, load_dataset, read_errors, read_image
 from tokencodec.data import kodak as kodak_module
 from tokencodec.data.kodak import expected_sums, kodak_folder, load_kodak
 
@@ -75,8 +75,11 @@ def test_folder_loader_and_corrupt_images(tmp_path, photo):
     assert [i.name for i in load_dataset(str(tmp_path))] == ["a.png"]
     png = (tmp_path / "a.png").read_bytes()
     (tmp_path / "b.png").write_bytes(png[: len(png) // 2])  # truncated
-    with pytest.raises(ImageReadError, match="b.png: not a readable image"):
+    with read_errors("stop"), pytest.raises(ImageReadError, match="b.png: not a readable image"):
         load_dataset(str(tmp_path))
+    with read_errors("skip") as skipped, pytest.warns(ImageSkippedWarning, match=r"skipped \(unreadable\): .*b.png"):
+        assert [i.name for i in load_dataset(str(tmp_path))] == ["a.png"]      # the rest of the folder is kept
+    assert list(skipped) == ["b.png"] and skipped["b.png"].startswith("unreadable: ")
     with pytest.raises(ImageReadError, match="missing.png: file not found"):
         read_image(tmp_path / "missing.png")
 

@@ -33,7 +33,7 @@ def test_study_sweep_on_a_tiny_hf_model_and_local_data(local, family, tmp_path):
     assert len(samples) == 3 and samples[0].payload["answer"]
     specs = [PipelineSpec(method="divprune", keep_ratios=(1.0, 0.25)), PipelineSpec(codec="jpeg", qualities=(30,))]
     curves = run_sweep(obs, samples, specs, tmp_path)
-    full, quarter = curves["divprune"].points
+    quarter, full = curves["divprune"].points         # ascending rate
     assert quarter.values["tokens"] < full.values["tokens"] and quarter.values["flops"] < full.values["flops"]
     assert full.values["agreement"] == 1.0              # keep 1: the uncompressed answer
     assert curves["jpeg"].points[0].values["bpp"] > 0 and curves["jpeg"].points[0].values["latency_s"] > 0

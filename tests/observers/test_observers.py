@@ -46,17 +46,17 @@ def test_every_method_the_mllm_takes_runs_through_the_llava_adapter(diagnostic, 
     curves = run_sweep(diagnostic, samples, [PipelineSpec(method=n, keep_ratios=(1.0, 0.25)) for n in names], tmp_path)
     assert {diagnostic.group(s.id) for s in samples} == {s.payload.qtype for s in samples}
     for name, curve in curves.items():
-        full, small = curve.points
+        small, full = curve.points                    # ascending rate
         assert full["object_recall"] == 1.0, name
         if not name.startswith("prumerge"):  # PruMerge merges neighbours into kept tokens even at keep 100 %
             assert full["agreement"] == 1.0, name  # all tokens: the same answers
         assert full["tokens"] == 64 and full["tokens_avg_layers"] == 64
         assert small["flops"] < full["flops"], name
-    assert curves["random"].points[1]["tokens"] == 16
-    fastv = curves["fastv"].points[1]
+    assert curves["random"].points[0]["tokens"] == 16
+    fastv = curves["fastv"].points[0]
     assert fastv["tokens"] == 16 and 16 < fastv["tokens_avg_layers"] < 64  # layer 0 sees all 64
-    assert curves["random"].points[1]["object_recall"] < 1.0  # a quarter of the patches loses objects
-    fastv_full = curves["fastv"].points[0]
+    assert curves["random"].points[0]["object_recall"] < 1.0  # a quarter of the patches loses objects
+    fastv_full = curves["fastv"].points[1]                  # points go up in rate (CompressAI's order)
     assert fastv_full["tokens_in"] == 64 and fastv["tokens_in"] == 64 and fastv["kv_bytes"] < fastv_full["kv_bytes"]
     cost = curves["fastv"].provenance["config"]["cost"]                 # how the rates were counted
     assert cost["flops_parts"] == ["vision", "projector", "llm"] and cost["flops_convention"] == "macs2"
@@ -72,7 +72,7 @@ def test_a_latency_device_adds_the_roofline_prediction(diagnostic, tmp_path):
                           tmp_path)["random"]
     finally:
         diagnostic.runner.cost = CostModel(diagnostic.runner.cost.shape)
-    full, small = curve.points
+    small, full = curve.points                              # points go up in rate
     assert 0 < small["latency_pred_s"] <= full["latency_pred_s"]
     assert curve.provenance["config"]["cost"]["latency_device_profile"]["name"] == "h200"
 
@@ -85,7 +85,7 @@ def test_the_mllm_judges_decoded_pixels_of_every_codec(diagnostic, tmp_path):
              for c in CODECS]
     curves = run_sweep(diagnostic, samples, specs, tmp_path)
     for name, curve in curves.items():
-        best, worst = curve.points  # highest quality first
+        worst, best = curve.points  # ascending rate: lowest quality first
         assert worst["bpp"] < best["bpp"], name
         assert best["tokens"] == 64 and best["object_recall"] == 1.0  # no token method: every patch is seen
     assert set(curves["jpeg"].measures) >= {"bpp", "bits", "bytes", "accuracy", "agreement", "flops"}
@@ -107,11 +107,11 @@ def test_efficientnet_observer_on_real_photos(tmp_path):
     assert [s.id for s in samples] == ["astronaut/full", "astronaut/tl", "chelsea/full", "chelsea/tl"]
     curves = run_sweep(obs, samples, [PipelineSpec(method="random", keep_ratios=(1.0, 0.125)),
                                       PipelineSpec(codec="jpeg", qualities=(95, 5))], tmp_path)
-    full = curves["random"].points[0]
+    full = curves["random"].points[1]                  # ascending rate: keep 0.125, then keep 1
     assert full["top1_agreement"] == 1.0 and full["kl"] == pytest.approx(0.0, abs=1e-5)
-    assert curves["random"].points[1]["tokens"] == 6.0  # round(49 × 0.125)
+    assert curves["random"].points[0]["tokens"] == 6.0  # round(49 × 0.125)
     jpeg = curves["jpeg"]
-    assert jpeg.points[1]["kl"] > jpeg.points[0]["kl"] > 0  # quality 5 moves the classifier more than 95
+    assert jpeg.points[0]["kl"] > jpeg.points[1]["kl"] > 0  # quality 5 moves the classifier more than 95
 
 
 def test_registry_lists_the_observers():

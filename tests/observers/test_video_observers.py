@@ -32,7 +32,7 @@ def test_diagnostic_video_model_answers_and_temporal_keeps_its_accuracy(tmp_path
     curves = run_sweep(obs, samples, [PipelineSpec(method="temporal", keep_ratios=(1.0, 0.265625)),
                                       PipelineSpec(method="uniform-frames", keep_ratios=(0.25,)),
                                       PipelineSpec(method="divprune", keep_ratios=(0.125,))], tmp_path)
-    full, coded = curves["temporal"].points
+    coded, full = curves["temporal"].points                   # ascending rate
     assert full["tokens"] == 256 and full["agreement"] == 1.0
     assert full["accuracy"] >= 0.9                                  # the shipped model reads motion
     assert coded["tokens"] == 68 and coded["accuracy"] >= full["accuracy"] - 0.1    # 98 % on 400 test videos
@@ -86,7 +86,7 @@ def test_fashion_video_observer_counts_what_each_method_sends(random_vit, tmp_pa
     curves = run_sweep(obs, samples, [PipelineSpec(method="temporal", keep_ratios=(1.0, 0.25)),
                                       PipelineSpec(method="uniform-frames", keep_ratios=(0.5,)),
                                       PipelineSpec(method="divprune", keep_ratios=(0.25,))], tmp_path)
-    full, key_only = curves["temporal"].points
+    key_only, full = curves["temporal"].points                # ascending rate
     assert full["tokens"] == 197 and full["top1_agreement"] == 1.0 and full["kl"] == pytest.approx(0.0, abs=1e-5)
     assert key_only["tokens"] == (196 + 4) / 4 and key_only["flops"] == full["flops"]   # bits saved, not compute
     half = curves["uniform-frames"].points[0]

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,17 @@ def test_bad_files_are_refused_naming_the_file(tmp_path, content, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ResultsFileError, match="not found"):
         load_curve(tmp_path / "nope.json")
+
+
+@pytest.mark.filterwarnings("ignore::tokencodec.rd.bd.BDOverlapWarning")
+def test_files_in_either_order_load_and_compare_alike(tmp_path):
+    # new files list points from the lowest rate up (CompressAI's order); older ones went from the highest down
+    shipped = Path(__file__).resolve().parents[2] / "docs/studies/pixels-for-machines/humans"
+    old = json.loads((shipped / "webp.json").read_text())
+    assert old["results"]["quality"][0] > old["results"]["quality"][-1]        # an old, descending file
+    flipped = {**old, "results": {k: v[::-1] for k, v in old["results"].items()},
+               "per_item": {i: {m: v[::-1] for m, v in values.items()} for i, values in old["per_item"].items()}}
+    (tmp_path / "webp.json").write_text(json.dumps(flipped))
+    jpeg = load_curve(shipped / "jpeg.json")
+    a, b = bd_rate(jpeg, load_curve(shipped / "webp.json")), bd_rate(jpeg, load_curve(tmp_path / "webp.json"))
+    assert a.value == pytest.approx(b.value) and a.status == b.status

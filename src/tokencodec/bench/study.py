@@ -173,12 +173,29 @@ def load_study(path: str | Path) -> Study:
     return parse_study(raw, str(path))
 
 
+def check_machine(study: Study, source: str = "<study>") -> None:
+    """What depends on this machine, before any data or model loads: the observer's device exists here and its
+    weights can be found (a hub model in the cache, or the hub reachable; ``HF_HUB_OFFLINE`` respected)."""
+    try:
+        study.observer.check_machine()
+    except (ObserverOptionError, FileNotFoundError) as err:
+        raise StudyError(f"{source}: {err}") from None
+
+
 def run_study(study: Study, out: str | Path | None = None, *, executor=None, cache_dir: str | Path | None = None,
               data_overrides: dict[str, Any] | None = None, write_report: bool = True,
               on_start: Callable[[int], None] | None = None,
-              on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Run a study: samples → sweep → results files (and the report); returns curves and paths."""
+              on_progress: Callable[[int, int], None] | None = None, on_error: str = "skip",
+              wait_lock: bool = False) -> dict[str, Any]:
+    """Run a study: samples → sweep → results files (and the report); returns curves, paths and the items
+    skipped because they could not be read (``on_error="skip"``; ``"stop"`` raises instead).
+
+    Before any model loads: the output folder is writable, the machine has the observer's device and weights,
+    and no other process writes the folder (``wait_lock`` waits for it instead of refusing)."""
     from tokencodec.bench.engine import run_sweep
+    from tokencodec.bench.lock import folder_lock
+    from tokencodec.data.images import read_errors
+    from tokencodec.io import check_writable_folder
     from tokencodec.observers.registry import observer_for
 
     start = time.perf_counter()
@@ -186,25 +203,30 @@ def run_study(study: Study, out: str | Path | None = None, *, executor=None, cac
     if data_overrides:
         study.observer.check_data(data)
     out = Path(out) if out else Path("results/studies") / study.name
-    observer = observer_for(study.observer)
-    samples = observer.samples(**data)
-    if on_start:
-        on_start(len(samples))
-    curves = run_sweep(study.observer, samples, study.pipelines, out, seed=study.seed, executor=executor,
-                       cache_dir=cache_dir, data=data, config={"study": study.to_json()}, on_progress=on_progress)
-    paths: dict[str, Path] = {}
-    if write_report and all(p.channel is not None for p in study.pipelines):   # curves against loss, not rate
-        from tokencodec.channels.report import write_channel_report
+    check_machine(study)
+    check_writable_folder(out)
+    with folder_lock(out, wait=wait_lock):
+        observer = observer_for(study.observer)
+        with read_errors(on_error) as skipped:
+            samples = observer.samples(**data)
+        if on_start:
+            on_start(len(samples))
+        curves = run_sweep(study.observer, samples, study.pipelines, out, seed=study.seed, executor=executor,
+                           cache_dir=cache_dir, data=data, config={"study": study.to_json()},
+                           on_progress=on_progress, skipped=skipped)
+        paths: dict[str, Path] = {}
+        if write_report and all(p.channel is not None for p in study.pipelines):   # curves against loss, not rate
+            from tokencodec.channels.report import write_channel_report
 
-        paths = write_channel_report(out, (study.metrics or list(observer.measures))[0], f"Study: {study.name}")
-    elif write_report:
-        from tokencodec.bench.report import write_report as write
+            paths = write_channel_report(out, (study.metrics or list(observer.measures))[0], f"Study: {study.name}")
+        elif write_report:
+            from tokencodec.bench.report import write_report as write
 
-        rates = [r for r in ("bpp", "tokens", "flops") if any(r in c.measures for c in curves.values())]
-        paths = write(curves, out, f"Study: {study.name}", study.anchor, study.metrics or list(observer.measures),
-                      rates=rates, description=study.description, group_of=observer.group)
-    return {"curves": curves, "paths": paths, "out": out, "samples": len(samples),
+            rates = [r for r in ("bpp", "tokens", "flops") if any(r in c.measures for c in curves.values())]
+            paths = write(curves, out, f"Study: {study.name}", study.anchor, study.metrics or list(observer.measures),
+                          rates=rates, description=study.description, group_of=observer.group)
+    return {"curves": curves, "paths": paths, "out": out, "samples": len(samples), "skipped": dict(skipped),
             "seconds": time.perf_counter() - start}
 
 
-__all__ = ["Study", "StudyError", "check_study", "load_study", "parse_study", "run_study"]
+__all__ = ["Study", "StudyError", "check_machine", "check_study", "load_study", "parse_study", "run_study"]

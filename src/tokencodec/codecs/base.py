@@ -83,7 +83,7 @@ class PillowCodec(Codec):
             return np.asarray(im.convert("RGB"))
 
 
-CODECS: Registry[type[Codec]] = Registry("codec")
+CODECS: Registry[type[Codec]] = Registry("codec", group="tokencodec.codecs")
 
 
 def register_codec(name: str):

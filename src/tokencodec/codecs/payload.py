@@ -55,7 +55,15 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-__all__ = ["container_overhead", "payload_bytes"]
+__all__ = ["container_overhead", "has_payload_parser", "payload_bytes"]
+
+
+def has_payload_parser(codec: str) -> bool:
+    """Whether ``payload_bytes`` can split this codec's files (a plug-in codec usually cannot: its whole file
+    then counts as payload)."""
+    from tokencodec.codecs.base import CODECS
+
+    return codec in _PARSERS or (codec in CODECS and getattr(CODECS.get(codec), "inner", "") in _PARSERS)
 
 
 def payload_bytes(codec: str, data: bytes) -> int:

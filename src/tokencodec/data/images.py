@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +18,36 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".we
 
 
 class ImageReadError(ValueError):
-    """A corrupt, truncated or unreadable image; the message names the file."""
+    """A corrupt, truncated, too large or unreadable image; the message names the file, ``status`` the kind
+    ("not-found", "unreadable", "too-large")."""
+
+    def __init__(self, message: str, status: str = "unreadable"):
+        super().__init__(message)
+        self.status = status
+
+
+class ImageSkippedWarning(UserWarning):
+    """An image of a folder that could not be read and was left out (``on_error="skip"``)."""
+
+
+ON_ERROR = ("skip", "stop")
+# (mode, {image name: "status: reason"}) of the innermost ``read_errors`` block; skip and no record outside one.
+_READ_ERRORS: ContextVar[tuple[str, dict[str, str] | None]] = ContextVar("read_errors", default=("skip", None))
+
+
+@contextmanager
+def read_errors(mode: str = "skip") -> Iterator[dict[str, str]]:
+    """How folder loads inside the block treat an image that cannot be read: ``skip`` leaves it out (a one-line
+    ``ImageSkippedWarning``) and records it in the dict yielded, ``{name: "status: reason"}``, so a sweep can
+    name it in its results; ``stop`` raises ``ImageReadError``."""
+    if mode not in ON_ERROR:
+        raise DatasetError(f"on_error={mode!r}: allowed {', '.join(ON_ERROR)}")
+    skipped: dict[str, str] = {}
+    token = _READ_ERRORS.set((mode, skipped))
+    try:
+        yield skipped
+    finally:
+        _READ_ERRORS.reset(token)
 
 
 class DatasetError(ValueError):
@@ -116,7 +149,13 @@ def read_image(path: str | Path) -> np.ndarray:
             else:
                 rgb, alpha, notes = _rgb_and_alpha(im)
     except FileNotFoundError:
-        raise ImageReadError(f"{path}: file not found") from None
+        raise ImageReadError(f"{path}: file not found", "not-found") from None
+    except Image.DecompressionBombError as err:  # the header claims more pixels than Pillow will decode
+        claimed = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(claimed.group(1)):,} pixels" if claimed else "more pixels than allowed"
+        raise ImageReadError(f"{path}: its header claims {size}; allowed: at most {2 * Image.MAX_IMAGE_PIXELS:,} "
+                             "(Pillow's decompression-bomb limit, 2 × PIL.Image.MAX_IMAGE_PIXELS)",
+                             "too-large") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"{path}: not a readable image ({err})") from None
     if alpha is not None:
@@ -146,4 +185,19 @@ def load_folder(folder: str | Path, limit: int | None = None) -> list[ImageItem]
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise DatasetError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return [ImageItem(p.name, read_image(p)) for p in paths[:limit]]
+    mode, record = _READ_ERRORS.get()
+    items: list[ImageItem] = []
+    for p in paths:
+        if limit is not None and len(items) >= limit:
+            break
+        try:
+            items.append(ImageItem(p.name, read_image(p)))
+        except ImageReadError as err:
+            if mode == "stop":
+                raise
+            if record is not None:
+                record[p.name] = f"{err.status}: {err}"
+            warnings.warn(f"skipped ({err.status}): {err}", ImageSkippedWarning, stacklevel=2)
+    if not items:
+        raise DatasetError(f"{folder}: none of its {len(paths)} images could be read")
+    return items

@@ -22,10 +22,13 @@ and each sample's rates are its own (:meth:`HFMLLM.generate_batch`).
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -58,6 +61,40 @@ def resolve_source(name_or_path: str) -> tuple[str, bool]:
                                      "with model.safetensors, is expected)")
         return str(path), True
     return name_or_path, False
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(k, "").upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or any(f in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+def check_available(name_or_path: str) -> None:
+    """Before any download or load: can ``name_or_path`` be loaded here? ``ModelNotFoundError`` (one line: the
+    model, where it looked, what to do) when it is a hub name that is not in the local hub cache and the hub is
+    off (``HF_HUB_OFFLINE``) or unreachable, so an offline run fails at once instead of after the hub client's
+    retries. The cache is read with ``huggingface_hub.try_to_load_from_cache`` (no network); only for a model
+    that is not cached, with no proxy configured, one TCP connection to the hub's host is tried."""
+    source, local = resolve_source(str(name_or_path))
+    if local:
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, "config.json"), str):
+        return
+    where = f"not in the hub cache ({constants.HF_HUB_CACHE})"
+    remedy = f"download it where there is network (hf download {source}) or pass a local folder"
+    if _offline():
+        raise ModelNotFoundError(f"model {source!r}: {where} and HF_HUB_OFFLINE is set; {remedy}")
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return                                   # a proxy may reach the hub where a direct connection cannot
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+    except OSError as err:
+        raise ModelNotFoundError(f"model {source!r}: {where} and {url.hostname} cannot be reached "
+                                 f"({err.strerror or type(err).__name__}); {remedy}") from None
 
 
 @dataclass
@@ -286,5 +323,5 @@ def sample_tokens_per_layer(record, i: int, n_visual: int, layers: int) -> list[
     return [int(n) for n in record.tokens_per_layer]
 
 
-__all__ = ["FLOPS_CONVENTION", "Generation", "HFMLLM", "ModelNotFoundError", "families", "resolve_source",
-           "sample_tokens_per_layer"]
+__all__ = ["FLOPS_CONVENTION", "Generation", "HFMLLM", "ModelNotFoundError", "check_available", "families",
+           "resolve_source", "sample_tokens_per_layer"]

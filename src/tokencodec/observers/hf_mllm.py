@@ -94,3 +94,10 @@ class HFMLLMObserver(Observer):
                  latency_device: str | None = None):
         """``latency_device``: a roofline device profile: every point then also reports ``latency_pred_s``."""
         super().__init__(HFVQATask(), HFMLLMRunner(model, device, dtype, max_new_tokens, latency_device))
+
+    @staticmethod
+    def check_machine(model: str, **_) -> None:
+        """The checkpoint can be loaded here: a folder with a config, or a hub name in the cache or reachable."""
+        from tokencodec.models.hf import check_available
+
+        check_available(model)

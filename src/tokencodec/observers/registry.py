@@ -8,7 +8,7 @@ from typing import Any
 
 from tokencodec.registry import Registry
 
-OBSERVERS: Registry[type] = Registry("observer")
+OBSERVERS: Registry[type] = Registry("observer", group="tokencodec.observers")
 
 
 def register_observer(name: str):
@@ -52,8 +52,44 @@ class ObserverSpec:
         if task_cls is not None:
             _check_kwargs(task_cls.samples, data, f"data of observer {self.name!r}")
 
+    def check_machine(self) -> None:
+        """What depends on this machine, checked before any data or model loads: the ``device`` option names a
+        device that is here, and an observer's own ``check_machine(**options)`` (e.g. its weights can be found)."""
+        cls = self.check()
+        device = self.options.get("device")
+        if device:
+            check_device(str(device), f"observer {self.name!r}")
+        hook = getattr(cls, "check_machine", None)
+        if hook is not None:
+            hook(**self.options)
+
     def build(self):
         return self.check()(**self.options)
+
+
+def check_device(device: str, what: str = "device") -> None:
+    """``ObserverOptionError`` (one line) unless torch can run on ``device`` on this machine."""
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ObserverOptionError(f"{what}: device {device!r}, but this machine has no CUDA device (torch "
+                                      f"{torch.__version__}); allowed here: cpu")
+        if index and (not index.isdigit() or int(index) >= count):
+            raise ObserverOptionError(f"{what}: device {device!r}; allowed here: cpu, "
+                                      + ", ".join(f"cuda:{i}" for i in range(count)))
+    elif kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise ObserverOptionError(f"{what}: device {device!r}, but MPS is not available here; allowed here: cpu"
+                                      + (", cuda" if torch.cuda.is_available() else ""))
+    elif kind != "cpu":
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise ObserverOptionError(f"{what}: device {device!r} is not a torch device; allowed: cpu, cuda, "
+                                      "cuda:N, mps") from None
 
 
 _BUILT: dict[str, Any] = {}

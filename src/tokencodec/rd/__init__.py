@@ -1,5 +1,6 @@
 """The rate-distortion core shared by pixel codecs and token compression."""
 
+from tokencodec.rd.aggregate import aggregate
 from tokencodec.rd.bd import (
     BDOverlapWarning,
     BDResult,
@@ -7,7 +8,9 @@ from tokencodec.rd.bd import (
     bd_quality_arrays,
     bd_rate,
     bd_rate_arrays,
+    bd_status,
 )
+from tokencodec.rd.bootstrap import Interval, bd_interval, point_intervals
 from tokencodec.rd.comparable import (
     DataIdentity,
     DataMismatchError,
@@ -22,7 +25,8 @@ from tokencodec.rd.pareto import pareto_front
 from tokencodec.rd.results import ResultsFileError, curve_from_json, curve_to_json, load_curve, save_curve
 
 __all__ = [
-    "BDOverlapWarning", "BDResult", "bd_quality", "bd_quality_arrays", "bd_rate", "bd_rate_arrays",
+    "BDOverlapWarning", "BDResult", "bd_quality", "bd_quality_arrays", "bd_rate", "bd_rate_arrays", "bd_status",
+    "Interval", "aggregate", "bd_interval", "point_intervals",
     "Curve", "OperatingPoint", "LambdaInterval", "lagrangian_choice", "lagrangian_cost", "lambda_intervals",
     "KNOWN", "Measure", "lookup", "pareto_front", "ResultsFileError", "curve_from_json", "curve_to_json",
     "load_curve", "save_curve", "DataIdentity", "DataMismatchError", "DataMismatchWarning", "check_comparable",

@@ -9,7 +9,9 @@
 
 The package returns NaN with a warning when curves do not overlap; here that is an explicit
 ``status="no-overlap"`` result. The overlap fraction (intersection over union of the integration
-axis, as the package defines it) is always reported, with a ``BDOverlapWarning`` below 75 %.
+axis, as the package defines it) is always reported, with a ``BDOverlapWarning`` below 75 %, and
+``bd_status`` is the one rule (API, ``bd`` command, reports) that prints a value as a number only at 75 %
+or more. ``interval=True`` adds a paired-bootstrap interval over items (``rd.bootstrap``).
 ``monotonic=True`` first fits quality as a non-decreasing function of rate (isotonic regression)
 for noisy curves, such as token sweeps on small evaluation sets.
 """
@@ -17,13 +19,14 @@ for noisy curves, such as token sweeps on small evaluation sets.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import bjontegaard
 import numpy as np
 from scipy.optimize import isotonic_regression
 
+from tokencodec.rd.bootstrap import Interval, bd_interval
 from tokencodec.rd.curve import Curve
 
 Method = Literal["pchip", "akima"]
@@ -35,10 +38,19 @@ class BDOverlapWarning(UserWarning):
     pass
 
 
+def bd_status(value: float | None, overlap: float) -> Literal["ok", "low-overlap", "no-overlap"]:
+    """The one status rule that the API, the ``bd`` command (its text and exit code) and reports share:
+    ``no-overlap`` when there is no value, ``low-overlap`` below ``MIN_OVERLAP``, else ``ok``. Only an
+    ``ok`` value is ever printed as a number."""
+    if value is None or overlap <= 0:
+        return "no-overlap"
+    return "low-overlap" if overlap < MIN_OVERLAP else "ok"
+
+
 @dataclass(frozen=True)
 class BDResult:
     kind: Literal["bd-rate", "bd-quality"]
-    value: float | None       # None when the curves do not overlap
+    value: float | None       # None when the curves do not overlap; kept below MIN_OVERLAP, but never printed
     unit: str                 # "%" for BD-rate; the metric's unit for BD-quality
     overlap: float            # fraction of the union of both ranges that both curves cover
     status: Literal["ok", "low-overlap", "no-overlap"]
@@ -47,15 +59,43 @@ class BDResult:
     metric: str
     linear_rate: bool
     absolute: float | None = None  # linear BD-rate: mean rate difference in rate units
+    interval: Interval | None = None   # paired bootstrap over items (``with_interval``), when per-item values exist
+
+    @property
+    def shown(self) -> bool:
+        """Whether the value may be printed as a number (status ``ok``)."""
+        return self.status == "ok"
+
+    @property
+    def within_noise(self) -> bool | None:
+        """True when the interval contains 0 (no difference at its level); None without an interval."""
+        return None if self.interval is None or not self.shown else self.interval.contains(0.0)
+
+    def number(self, x: float) -> str:
+        if self.unit in ("%", "dB") or abs(x) >= 10:
+            digits = 2
+        else:
+            digits = 4 if abs(x) < 0.1 else 3
+        return f"{x:+.{digits}f}"
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["value"] = self.value if self.shown else None      # withheld below the overlap threshold
+        out["interval"] = self.interval.to_json() if self.interval and self.shown else None
+        out["within_noise"] = self.within_noise
+        return out
 
     def __str__(self) -> str:
-        if self.value is None:
+        if self.status == "no-overlap":
             return "no overlap"
-        text = f"{self.value:+.2f}{' ' if self.unit not in ('%', '') else ''}{self.unit}"
-        return text + (f" (overlap {self.overlap:.0%})" if self.status == "low-overlap" else "")
+        if not self.shown:
+            return f"withheld: overlap {self.overlap:.0%} < {MIN_OVERLAP:.0%}"
+        space = " " if self.unit not in ("%", "") else ""
+        text = f"{self.number(self.value)}{space}{self.unit}"
+        if self.interval is not None:
+            text += (f" [{self.number(self.interval.low)}, {self.number(self.interval.high)}]"
+                     + (" within noise" if self.within_noise else ""))
+        return text
 
 
 def _prepare(rate: np.ndarray, quality: np.ndarray, higher_is_better: bool, monotonic: bool,
@@ -104,10 +144,10 @@ def _strictly_increasing(x: np.ndarray, y: np.ndarray, label: str, axis: str) ->
 
 
 def _result(kind, value, unit, overlap, method, rate, metric, linear_rate, absolute=None) -> BDResult:
-    status = "no-overlap" if value is None else ("low-overlap" if overlap < MIN_OVERLAP else "ok")
+    status = bd_status(value, overlap)
     if status == "low-overlap":
         warnings.warn(f"{kind} of {metric} over {rate}: the curves overlap on only {overlap:.0%} "
-                      f"(< {MIN_OVERLAP:.0%}); the value is an extrapolation-prone average",
+                      f"(< {MIN_OVERLAP:.0%}); the value is an extrapolation-prone average and is not printed",
                       BDOverlapWarning, stacklevel=3)
     return BDResult(kind, value, unit, overlap, status, method, rate, metric, linear_rate, absolute)
 
@@ -167,19 +207,36 @@ def _columns(anchor: Curve, test: Curve, rate: str, metric: str):
     return anchor.column(rate), anchor.column(metric), test.column(rate), test.column(metric)
 
 
-def bd_rate(anchor: Curve, test: Curve, rate: str = "bpp", metric: str = "psnr-rgb", **kwargs) -> BDResult:
-    m = anchor.measures[metric] if metric in anchor.measures else None
-    hib = kwargs.pop("higher_is_better", m.higher_is_better if m else True)
-    return bd_rate_arrays(*_columns(anchor, test, rate, metric), higher_is_better=hib, rate=rate,
-                          metric=metric, **kwargs)
+def _with_interval(result: BDResult, anchor: Curve, test: Curve, interval: bool | int, seed: int,
+                   kwargs: dict) -> BDResult:
+    if not interval or not result.shown:
+        return result
+    fit = {k: kwargs[k] for k in ("method", "linear_rate", "monotonic", "higher_is_better") if k in kwargs}
+    resamples = {} if interval is True else {"resamples": int(interval)}
+    arrays = bd_rate_arrays if result.kind == "bd-rate" else bd_quality_arrays
+    found = bd_interval(anchor, test, arrays, result.rate, result.metric, seed=seed, **resamples, **fit)
+    return replace(result, interval=found)
 
 
-def bd_quality(anchor: Curve, test: Curve, rate: str = "bpp", metric: str = "psnr-rgb", **kwargs) -> BDResult:
+def bd_rate(anchor: Curve, test: Curve, rate: str = "bpp", metric: str = "psnr-rgb", *, interval: bool | int = False,
+            seed: int = 0, **kwargs) -> BDResult:
+    """BD-rate of two curves. ``interval=True`` (or a number of resamples) adds a paired-bootstrap interval
+    over the items both curves share (see ``rd.bootstrap``); files without per-item values get none."""
     m = anchor.measures[metric] if metric in anchor.measures else None
-    hib = kwargs.pop("higher_is_better", m.higher_is_better if m else True)
-    return bd_quality_arrays(*_columns(anchor, test, rate, metric), higher_is_better=hib, rate=rate,
-                             metric=metric, unit=m.unit if m else "", **kwargs)
+    kwargs.setdefault("higher_is_better", m.higher_is_better if m else True)
+    result = bd_rate_arrays(*_columns(anchor, test, rate, metric), rate=rate, metric=metric, **kwargs)
+    return _with_interval(result, anchor, test, interval, seed, kwargs)
+
+
+def bd_quality(anchor: Curve, test: Curve, rate: str = "bpp", metric: str = "psnr-rgb", *,
+               interval: bool | int = False, seed: int = 0, **kwargs) -> BDResult:
+    """BD-quality of two curves; ``interval`` as for ``bd_rate``."""
+    m = anchor.measures[metric] if metric in anchor.measures else None
+    kwargs.setdefault("higher_is_better", m.higher_is_better if m else True)
+    result = bd_quality_arrays(*_columns(anchor, test, rate, metric), rate=rate, metric=metric,
+                               unit=m.unit if m else "", **kwargs)
+    return _with_interval(result, anchor, test, interval, seed, kwargs)
 
 
 __all__ = ["BDResult", "BDOverlapWarning", "bd_rate", "bd_quality", "bd_rate_arrays", "bd_quality_arrays",
-           "METHODS", "MIN_OVERLAP"]
+           "bd_status", "METHODS", "MIN_OVERLAP"]

@@ -55,11 +55,18 @@ class DataIdentity:
 UNKNOWN = DataIdentity("unknown", (), "")
 
 
+def _readable(value: Any) -> str:
+    """A data set name for people: a list of names joined with " + ", not Python's list text."""
+    if isinstance(value, list | tuple):
+        return " + ".join(str(v) for v in value)
+    return str(value)
+
+
 def _label(spec: Any) -> str:
     if isinstance(spec, Mapping):
         for key in ("dataset", "name", "path"):
             if spec.get(key):
-                return str(spec[key])
+                return _readable(spec[key])
         shown = [f"{k}={v}" for k, v in spec.items() if v is not None]
         return ", ".join(shown) if shown else "unnamed data"
     return str(spec) if spec else "unnamed data"

@@ -31,13 +31,17 @@ def _m(name: str, unit: str, higher: bool, kind: Kind, description: str) -> tupl
 
 # Measures with a fixed meaning. Names follow CompressAI where it has one ("bpp", "psnr-rgb").
 KNOWN: dict[str, Measure] = dict([
-    _m("bpp", "bit/pixel", False, "rate", "bits of the real bitstream per image pixel"),
+    _m("bpp", "bit/pixel", False, "rate",
+       "bits of the real bitstreams per pixel: over a data set, total bits / total pixels (pixel-weighted)"),
+    _m("bpp_mean", "bit/pixel", False, "rate", "bits per pixel of each image, then the mean over images "
+       "(CompressAI's averaging; one tiny image can dominate it)"),
     _m("bits", "bit", False, "rate", "size of the real bitstream"),
     _m("ideal_bits", "bit", False, "rate",
        "ideal code length −Σ log2 p of a token bitstream's sections under its tables"),
     _m("bytes", "byte", False, "rate", "size of the real bitstream"),
     _m("payload_bytes", "byte", False, "rate", "coded image data of the bitstream, container and tables left out"),
-    _m("payload_bpp", "bit/pixel", False, "rate", "payload bits per image pixel (container and tables left out)"),
+    _m("payload_bpp", "bit/pixel", False, "rate",
+       "payload bits per pixel (container and tables left out), pixel-weighted over a data set"),
     # token and compute rates: computed in one place, tokencodec.metrics.rates.CostModel.point
     _m("tokens_in", "token", False, "rate", "visual tokens entering the consumer's first layer (LLM or ViT head)"),
     _m("tokens", "token", False, "rate", "visual tokens at the consumer's last layer (LLM, ViT or CNN head)"),

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from tokencodec.rd.bd import BDOverlapWarning, BDResult, bd_quality, bd_rate
+import numpy as np
+
+from tokencodec.rd.aggregate import item_matrix
+from tokencodec.rd.bd import MIN_OVERLAP, BDOverlapWarning, BDResult, bd_quality, bd_rate
+from tokencodec.rd.bootstrap import LEVEL, Interval, point_intervals
 from tokencodec.rd.curve import Curve
 from tokencodec.rd.measures import lookup
 
@@ -60,15 +65,31 @@ class BDRow:
     def fit(self) -> str:
         return self.method + (", linear rate" if self.linear_rate else "") + (", monotonic" if self.monotonic else "")
 
+    @property
+    def noise(self) -> str:
+        """"within noise" when an interval of a value shown contains 0, "beyond noise" when every shown value's
+        interval excludes it, "" when no interval could be computed (no per-item values)."""
+        shown = [r for r in (self.bd_rate, self.bd_quality) if r is not None and r.shown]
+        if not shown or any(r.within_noise is None for r in shown):
+            return ""
+        return "within noise" if any(r.within_noise for r in shown) else "beyond noise"
+
+    def to_json(self) -> dict:
+        return {"test": self.test, "anchor": self.anchor, "metric": self.metric, "rate": self.rate, "fit": self.fit,
+                "bd_rate": self.bd_rate.to_json() if self.bd_rate else None,
+                "bd_quality": self.bd_quality.to_json() if self.bd_quality else None,
+                "status": self.status, "noise": self.noise or None, "error": self.error or None}
+
 
 def bd_row(anchor: Curve, test: Curve, metric: str, rate: str, *, linear_rate: bool | None = None,
            monotonic: bool | None = None, method: str = "pchip", anchor_name: str | None = None,
-           test_name: str | None = None) -> BDRow:
-    """BD-rate and BD-quality of ``test`` against ``anchor``; a failure is a row with ``status`` "error: …"."""
+           test_name: str | None = None, interval: bool | int = True, seed: int = 0) -> BDRow:
+    """BD-rate and BD-quality of ``test`` against ``anchor``, each with its paired-bootstrap interval when both
+    curves keep per-item values (``interval=False`` skips it); a failure is a row with ``status`` "error: …"."""
     linear = default_linear_rate(rate) if linear_rate is None else linear_rate
     mono = default_monotonic(metric) if monotonic is None else monotonic
     names = (test_name or test.name, anchor_name or anchor.name)
-    kw = dict(method=method, linear_rate=linear, monotonic=mono)
+    kw = dict(method=method, linear_rate=linear, monotonic=mono, interval=interval, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BDOverlapWarning)  # the row reports the overlap itself
         try:
@@ -81,7 +102,8 @@ def bd_row(anchor: Curve, test: Curve, metric: str, rate: str, *, linear_rate: b
 
 
 def bd_rows(curves: Mapping[str, Curve], anchor: str, metrics: Sequence[str], rate: str, *,
-            linear_rate: bool | None = None, monotonic: bool | None = None, method: str = "pchip") -> list[BDRow]:
+            linear_rate: bool | None = None, monotonic: bool | None = None, method: str = "pchip",
+            interval: bool | int = True) -> list[BDRow]:
     """One row per (curve other than the anchor, metric). Defaults: ``linear_rate`` from the rate
     (``default_linear_rate``), ``monotonic`` from the metric (``default_monotonic``). Curves that lack the
     rate are not on this axis and are left out; other failures are rows whose status says why."""
@@ -93,27 +115,33 @@ def bd_rows(curves: Mapping[str, Curve], anchor: str, metrics: Sequence[str], ra
             continue
         for metric in metrics:
             rows.append(bd_row(curves[anchor], curve, metric, rate, linear_rate=linear_rate, monotonic=monotonic,
-                               method=method, anchor_name=anchor, test_name=name))
+                               method=method, anchor_name=anchor, test_name=name, interval=interval))
     return rows
 
 
 def bd_header(show_anchor: bool = True) -> list[str]:
     first = ["test", "anchor"] if show_anchor else ["method"]
     return [*first, "metric", "interpolation", "BD-rate (%)", "BD-quality", "overlap (quality)", "overlap (rate)",
-            "status"]
+            "status", "noise"]
 
 
-def _quality(q: BDResult | None) -> str:
-    if q is None or q.value is None:
+def bd_value(result: BDResult | None, with_unit: bool = False) -> str:
+    """A BD value with its interval, as reports print it: "−12.30 [−18.1…]"; "—" when withheld (status not ok)."""
+    if result is None:
         return ""
-    return (f"{q.value:+.4f}" if abs(q.value) < 0.1 else f"{q.value:+.3f}") + (f" {q.unit}" if q.unit else "")
+    if not result.shown:
+        return "—"
+    text = result.number(result.value)
+    if result.interval is not None:
+        text += f" [{result.number(result.interval.low)}, {result.number(result.interval.high)}]"
+    return text + (f" {result.unit}" if with_unit and result.unit and result.unit != "%" else "")
 
 
 def bd_cells(row: BDRow, show_anchor: bool = True) -> list[str]:
     r, q = row.bd_rate, row.bd_quality
     first = [row.test, row.anchor] if show_anchor else [row.test]
-    return [*first, row.metric, row.fit, "" if r is None or r.value is None else f"{r.value:+.2f}", _quality(q),
-            "" if r is None else f"{r.overlap:.0%}", "" if q is None else f"{q.overlap:.0%}", row.status]
+    return [*first, row.metric, row.fit, bd_value(r), bd_value(q, with_unit=True),
+            "" if r is None else f"{r.overlap:.0%}", "" if q is None else f"{q.overlap:.0%}", row.status, row.noise]
 
 
 def bd_table(rows: Sequence[BDRow], show_anchor: bool = True) -> tuple[list[str], list[list[str]]]:
@@ -131,8 +159,10 @@ def bd_note(rate: str, linear_rate: bool | None = None) -> str:
             f"{rate} axis. BD-rate: {rate_def}; negative is better. PCHIP throughout; machine metrics "
             "(accuracies, agreements, KL, recalls, measured on finite test sets) are first fitted monotonic "
             "(isotonic regression), human metrics (PSNR, MS-SSIM) are not. Overlap: the share of the union of "
-            "both ranges that both curves cover; status low-overlap below 75 %, no-overlap when the ranges are "
-            "disjoint (no BD value).")
+            f"both ranges that both curves cover; below {MIN_OVERLAP:.0%} the status is low-overlap and no value is "
+            "printed (—), no-overlap when the ranges are disjoint. In brackets: the "
+            f"{LEVEL:.0%} interval of a paired bootstrap over the items both curves share (200 resamples, seed 0); "
+            "noise: within noise when an interval contains 0 (no per-item values in the files: no interval).")
 
 
 def to_csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -147,6 +177,18 @@ def _fmt(x: float) -> str:
     return f"{x:.3f}" if abs(x) < 100 else f"{x:.3g}"
 
 
+def with_interval(x: float, interval: Interval | None) -> str:
+    """A mean and its interval, to the digits the interval supports: "0.812 [0.781, 0.843]"; a constant or a
+    mean without per-item values prints as the plain value."""
+    if interval is None or not math.isfinite(x) or interval.high - interval.low <= 1e-12 * max(1.0, abs(x)):
+        return _fmt(x)
+    half = (interval.high - interval.low) / 2
+    digits = min(max(1 - math.floor(math.log10(half)), 0), 6)
+    if abs(x) >= 1e5:                       # FLOPs, bytes: significant digits, not decimals
+        return f"{x:.3g} [{interval.low:.3g}, {interval.high:.3g}]"
+    return f"{x:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+
+
 def _knob(p) -> str:
     return "" if p.knob is None else f"{p.knob:g}"
 
@@ -158,27 +200,51 @@ def knob_header(curves: Mapping[str, Curve]) -> str:
 
 
 def value_table(curves: Mapping[str, Curve], columns: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-    """Every operating point of every curve, with ``columns`` (measures) as columns."""
+    """Every operating point of every curve, with ``columns`` (measures) as columns; each mean with its
+    bootstrap interval over items when the curve keeps per-item values (``rd.bootstrap``)."""
     header = ["method", knob_header(curves), *columns]
     rows = []
     for name, curve in curves.items():
-        for p in curve.points:
-            rows.append([name, _knob(p), *(_fmt(p.values[c]) if c in p.values else "" for c in columns)])
+        intervals = {c: point_intervals(curve, c) for c in columns if c not in TIMING_COLUMNS}
+        for k, p in enumerate(curve.points):
+            cells = []
+            for c in columns:
+                if c not in p.values:
+                    cells.append("")
+                    continue
+                found = intervals.get(c)
+                cells.append(with_interval(p.values[c], found[k] if found else None))
+            rows.append([name, _knob(p), *cells])
     return header, rows
+
+
+TIMING_COLUMNS = frozenset({"latency_s", "encoding_time", "decoding_time"})   # machine noise, not sampling noise
+
+
+def _group_mean(values: np.ndarray, seed: int = 0) -> str:
+    """Mean of a group's values with its bootstrap interval."""
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return _fmt(float(values.mean())) if len(values) else ""
+    idx = np.random.default_rng(seed).integers(0, len(values), size=(1000, len(values)))
+    lo, hi = np.percentile(values[idx].mean(axis=1), [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2])
+    return with_interval(float(values.mean()), Interval(float(lo), float(hi), LEVEL, 1000))
 
 
 def group_table(curves: Mapping[str, Curve], metric: str, group_of: Callable[[str], str | None]
                 ) -> tuple[list[str], list[list[str]]]:
-    """Mean ``metric`` per group of samples (from each curve's per-item values), one row per operating point."""
+    """Mean ``metric`` per group of samples (from each curve's per-item values), with its bootstrap interval over
+    the group's samples, one row per operating point."""
     groups = sorted({g for c in curves.values() for sid in c.per_item if (g := group_of(sid)) is not None})
     rows = []
     for name, curve in curves.items():
+        found = item_matrix(curve, metric)
         for k, p in enumerate(curve.points):
             sums: dict[str, list[float]] = defaultdict(list)
-            for sid, values in curve.per_item.items():
-                if (g := group_of(sid)) is not None and metric in values and values[metric][k] is not None:
-                    sums[g].append(values[metric][k])
-            rows.append([name, _knob(p), *(_fmt(sum(sums[g]) / len(sums[g])) if sums[g] else "" for g in groups)])
+            for sid, values in zip(*(found[:2] if found else ([], [])), strict=True):
+                if (g := group_of(sid)) is not None:
+                    sums[g].append(values[k])
+            rows.append([name, _knob(p), *(_group_mean(np.array(sums[g])) if sums[g] else "" for g in groups)])
     return ["method", knob_header(curves), *groups], rows
 
 
@@ -201,5 +267,5 @@ def retention_table(curves: Mapping[str, Curve], metric: str, anchor: str
 
 
 __all__ = ["BDRow", "BIT_RATES", "HUMAN_METRICS", "bd_cells", "bd_header", "bd_note", "bd_row", "bd_rows",
-           "bd_table", "default_linear_rate", "default_monotonic", "group_table", "knob_header", "retention_table",
-           "to_csv", "value_table"]
+           "bd_table", "bd_value", "default_linear_rate", "default_monotonic", "group_table", "knob_header",
+           "retention_table", "to_csv", "value_table", "with_interval"]

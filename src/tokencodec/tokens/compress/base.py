@@ -373,7 +373,7 @@ class ScoreMethod(TokenMethod):
         return keep_top_k(batch, scores, budget.tokens(batch.num_tokens))
 
 
-METHODS: Registry[type[TokenMethod]] = Registry("token-compression method")
+METHODS: Registry[type[TokenMethod]] = Registry("token-compression method", group="tokencodec.methods")
 
 
 def register_method(name: str):
