@@ -98,3 +98,16 @@ def test_one_prompt_is_what_the_processor_gives_unpadded(models):
     assert one.keys() == own.keys() and all(bool((one[k] == own[k]).all()) for k in one)
     with pytest.raises(ValueError, match="no prompts"):
         mllm.generate_batch([])
+
+
+def test_qwen_inputs_are_what_the_model_takes(models):
+    # Qwen2-VL's own processor returns mm_token_type_ids (1 on image tokens); without them model(**inputs)
+    # cannot build its M-RoPE positions in transformers 5.24
+    import torch
+
+    mllm = models["qwen2-vl"]
+    one = mllm.inputs(images((56,)), QUESTIONS[0])
+    assert torch.equal(one["mm_token_type_ids"], (one["input_ids"] == mllm.image_token_id).long())
+    with torch.inference_mode():
+        logits = mllm.model(**one).logits
+    assert logits.shape[:2] == one["input_ids"].shape and torch.isfinite(logits).all()
