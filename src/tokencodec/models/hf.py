@@ -8,8 +8,8 @@ The one path every real-model entry point shares (the lmms-eval plugin, the ``hf
     outs = mllm.generate_batch([([im1], "Is there a dog?"), ([im2], "What colour?")], "visionzip", Budget(keep=64))
 
 Families are those of the adapter registry that can be loaded from a checkpoint
-(:func:`tokencodec.adapters.registry.hf_classes`: LLaVA, Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision), each prompted by its entry
-in :mod:`tokencodec.models.prompts` (the processor's chat template when it has one). The method runs
+(:func:`tokencodec.adapters.registry.hf_classes`: LLaVA, Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision), each prompted
+by its entry in :mod:`tokencodec.models.prompts` (the processor's chat template when it has one). The method runs
 through :func:`tokencodec.compress` (hooks, no fork), so every registered method a family supports works.
 
 Rates per call come from :class:`~tokencodec.metrics.rates.CostModel` (the one cost path): visual tokens
