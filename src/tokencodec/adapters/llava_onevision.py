@@ -49,7 +49,7 @@ frames, of the attention and of the keys).
 
 **In-LLM methods** rank the span as one set: a video's T·196 frame tokens (grid 14×14, ``frames=T``; the
 newline after it is text, as ``holitom-llm``'s card says), an image's whole span (base, high-resolution
-tokens and newlines: FastV's and DivPrune's official LLaVA-NeXT code rank the newlines too). Their counts
+tokens and newlines: DivPrune's official LLaVA-1.6 code ranks the newlines too, one pool). Their counts
 are planned per prefill from the span that enters the LLM (a chain's: the count the pre-LLM step sent).
 
 **Per forward**: the record of the LLaVA adapter (``tokens_per_layer``: visual tokens each LLM layer saw,
