@@ -385,6 +385,9 @@ def test_refusals(model):
     with LlavaOnevisionTokenCompression(model, "divprune", Budget(keep=24)):
         with pytest.raises(ValueError, match="different AnyRes layouts"):
             logits(model, **mixed)
+    with LlavaOnevisionTokenCompression(model, "holitom", Budget(ratio=0.5)):
+        with pytest.raises(NotImplementedError, match="video method"):
+            logits(model, **image_inputs())
     both = dict(image_inputs(), pixel_values_videos=video_inputs()["pixel_values_videos"])
     with LlavaOnevisionTokenCompression(model, "fastv", Budget(keep=8), layers=2):
         with pytest.raises(NotImplementedError, match="not both"):

@@ -345,6 +345,8 @@ class LlavaOnevisionTokenCompression(LlavaTokenCompression):
                 sent = m(batch, self.pre_budget)
             key = sent.positions if self.pre_positions == "original" else torch.zeros_like(sent.positions)
             self._send(sent, key, layout.n)
+        elif self.pre_method.video:
+            raise NotImplementedError(f"{self.pre_method.name} is a video method; this prompt holds an image")
         else:
             self._image_views(torch.stack(list(out.pooler_output)), captured, layout)
 
