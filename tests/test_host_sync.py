@@ -122,6 +122,33 @@ def qwen_inputs(sizes=((6, 8), (6, 8))) -> dict:
                 pixel_values=torch.cat([r[1] for r in rows]), image_grid_thw=torch.cat([r[2] for r in rows]))
 
 
+OIMG, OVID, OSPAN = 3, 4, 234      # LLaVA-OneVision: 40×60 images → 5 AnyRes views, 64 + 10·(16 + 1) tokens
+
+
+def tiny_llava_onevision():
+    """With SigLIP's pooling head (OV's checkpoints drop it), so FastVID's official signals are supplied."""
+    transformers = pytest.importorskip("transformers")
+    from tokencodec.models.tiny import llava_onevision_config
+
+    torch.manual_seed(0)
+    cfg = llava_onevision_config(50, OIMG, OVID, text_layers=LAYERS, pad_token_id=0, head=True)
+    return transformers.LlavaOnevisionForConditionalGeneration(cfg).eval()
+
+
+def ov_inputs(video: bool = False) -> dict:
+    g = torch.Generator().manual_seed(7)
+    span, token = (2 * 16 + 1, OVID) if video else (OSPAN, OIMG)     # video: 2 frames of 4×4, one newline
+    prompts = [[1, 5, 6] + [token] * span + [7, 8, 9, 10], [0, 1, 5] + [token] * span + [7, 8, 9, 10]]
+    mask = torch.ones(2, len(prompts[0]), dtype=torch.long)
+    mask[1, 0] = 0
+    if video:
+        return dict(input_ids=torch.tensor(prompts), attention_mask=mask,
+                    pixel_values_videos=torch.randn(2, 2, 3, 32, 32, generator=g))
+    return dict(input_ids=torch.tensor(prompts), attention_mask=mask,
+                pixel_values=torch.randn(2, 5, 3, 32, 32, generator=g), image_sizes=torch.tensor([[40, 60], [40, 60]]),
+                batch_num_images=torch.tensor([1, 1]))
+
+
 def tiny_clip():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
@@ -174,6 +201,15 @@ ADAPTERS = {
     "clip-tower-video": (tiny_clip, lambda: dict(pixel_values=torch.randn(4, 3, 32, 32, generator=torch.Generator()
                                                                           .manual_seed(6))),
                          lambda name: METHODS.get(name).rebuilds_frames, lambda name: (Budget(keep=24), {})),
+    "ov-image-pre-llm": (tiny_llava_onevision, ov_inputs, lambda name: _ov_pre(name, video=False),
+                         lambda name: (Budget(keep=32), {})),
+    "ov-image-in-llm": (tiny_llava_onevision, ov_inputs, lambda name: METHODS.get(name).stage == "llm",
+                        lambda name: (Budget(ratio=0.5) if name == "pyramiddrop" else Budget(keep=32), LLM_OPTS[name])),
+    "ov-video": (tiny_llava_onevision, lambda: ov_inputs(video=True), lambda name: _ov_pre(name, video=True),
+                 lambda name: (Budget(keep={"temporal": 24}.get(name, 16)), {})),
+    "ov-video-in-llm": (tiny_llava_onevision, lambda: ov_inputs(video=True),
+                        lambda name: METHODS.get(name).stage == "llm",
+                        lambda name: (Budget(ratio=0.5) if name == "pyramiddrop" else Budget(keep=8), LLM_OPTS[name])),
     "efficientnet-lite0": (tiny_efficientnet, lambda: dict(x=torch.randn(2, 3, 96, 96, generator=torch.Generator()
                                                                          .manual_seed(5))),
                            lambda name: _efficientnet(name), lambda name: (Budget(keep=4), {})),
@@ -184,6 +220,12 @@ def _qwen_pre(name: str) -> bool:
     from tokencodec.adapters.qwen2_vl import Qwen2VLTokenCompression
 
     return Qwen2VLTokenCompression.supports(METHODS.get(name), False) != "—" and name != "coded"
+
+
+def _ov_pre(name: str, video: bool) -> bool:
+    """LLaVA-OneVision's pre-LLM methods: spatial ones per view (images) or per frame (video), video ones on clips."""
+    m = METHODS.get(name)
+    return m.stage == "pre-llm" and name != "coded" and (video or not m.video) and _family("LLaVA-OneVision", m)
 
 
 def _efficientnet(name: str) -> bool:
@@ -210,12 +252,18 @@ ADAPTER_SYNC_ALLOWANCE: dict[str, dict[str, int]] = {
     # Qwen2-VL in-LLM: one read of the image counts, span starts and grids, which shape the plan
     # (adapters/qwen2_vl_llm.py, _on_core); DART's text width comes from the same read
     "qwen2-vl-in-llm": {"*": 1},
+    # LLaVA-OneVision images: one read of image_sizes (and batch_num_images) per encoding, which decides the packed
+    # AnyRes layout (adapters/llava_onevision.py, _image_layout); video: none (shapes); DART's text width as LLaVA's
+    "ov-image-pre-llm": {"*": 1},
+    "ov-image-in-llm": {"*": 1, "dart": 2},
+    "ov-video": {"*": 0},
+    "ov-video-in-llm": {"*": 0, "dart": 1},
     "clip-tower": {"*": 0},
     "clip-tower-video": {"*": 0},
     "efficientnet-lite0": {"*": 0},
 }
 # Qwen2-VL's pre-LLM adapter calls the method once per image (each its own batch): its budget counts per call
-METHOD_CALLS_PER_FORWARD = {"qwen2-vl-pre-llm": 2}
+METHOD_CALLS_PER_FORWARD = {"qwen2-vl-pre-llm": 2, "ov-image-pre-llm": 2}   # OV: once per view (base, grid)
 
 
 def allowance(adapter: str, name: str) -> int:

@@ -21,7 +21,7 @@ N = 4
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lmms")
-    models = {f: save_tiny(f, root / f) for f in ("llava", "qwen2-vl")}
+    models = {f: save_tiny(f, root / f) for f in ("llava", "qwen2-vl", "llava-onevision")}
     write_task(root / "task", n=N)
     return root, models
 
@@ -69,6 +69,17 @@ def test_lmms_eval_runs_methods_on_tiny_llava_and_qwen2_vl_and_results_become_a_
     assert sorted(p.values["tokens"] for p in curve.points) == [2.0, 4.0, 16.0]
     assert all(0 <= p.values["exact_match"] <= 1 for p in curve.points)
     assert curve.measures["exact_match"].higher_is_better
+
+
+def test_lmms_eval_runs_a_method_on_tiny_llava_onevision(setup):
+    root, models = setup
+    args = f"pretrained={models['llava-onevision']},method=visionzip,keep=16"
+    done = lmms_eval(root, args, out="out-ov")
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    samples = costs_of(root, args)
+    assert len(samples) == N and all(s["flops"] > 0 and s["kv_bytes"] > 0 for s in samples)
+    # 16 of the image's tokens plus its grid's newlines (kept); every sample's layout is its own image's
+    assert all(s["tokens"] > 16 and s["tokens_per_layer"] == [s["tokens"]] * 4 for s in samples)
 
 
 def test_a_batched_run_answers_and_costs_each_sample_as_batch_1_does(setup):

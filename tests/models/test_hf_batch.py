@@ -21,7 +21,7 @@ NEW = 6
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("batch")
-    return {f: HFMLLM.load(str(save_tiny(f, root / f))) for f in ("llava", "qwen2-vl")}
+    return {f: HFMLLM.load(str(save_tiny(f, root / f))) for f in ("llava", "qwen2-vl", "llava-onevision")}
 
 
 def images(sizes, seed=0):
@@ -50,6 +50,10 @@ CASES = {
     "qwen-divprune": ("qwen2-vl", "divprune", Budget(ratio=0.5), {}, (84, 112, 56)),
     "qwen-fastv": ("qwen2-vl", "fastv", Budget(keep=4), {"layers": 2}, (84, 84, 84)),
     "llava-none": ("llava", None, None, {}, (32, 32, 32)),
+    # LLaVA-OneVision: one image size per batch under a method (its AnyRes layout); 2 views of 64 + 8·(8 + 1)
+    "ov-divprune": ("llava-onevision", "divprune", Budget(keep=16), {}, (32, 32, 32)),
+    "ov-fastv": ("llava-onevision", "fastv", Budget(keep=16), {"layers": 2}, (32, 32, 32)),
+    "ov-none": ("llava-onevision", None, None, {}, (32, 48, 40)),
     "qwen-none": ("qwen2-vl", None, None, {}, (84, 112, 56)),
 }
 
@@ -67,6 +71,8 @@ def test_a_batch_answers_and_counts_each_sample_as_it_does_alone(models, case):
         assert [g.rates["tokens"] for g in batch] == [4.0, 8.0, 2.0]
     if family == "llava" and method is not None:
         assert {g.rates["tokens"] for g in batch} == {4.0}
+    if case == "ov-divprune":                       # 16 of the two views' tokens, and the grid's 8 newlines
+        assert {g.rates["tokens"] for g in batch} == {24.0}
     assert {g.rates["batch_size"] for g in batch} == {3.0}
 
 

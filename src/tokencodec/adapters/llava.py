@@ -161,14 +161,7 @@ class LlavaTokenCompression(LLMStages, Adapter):
         self.llava = model.model if name == "LlavaForConditionalGeneration" else model
         self.lm = self.llava.language_model
         self.layers = self._check_lm(self.lm)
-        steps = chain_steps(method, budget)
-        self.method, self.budget = steps[-1]                 # the last step (the only one, unless chained)
-        first, first_budget = steps[0]
-        self.pre_method, self.pre_budget = (first, first_budget) if first.stage in FIRST else (None, None)
-        self.llm_method, self.llm_budget = steps[-1] if self.method.stage == "llm" else (None, None)
-        self.stage = "+".join(m.stage for m, _ in steps)
-        if positions not in (None, "original", "renumber"):
-            raise ValueError(f"positions must be 'original' or 'renumber', not {positions!r}")
+        self._set_steps(method, budget, positions)
         cfg = self.llava.config
         self.image_token_id = cfg.image_token_id
         tower = resolve_tower(self.llava)
@@ -184,11 +177,7 @@ class LlavaTokenCompression(LLMStages, Adapter):
             raise ValueError(f"vision_feature_select_strategy={strategy!r} with a tower "
                              f"{'with' if tower.class_token else 'without'} CLS: the image span would "
                              "not be the patch grid; supported: 'default' with CLIP, 'full' with SigLIP")
-        self._capture: SignalCapture | None = None
-        self._tome: ToMeVisionPatch | None = None
-        self.stage_plan: tuple[Stage, ...] = ()
-        self.stage_keep: tuple[int, ...] = ()
-        self.stages: list[StageRecord] = []
+        self._clear_state()
         self.llm_tokens = self.n
         if self.pre_method is not None:
             self.pre_positions = positions or getattr(self.pre_method, "positions", "original")
@@ -198,6 +187,26 @@ class LlavaTokenCompression(LLMStages, Adapter):
             self._init_llm(layers, stage_keep, query)
         else:
             self.positions = self.pre_positions
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def _set_steps(self, method, budget, positions: str | None) -> None:
+        """The method (or chain) and budget: ``pre_method`` / ``llm_method`` and their budgets, ``stage``."""
+        steps = chain_steps(method, budget)
+        self.method, self.budget = steps[-1]                 # the last step (the only one, unless chained)
+        first, first_budget = steps[0]
+        self.pre_method, self.pre_budget = (first, first_budget) if first.stage in FIRST else (None, None)
+        self.llm_method, self.llm_budget = steps[-1] if self.method.stage == "llm" else (None, None)
+        self.stage = "+".join(m.stage for m, _ in steps)
+        if positions not in (None, "original", "renumber"):
+            raise ValueError(f"positions must be 'original' or 'renumber', not {positions!r}")
+
+    def _clear_state(self) -> None:
+        """The patches, plans and per-forward records, before the first forward."""
+        self._capture: SignalCapture | None = None
+        self._tome: ToMeVisionPatch | None = None
+        self.stage_plan: tuple[Stage, ...] = ()
+        self.stage_keep: tuple[int, ...] = ()
+        self.stages: list[StageRecord] = []
         self._run: Run | None = None
         self._pending: Tensor | None = None
         self._pre: tuple | None = None
@@ -208,7 +217,6 @@ class LlavaTokenCompression(LLMStages, Adapter):
         self._span = 0
         self.sequence_index: Tensor | None = None
 
-    # -- set-up -----------------------------------------------------------------------------------
     def _init_pre(self, cfg, tower, features, signal_layer, prop_attn) -> None:
         if not isinstance(cfg.vision_feature_layer, int) or cfg.vision_feature_layer == 0:
             raise ValueError(f"vision_feature_layer={cfg.vision_feature_layer!r}: one encoder layer is supported")

@@ -24,6 +24,7 @@ from torch import nn
 from tokencodec.adapters.base import NO, Adapter
 from tokencodec.adapters.efficientnet import EfficientNetTokenCompression
 from tokencodec.adapters.llava import LlavaTokenCompression
+from tokencodec.adapters.llava_onevision import LlavaOnevisionTokenCompression
 from tokencodec.adapters.qwen2_vl import Qwen2VLTokenCompression
 from tokencodec.adapters.qwen2_vl_llm import Qwen2VLLLMCompression
 from tokencodec.adapters.vision_tower import (
@@ -71,6 +72,9 @@ FAMILIES: tuple[Family, ...] = (
            (Qwen2VLTokenCompression, Qwen2VLLLMCompression), has_cls=False,
            hf_classes={"qwen2_vl": "Qwen2VLForConditionalGeneration",
                        "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}),
+    Family("LLaVA-OneVision", ("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionModel"),
+           (LlavaOnevisionTokenCompression,), has_cls=False,
+           hf_classes={"llava_onevision": "LlavaOnevisionForConditionalGeneration"}),
     # a ViT classifier (a CLIP tower and a head on the CLS): methods prune between layers, ToMe merges in them
     Family("ViT classifier", ("FashionViT",), (TowerTokenPruning, ToMeVisionPatch, TowerVideoCoding)),
     Family("EfficientNet-Lite0", ("EfficientNetLite0",), (EfficientNetTokenCompression,), has_cls=False),

@@ -8,8 +8,8 @@ The one path every real-model entry point shares (the lmms-eval plugin, the ``hf
     outs = mllm.generate_batch([([im1], "Is there a dog?"), ([im2], "What colour?")], "visionzip", Budget(keep=64))
 
 Families are those of the adapter registry that can be loaded from a checkpoint
-(:func:`tokencodec.adapters.registry.hf_classes`: LLaVA, Qwen2-VL, Qwen2.5-VL), each prompted by its entry
-in :mod:`tokencodec.models.prompts` (the processor's chat template when it has one). The method runs
+(:func:`tokencodec.adapters.registry.hf_classes`: LLaVA, Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision), each prompted
+by its entry in :mod:`tokencodec.models.prompts` (the processor's chat template when it has one). The method runs
 through :func:`tokencodec.compress` (hooks, no fork), so every registered method a family supports works.
 
 Rates per call come from :class:`~tokencodec.metrics.rates.CostModel` (the one cost path): visual tokens
@@ -244,7 +244,9 @@ class HFMLLM:
         stage = None
         if method is not None and method != "none" and not isinstance(method, list | tuple):
             stage = (get_method(method) if isinstance(method, str) else method).stage
-        if not (self.family.startswith("qwen") and stage == "llm"):
+        # a family whose adapter needs one layout per batch (LLaVA-OneVision's AnyRes) groups under any method
+        one_layout = getattr(self.format, "one_layout_per_batch", False) and method not in (None, "none")
+        if not (self.family.startswith("qwen") and stage == "llm" or one_layout):
             return [list(range(len(items)))]
         groups: dict[tuple, list[int]] = {}
         for i, (images, _) in enumerate(items):
@@ -280,6 +282,7 @@ class HFMLLM:
         visual = (kw["input_ids"] == self.image_token_id).sum(1).tolist()
         real = kw["attention_mask"].sum(1).tolist() if "attention_mask" in kw else [padded_len] * b
         patches = self.vision_patches_per_sample(kw, [len(images) for images, _ in items])
+        views = self.views_per_sample(record, items)
         layers = self.model.config.get_text_config().num_hidden_layers
         cost = self.cost_model
         gens = []
@@ -287,11 +290,24 @@ class HFMLLM:
             text = self.tokenizer.decode(out["ids"][i, padded_len:], skip_special_tokens=True).strip()
             per_layer = sample_tokens_per_layer(record, i, visual[i], layers)
             own = None if record is None else replace(record, tokens_per_layer=per_layer)
-            rates = {**cost.of_record(own, visual[i], real[i] - visual[i], vision_patches=patches[i]),
+            rates = {**cost.of_record(own, visual[i], real[i] - visual[i], vision_patches=patches[i],
+                                      images=views[i]),
                      "latency_s": timing.median_s / b, "batch_latency_s": timing.median_s, "batch_size": float(b),
                      "peak_bytes": float(timing.peak_bytes)}
             gens.append(Generation(text, rates, record, per_layer))
         return gens
+
+    def views_per_sample(self, record, items) -> list[float]:
+        """Images the vision tower ran on per sample (LLaVA-OneVision: an image's AnyRes views), which multiply
+        its cost: the adapter's ``extra["views"]`` when a method ran, else the family's prompt entry, else 1."""
+        counted = getattr(self.format, "views", None)
+        if record is not None and record.extra.get("views") is not None:
+            return [float(record.extra["views"])] * len(items)
+        if counted is None:
+            return [1.0] * len(items)
+        images = [[np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im) for im in sample]
+                  for sample, _ in items]
+        return [float(v) for v in counted(self, images)]
 
     @staticmethod
     def vision_patches_per_sample(inputs: dict, images_per_sample: Sequence[int]) -> list[int | None]:

@@ -69,8 +69,52 @@ class QwenVLFormat:
         return out
 
 
-PROMPTS: dict[str, type] = {"llava": LlavaFormat, "qwen2_vl": QwenVLFormat, "qwen2_5_vl": QwenVLFormat}
+class LlavaOnevisionFormat:
+    """LLaVA-OneVision: the Qwen ``<|im_start|>`` chat format with ``<image>``. The image processor and tokenizer
+    are used apart and ``<image>`` is repeated once per token of the image's packed AnyRes layout (base view,
+    then the high-resolution rows each closed by a newline), as ``LlavaOnevisionProcessor`` does (that
+    processor needs a video processor, which needs torchvision; video prompts are not built here). A batch
+    shares one layout per forward under a method (the adapter's), so it is grouped by image size."""
+
+    needs_processor = False
+    one_layout_per_batch = True
+
+    @staticmethod
+    def text(question: str, n_images: int) -> str:
+        return f"<|im_start|>user {IMAGE * n_images}\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+    @staticmethod
+    def inputs(mllm, images: list[list[np.ndarray]], texts: list[str]) -> dict[str, Any]:
+        from tokencodec.adapters.llava_onevision import anyres_layout
+
+        flat = [im for sample in images for im in sample]
+        out = dict(mllm.image_processor(images=images, return_tensors="pt")) if flat else {}
+        expanded = []
+        for sample, text in zip(images, texts, strict=True):
+            parts = text.split(IMAGE)
+            if len(parts) - 1 != len(sample):
+                raise ValueError(f"the prompt holds {len(parts) - 1} {IMAGE} for {len(sample)} images")
+            if len(sample) > 1:      # several images: base view and one newline each (the processor's rule)
+                config = mllm.model.config.vision_config
+                counts = [(config.image_size // config.patch_size) ** 2 + 1] * len(sample)
+            else:
+                counts = [anyres_layout(mllm.model.config, im.shape[:2]).span for im in sample]
+            expanded.append(parts[0] + "".join(IMAGE * c + rest for c, rest in zip(counts, parts[1:], strict=True)))
+        out.update(mllm.tokenizer(expanded, padding=True, padding_side="left", return_tensors="pt"))
+        return out
+
+    @staticmethod
+    def views(mllm, images: list[list[np.ndarray]]) -> list[int]:
+        """Tower images per sample (its AnyRes views; one per image when a prompt holds several)."""
+        from tokencodec.adapters.llava_onevision import anyres_layout
+
+        return [len(sample) if len(sample) != 1 else anyres_layout(mllm.model.config, sample[0].shape[:2]).views
+                for sample in images]
+
+
+PROMPTS: dict[str, type] = {"llava": LlavaFormat, "qwen2_vl": QwenVLFormat, "qwen2_5_vl": QwenVLFormat,
+                            "llava_onevision": LlavaOnevisionFormat}
 # image placeholders a benchmark's prompt may already carry (LLaVA's, Qwen2-VL's)
 PLACEHOLDERS = (QWEN_IMAGE, "<|image_pad|>", IMAGE)
 
-__all__ = ["PLACEHOLDERS", "PROMPTS", "LlavaFormat", "QwenVLFormat"]
+__all__ = ["PLACEHOLDERS", "PROMPTS", "LlavaFormat", "LlavaOnevisionFormat", "QwenVLFormat"]

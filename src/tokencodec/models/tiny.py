@@ -1,4 +1,4 @@
-"""Tiny random-weight LLaVA and Qwen2-VL checkpoints, saved like real ones (``save_pretrained``).
+"""Tiny random-weight LLaVA, Qwen2-VL and LLaVA-OneVision checkpoints, saved like real ones (``save_pretrained``).
 
 No model hub is reachable where tokencodec is tested, so the real-model paths (``from_pretrained`` by
 folder, the processors, ``generate``, the lmms-eval plugin) are exercised on these: the real
@@ -6,7 +6,7 @@ architectures and processors at toy sizes, random weights (their answers are noi
 is that every method runs and is accounted for). A word-level tokenizer (the ``tokenizers``
 library; no vocabulary file to download) knows the special tokens each processor needs.
 
-    python -m tokencodec.models.tiny llava /tmp/tiny-llava      # or qwen2-vl
+    python -m tokencodec.models.tiny llava /tmp/tiny-llava      # or qwen2-vl, llava-onevision
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ WORDS = ("yes no is there a an the in on of what colour color which how many ima
 LLAVA_SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|image_pad|>", "<|video_pad|>")
-FAMILIES = ("llava", "qwen2-vl")
+OV_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
+FAMILIES = ("llava", "qwen2-vl", "llava-onevision")
 
 
 def word_tokenizer(special: tuple[str, ...], unk: str, **names):
@@ -91,10 +92,58 @@ def save_tiny_qwen2_vl(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
+OV_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
+
+
+def llava_onevision_config(vocab_size: int, image_token_id: int, video_token_id: int, *, text_layers: int = 4,
+                           pad_token_id: int | None = None, eos_token_id: int | None = None, head: bool = False,
+                           vision_aspect_ratio: str = "anyres_max_9"):
+    """A toy ``LlavaOnevisionConfig``: 3-layer SigLIP (32 px, 4 px patches: 8×8 = 64 tokens per view; no
+    attention-pooling head unless ``head``, as OV's checkpoints), AnyRes pinpoints of 1–2 × 1–2 crops, a Qwen2
+    of ``text_layers``. An image sends 64 + h′·(w′ + 1) tokens, a T-frame video T·16 + 1 (4×4 pooled frames and
+    one newline)."""
+    import transformers
+
+    vc = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                         num_attention_heads=4, image_size=32, patch_size=4, vision_use_head=head)
+    tc = transformers.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=text_layers,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size,
+                                  max_position_embeddings=4096, bos_token_id=None, eos_token_id=eos_token_id,
+                                  pad_token_id=pad_token_id)
+    return transformers.LlavaOnevisionConfig(
+        vision_config=vc, text_config=tc, image_token_index=image_token_id, video_token_index=video_token_id,
+        image_grid_pinpoints=OV_PINPOINTS, vision_feature_layer=-1, vision_feature_select_strategy="full",
+        vision_aspect_ratio=vision_aspect_ratio)
+
+
+def save_tiny_llava_onevision(folder: str | Path, seed: int = 0) -> Path:
+    """A LLaVA-OneVision-shaped checkpoint (:func:`llava_onevision_config`, a 4-layer Qwen2)."""
+    import torch
+    import transformers
+
+    folder = Path(folder)
+    tok = word_tokenizer(OV_SPECIAL, "<|endoftext|>", pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    cfg = llava_onevision_config(len(tok), tok.convert_tokens_to_ids("<image>"), tok.convert_tokens_to_ids("<video>"),
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    model = transformers.LlavaOnevisionForConditionalGeneration(cfg).eval()
+    # the PIL image processor and the tokenizer, saved apart: LlavaOnevisionProcessor needs a video processor,
+    # which needs torchvision (tokencodec.models.prompts expands <image> as the processor does)
+    images = transformers.LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32},
+                                                          image_grid_pinpoints=OV_PINPOINTS)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    images.save_pretrained(folder)
+    return folder
+
+
+SAVERS = {"llava": save_tiny_llava, "qwen2-vl": save_tiny_qwen2_vl, "llava-onevision": save_tiny_llava_onevision}
+
+
 def save_tiny(family: str, folder: str | Path, seed: int = 0) -> Path:
     if family not in FAMILIES:
         raise ValueError(f"family {family!r}: allowed {', '.join(FAMILIES)}")
-    return (save_tiny_llava if family == "llava" else save_tiny_qwen2_vl)(folder, seed)
+    return SAVERS[family](folder, seed)
 
 
 if __name__ == "__main__":
