@@ -18,6 +18,15 @@ IMAGE = "<image>"
 QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
+def expand_placeholders(text: str, placeholder: str, counts: list[int]) -> str:
+    """``text`` with its i-th ``placeholder`` repeated ``counts[i]`` times (the image's tokens), as the families'
+    processors expand them; a ValueError when the prompt holds another number of placeholders."""
+    parts = text.split(placeholder)
+    if len(parts) - 1 != len(counts):
+        raise ValueError(f"the prompt holds {len(parts) - 1} {placeholder} for {len(counts)} images")
+    return parts[0] + "".join(placeholder * n + rest for n, rest in zip(counts, parts[1:], strict=True))
+
+
 class LlavaFormat:
     """LLaVA-1.5: ``USER: <image>\\n… ASSISTANT:`` (unless the processor has a chat template); the processor
     expands ``<image>`` into the image tokens."""
@@ -56,14 +65,8 @@ class QwenVLFormat:
         if flat:
             merge = mllm.image_processor.merge_size ** 2
             counts = iter((out["image_grid_thw"].prod(-1) // merge).tolist())   # images in sample order
-            pad = "<|image_pad|>"
-            expanded = []
-            for sample, text in zip(images, texts, strict=True):
-                parts = text.split(pad)
-                if len(parts) - 1 != len(sample):
-                    raise ValueError(f"the prompt holds {len(parts) - 1} {pad} for {len(sample)} images")
-                expanded.append(parts[0] + "".join(pad * next(counts) + rest for rest in parts[1:]))
-            texts = expanded
+            texts = [expand_placeholders(text, "<|image_pad|>", [next(counts) for _ in sample])
+                     for sample, text in zip(images, texts, strict=True)]
         out.update(mllm.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt"))
         out["mm_token_type_ids"] = (out["input_ids"] == mllm.image_token_id).to(torch.long)
         return out
@@ -91,15 +94,12 @@ class LlavaOnevisionFormat:
         out = dict(mllm.image_processor(images=images, return_tensors="pt")) if flat else {}
         expanded = []
         for sample, text in zip(images, texts, strict=True):
-            parts = text.split(IMAGE)
-            if len(parts) - 1 != len(sample):
-                raise ValueError(f"the prompt holds {len(parts) - 1} {IMAGE} for {len(sample)} images")
             if len(sample) > 1:      # several images: base view and one newline each (the processor's rule)
                 config = mllm.model.config.vision_config
                 counts = [(config.image_size // config.patch_size) ** 2 + 1] * len(sample)
             else:
                 counts = [anyres_layout(mllm.model.config, im.shape[:2]).span for im in sample]
-            expanded.append(parts[0] + "".join(IMAGE * c + rest for c, rest in zip(counts, parts[1:], strict=True)))
+            expanded.append(expand_placeholders(text, IMAGE, counts))
         out.update(mllm.tokenizer(expanded, padding=True, padding_side="left", return_tensors="pt"))
         return out
 
