@@ -150,7 +150,9 @@ class MLLMShape:
     @classmethod
     def from_config(cls, config) -> MLLMShape:
         """From a ``LlavaConfig``-like config, or a Qwen2-VL / Qwen2.5-VL one (whose encoder's patch count
-        depends on the image, so its points need ``vision_patches``)."""
+        depends on the image, so its points need ``vision_patches``). A ``LlavaNextConfig`` gives the same shape,
+        the encoder's for one view: the tower runs on each image's AnyRes views (base + crops), which its points
+        pass as ``images`` (``CompressionRecord.extra["views"]``)."""
         if getattr(config, "model_type", "") in ("qwen2_vl", "qwen2_5_vl"):
             return cls._qwen_vl(config)
         return cls(VisionShape.from_config(config.vision_config), ProjectorShape.from_config(config),

@@ -8,7 +8,7 @@ The one path every real-model entry point shares (the lmms-eval plugin, the ``hf
     outs = mllm.generate_batch([([im1], "Is there a dog?"), ([im2], "What colour?")], "visionzip", Budget(keep=64))
 
 Families are those of the adapter registry that can be loaded from a checkpoint
-(:func:`tokencodec.adapters.registry.hf_classes`: LLaVA, Qwen2-VL, Qwen2.5-VL), each prompted by its entry
+(:func:`tokencodec.adapters.registry.hf_classes`: LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL), each prompted by its entry
 in :mod:`tokencodec.models.prompts` (the processor's chat template when it has one). The method runs
 through :func:`tokencodec.compress` (hooks, no fork), so every registered method a family supports works.
 
@@ -35,6 +35,8 @@ import numpy as np
 from tokencodec.models.prompts import PLACEHOLDERS, PROMPTS
 
 FLOPS_CONVENTION = "macs2 (2 FLOPs per multiply-add), prefill of the vision tower, projector and LLM"
+# families whose in-LLM stages need one image size per batch (one span length): prompts are grouped by size
+SAME_SIZE_IN_LLM = ("qwen2_vl", "qwen2_5_vl", "llava_next")
 
 
 def families() -> dict[str, str]:
@@ -226,7 +228,9 @@ class HFMLLM:
         batch is timed once: ``latency_s`` is the batch's wall time ÷ its size (the per-sample cost at this
         batch size), ``batch_latency_s`` the batch's wall time, ``batch_size`` its size; ``peak_bytes`` is
         the batch's. Qwen2-VL in-LLM methods need one image size per batch: prompts whose image sizes
-        differ run in sub-batches of equal sizes (each timed on its own)."""
+        differ run in sub-batches of equal sizes (each timed on its own), as do LLaVA-NeXT's in-LLM methods and
+        chains. LLaVA-NeXT's vision tower runs on each image's AnyRes views (base + crops): its FLOPs count them
+        (the record's ``extra["views"]``, or the image sizes without a method)."""
         if not items:
             raise ValueError("generate_batch: no prompts given")
         out: list[Generation | None] = [None] * len(items)
@@ -242,9 +246,10 @@ class HFMLLM:
         from tokencodec.tokens.compress import get_method
 
         stage = None
-        if method is not None and method != "none" and not isinstance(method, list | tuple):
-            stage = (get_method(method) if isinstance(method, str) else method).stage
-        if not (self.family.startswith("qwen") and stage == "llm"):
+        if method is not None and method != "none":
+            last = method[-1][0] if isinstance(method, list | tuple) else method    # a chain: its last step
+            stage = (get_method(last) if isinstance(last, str) else last).stage
+        if not (self.family in SAME_SIZE_IN_LLM and stage == "llm"):
             return [list(range(len(items)))]
         groups: dict[tuple, list[int]] = {}
         for i, (images, _) in enumerate(items):
@@ -280,6 +285,7 @@ class HFMLLM:
         visual = (kw["input_ids"] == self.image_token_id).sum(1).tolist()
         real = kw["attention_mask"].sum(1).tolist() if "attention_mask" in kw else [padded_len] * b
         patches = self.vision_patches_per_sample(kw, [len(images) for images, _ in items])
+        views = self.vision_views_per_sample(kw, [len(images) for images, _ in items], record)
         layers = self.model.config.get_text_config().num_hidden_layers
         cost = self.cost_model
         gens = []
@@ -287,7 +293,8 @@ class HFMLLM:
             text = self.tokenizer.decode(out["ids"][i, padded_len:], skip_special_tokens=True).strip()
             per_layer = sample_tokens_per_layer(record, i, visual[i], layers)
             own = None if record is None else replace(record, tokens_per_layer=per_layer)
-            rates = {**cost.of_record(own, visual[i], real[i] - visual[i], vision_patches=patches[i]),
+            rates = {**cost.of_record(own, visual[i], real[i] - visual[i], vision_patches=patches[i],
+                                      images=views[i]),
                      "latency_s": timing.median_s / b, "batch_latency_s": timing.median_s, "batch_size": float(b),
                      "peak_bytes": float(timing.peak_bytes)}
             gens.append(Generation(text, rates, record, per_layer))
@@ -303,6 +310,24 @@ class HFMLLM:
         per_image = grid.prod(-1).tolist()
         bounds = np.cumsum([0, *images_per_sample])
         return [int(sum(per_image[a:b])) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def vision_views_per_sample(self, inputs: dict, images_per_sample: Sequence[int], record=None) -> list[int]:
+        """The cost's ``images`` per sample: LLaVA-NeXT's AnyRes views (base + crops) of its images (the adapter's
+        ``record.extra["views"]``, or from ``image_sizes`` and the config); 1 for the other families (whose
+        encoder cost is one image's, or comes from ``vision_patches``)."""
+        sizes = inputs.get("image_sizes")
+        if sizes is None or not getattr(self.model.config, "image_grid_pinpoints", None):
+            return [1] * len(images_per_sample)
+        per_image = (record.extra.get("views") if record is not None else None) or _views_of(self.model.config,
+                                                                                             sizes)
+        bounds = np.cumsum([0, *images_per_sample])
+        return [int(sum(per_image[a:b])) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _views_of(config, image_sizes) -> list[int]:
+    from tokencodec.adapters.anyres import layout_for
+
+    return [layout_for(config, size).views for size in image_sizes.tolist()]
 
 
 def sample_tokens_per_layer(record, i: int, n_visual: int, layers: int) -> list[int]:

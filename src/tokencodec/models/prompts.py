@@ -69,7 +69,10 @@ class QwenVLFormat:
         return out
 
 
-PROMPTS: dict[str, type] = {"llava": LlavaFormat, "qwen2_vl": QwenVLFormat, "qwen2_5_vl": QwenVLFormat}
+# LLaVA-NeXT: LLaVA's format (its processor, LlavaNextProcessor, expands <image> to the image's AnyRes count and
+# returns image_sizes; with the PIL image processor it needs no torchvision); chat templates come with checkpoints
+PROMPTS: dict[str, type] = {"llava": LlavaFormat, "llava_next": LlavaFormat, "qwen2_vl": QwenVLFormat,
+                            "qwen2_5_vl": QwenVLFormat}
 # image placeholders a benchmark's prompt may already carry (LLaVA's, Qwen2-VL's)
 PLACEHOLDERS = (QWEN_IMAGE, "<|image_pad|>", IMAGE)
 
