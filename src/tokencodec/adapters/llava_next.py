@@ -49,7 +49,9 @@ and a CLS, stand at their image's first slot).
 sent CLS included, standing for no patch), its grid ``(1, N0)`` over the widest image's uncompressed span
 (spatial: views·side²; joint: L), ``positions`` the slot there; ``extra["views"]`` the views per image (the
 tower ran on them: the cost's ``images``), ``extra["spans"]`` each image's packed length L,
-``extra["crops"]``, and ``extra["visual_tokens"]`` (pre-LLM alone) each row's real token count.
+``extra["crops"]``, ``extra["visual_tokens"]`` (pre-LLM alone) each row's real token count, and, where the
+method ranked projected tokens, ``extra["projector_tokens"]`` each row's (views·side²; ``projector_tokens`` the
+widest row's).
 
 Supported: one image per sample; ``vision_feature_select_strategy`` "default" with CLIP ("full" with SigLIP);
 a Llama-style LM. Refused with a message: video (``frames``), several images in one sample, images encoded
@@ -70,6 +72,7 @@ from tokencodec.adapters import llm_pruning as lp
 from tokencodec.adapters.anyres import AnyResLayout, layout_for
 from tokencodec.adapters.llava import LlavaTokenCompression
 from tokencodec.adapters.vision_tower import method_signals
+from tokencodec.metrics.host_sync import model_call
 from tokencodec.tokens import batch as batch_module
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget
@@ -181,6 +184,7 @@ class LlavaNextTokenCompression(LlavaTokenCompression):
         original = self.llava.get_image_features
 
         @functools.wraps(original)       # generate() reads its signature to pass pixel_values and image_sizes
+        @model_call                      # the model's own reads below it are the model's
         def get_image_features(*args, **kwargs):
             self._note_image_sizes(kwargs.get("image_sizes", args[1] if len(args) > 1 else None))
             return original(*args, **kwargs)
@@ -377,8 +381,9 @@ class LlavaNextTokenCompression(LlavaTokenCompression):
         if self.pre_method is not None:
             if self.llm_method is None:
                 rec.extra["visual_tokens"] = self._row_tokens
-            if self.features == "projected":            # the projector ran on every view's patches
-                rec.projector_tokens = max(self._views, default=1) * self.view_tokens
+            if self.features == "projected":            # ranked after projecting every view's patches: per row
+                rec.extra["projector_tokens"] = [v * self.view_tokens for v in self._views]
+                rec.projector_tokens = max(rec.extra["projector_tokens"], default=None)
         return rec
 
 

@@ -293,6 +293,8 @@ class HFMLLM:
             text = self.tokenizer.decode(out["ids"][i, padded_len:], skip_special_tokens=True).strip()
             per_layer = sample_tokens_per_layer(record, i, visual[i], layers)
             own = None if record is None else replace(record, tokens_per_layer=per_layer)
+            if own is not None and record.extra.get("projector_tokens") is not None:     # one count per row
+                own = replace(own, projector_tokens=record.extra["projector_tokens"][i])
             rates = {**cost.of_record(own, visual[i], real[i] - visual[i], vision_patches=patches[i],
                                       images=views[i]),
                      "latency_s": timing.median_s / b, "batch_latency_s": timing.median_s, "batch_size": float(b),
