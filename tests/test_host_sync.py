@@ -88,6 +88,31 @@ def llava_inputs(frames: int = 1) -> dict:
                 pixel_values=torch.randn(2 * frames, 3, 32, 32, generator=g))
 
 
+def tiny_llava_next():
+    transformers = pytest.importorskip("transformers")
+    vc = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                       num_attention_heads=4, image_size=32, patch_size=8)
+    tc = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
+                                  max_position_embeddings=512, pad_token_id=0)
+    torch.manual_seed(0)
+    cfg = transformers.LlavaNextConfig(vision_config=vc, text_config=tc, image_token_id=IMG,
+                                       image_grid_pinpoints=[[32, 64], [64, 32], [64, 64], [32, 96], [96, 32]])
+    return transformers.LlavaNextForConditionalGeneration(cfg).eval()
+
+
+def llava_next_inputs(sizes=((20, 50), (64, 64))) -> dict:
+    """Two left-padded prompts of one AnyRes image each: 20×50 px (3 views, 52 tokens), 64×64 (5 views, 88)."""
+    spans = {(20, 50): 52, (64, 64): 88}
+    g = torch.Generator().manual_seed(3)
+    rows = [[1, 5, 6] + [IMG] * spans[s] + [7, 8, 9, 10] for s in sizes]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return dict(input_ids=ids, attention_mask=mask, image_sizes=torch.tensor(sizes),
+                pixel_values=torch.randn(len(sizes), 5, 3, 32, 32, generator=g))
+
+
 QIMG, QVID, QVS, QVE = 190, 191, 188, 189
 
 
@@ -189,6 +214,12 @@ ADAPTERS = {
                     lambda name: (Budget(keep=24 if name == "temporal" else 16), {"frames": 2})),
     "llava-in-llm": (tiny_llava, llava_inputs, lambda name: METHODS.get(name).stage == "llm",
                      lambda name: (Budget(ratio=0.5) if name == "pyramiddrop" else Budget(keep=4), LLM_OPTS[name])),
+    "llava-next-pre-llm": (tiny_llava_next, llava_next_inputs, lambda name: _llava_pre(name) and
+                           _family("LLaVA-NeXT", METHODS.get(name)), lambda name: (pre_llm_budget(name, N), {})),
+    "llava-next-in-llm": (tiny_llava_next, lambda: llava_next_inputs(((64, 64), (64, 64))),
+                          lambda name: METHODS.get(name).stage == "llm",
+                          lambda name: (Budget(ratio=0.5) if name == "pyramiddrop" else Budget(keep=8),
+                                        LLM_OPTS[name])),
     "qwen2-vl-pre-llm": (tiny_qwen2_vl, lambda: qwen_inputs(((4, 6), (4, 4))),
                          lambda name: _qwen_pre(name), lambda name: (Budget(ratio=0.5), {})),
     "qwen2-vl-in-llm": (tiny_qwen2_vl, qwen_inputs, lambda name: METHODS.get(name).stage == "llm",
@@ -246,6 +277,10 @@ ADAPTER_SYNC_ALLOWANCE: dict[str, dict[str, int]] = {
     "llava-pre-llm": {"*": 0},
     "llava-video": {"*": 0},
     "llava-in-llm": {"*": 0, "dart": 1},
+    # LLaVA-NeXT: one read of the image sizes, which shape each image's span (adapters/llava_next.py,
+    # _note_image_sizes; the model reads them there too); DART's text width as on LLaVA
+    "llava-next-pre-llm": {"*": 1},
+    "llava-next-in-llm": {"*": 1, "dart": 2},
     # Qwen2-VL pre-LLM: one read of the images' grids (and attention chunks), which shape the per-image batches
     # (adapters/qwen2_vl.py, _on_visual); the LLM's row widths follow from shapes with one image per row
     "qwen2-vl-pre-llm": {"*": 1},

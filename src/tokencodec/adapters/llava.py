@@ -147,6 +147,7 @@ class LlavaTokenCompression(LLMStages, Adapter):
     method_stages = ("vision-encoder", "pre-llm", "llm")
     supplies = {"vision-encoder": TOWER_SIGNALS, "pre-llm": TOWER_SIGNALS, "llm": LLM_SIGNALS}   # tower, then LLM
     video, chains = True, True        # T-frame prompts; [(pre-LLM or ToMe, budget), (in-LLM, budget)]
+    supported = SUPPORTED             # the model classes this adapter takes (a subclass names its own)
 
     def __init__(self, model: nn.Module, method, budget: Budget | int | float | None = None, *,
                  layers: int | Sequence[int] | None = None, positions: str | None = None,
@@ -154,11 +155,11 @@ class LlavaTokenCompression(LLMStages, Adapter):
                  features: str | None = None, signal_layer: int | None = None, prop_attn: bool = True,
                  frames: int = 1, spatial: str = "per-frame"):
         name = type(model).__name__
-        if name not in SUPPORTED:
-            raise TypeError(f"unsupported model {name}; LlavaTokenCompression supports {', '.join(SUPPORTED)} "
-                            "(LLaVA-1.5 layout: CLIP/SigLIP tower, projector, Llama-style LM)")
+        if name not in self.supported:
+            raise TypeError(f"unsupported model {name}; {type(self).__name__} supports {', '.join(self.supported)} "
+                            "(LLaVA layout: CLIP/SigLIP tower, projector, Llama-style LM)")
         super().__init__(model)
-        self.llava = model.model if name == "LlavaForConditionalGeneration" else model
+        self.llava = model.model if name.endswith("ForConditionalGeneration") else model
         self.lm = self.llava.language_model
         self.layers = self._check_lm(self.lm)
         self._set_steps(method, budget, positions)
@@ -284,13 +285,17 @@ class LlavaTokenCompression(LLMStages, Adapter):
         pixels = kwargs.get("pixel_values", args[1] if len(args) > 1 else None)
         if pixels is None and kwargs.get("mm_encoder_outputs") is None:
             return None
+        self._pending = self._find_spans(is_image)
+        return None
+
+    def _find_spans(self, is_image: Tensor) -> Tensor:
+        """[B] each sample's image span start (the layout is checked when value checks are on)."""
         start = lp.image_spans(is_image, self.n)
         if start is None:
             raise ValueError(f"every sample must hold exactly one image ({self.frames} frame(s)): {self.n} "
                              "contiguous image tokens "
                              f"(id {self.image_token_id}); got counts {is_image.sum(1).tolist()}")
-        self._pending = start
-        return None
+        return start
 
 
     # -- pre-LLM: compress at the projector -----------------------------------------------------
@@ -383,22 +388,29 @@ class LlavaTokenCompression(LLMStages, Adapter):
         if projected.shape[0] != embeds.shape[0]:
             raise ValueError(f"{projected.shape[0]} images for {embeds.shape[0]} samples; one image per sample")
         k = projected.shape[1]
-        index = lp.span_index(run.start, self.n, rep, run.s0)
-        new = lp.write_span(lp.take(embeds, index), run.start, projected)
+        spans = self._span_lengths(embeds.shape[0])         # host ints: rows may hold spans of different lengths
+        index, real, pad = lp.ragged_span_index(run.start, spans, rep, run.s0)
+        start = run.start if pad is None else run.start + pad     # rows left-padded to one width
+        new = lp.write_span(lp.take(embeds, index), start, projected)
         valid = lp.take(run.valid, index)
+        if real is not None:
+            valid = valid & real
         if span_mask is not None:
-            slots = lp.span_slots(run.start, k)
+            slots = lp.span_slots(start, k)
             valid = valid.scatter(1, slots, span_mask & lp.take(valid, slots))
+        lo = min(spans)
         if self.pre_positions == "renumber":
-            positions = lp.renumber_positions(pos, index, run.start, self.n, k)
-            run.shift = self.n - k
+            span = lo if pad is None else pad + lo
+            real = None if span_mask is None else span_mask.sum(1)          # the span's real tokens come first
+            positions = lp.renumber_positions(pos, index, run.start, span, k, pad, real)
+            run.shift = lo - k
         else:
             positions = lp.take(pos, index)
         if mask is not None:
             mask = lp.mask_invalid(lp.take(mask, index), valid)
-        elif k < self.n or not bool(valid.all()):
+        elif k < lo or pad is not None or not bool(valid.all()):
             mask = valid.long()                               # gaps without a mask would read as packed sequences
-        run.lm_index, run.valid, run.s_in, run.n = index, valid, index.shape[1], k
+        run.start, run.lm_index, run.valid, run.s_in, run.n = start, index, valid, index.shape[1], k
         self.kept, self._span, self.sequence_index = out, k, index
         if self.llm_method is not None:
             if span_mask is not None:
@@ -406,6 +418,10 @@ class LlavaTokenCompression(LLMStages, Adapter):
                                           "batch); a chain needs the same count in every image")
             self._span_batch = self._sent_batch(out, rep)
         return {"inputs_embeds": new, "attention_mask": mask, "position_ids": positions}
+
+    def _span_lengths(self, rows: int) -> list[int]:
+        """The image span's length in each row of the caller's sequence (one image of N tokens on LLaVA-1.5)."""
+        return [self.n] * rows
 
     def _decode_input(self, run: Run, embeds: Tensor, mask: Tensor | None, pos: Tensor | None, cache) -> dict:
         q, past = embeds.shape[1], cache.get_seq_length()

@@ -63,6 +63,26 @@ def span_index(start: Tensor, span: int, rep: Tensor, seq_len: int) -> Tensor:
     return torch.where(inside, spanned, outside)
 
 
+def ragged_span_index(start: Tensor, spans: list[int], rep: Tensor, seq_len: int
+                      ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """:func:`span_index` for rows whose spans differ in length (``spans``: host ints, one per row).
+
+    Each row is left-padded by ``spans[b] − min(spans)`` slots, so that every row has the one width
+    ``seq_len − min(spans) + K``. Returns (``index`` [B, W], ``real`` [B, W]: False on the added padding, whose
+    index is 0; ``pad`` [B]); with equal spans, ``(span_index(...), None, None)``.
+    """
+    lo, k = min(spans), rep.shape[1]
+    if max(spans) == lo:
+        return span_index(start, lo, rep, seq_len), None, None
+    pad = to_device(torch.tensor([s - lo for s in spans]), rep.device)       # host ints: a non-blocking copy
+    j = torch.arange(seq_len - lo + k, device=rep.device)[None] - pad[:, None]    # slot in the row's own layout
+    s = start[:, None].to(rep.device)
+    inside = (j >= s) & (j < s + k)
+    outside = torch.where(j < s, j, j - k + lo + pad[:, None])
+    spanned = s + rep.gather(1, (j - s).clamp(0, max(k - 1, 0))) if k else outside
+    return torch.where(inside, spanned, outside).clamp_min(0), j >= 0, pad
+
+
 def image_spans(is_image: Tensor, n: int) -> Tensor | None:
     """[B] the start of each row's one contiguous run of ``n`` image slots.
 
@@ -196,15 +216,30 @@ def prune_mask(mask: Tensor | None, gather: Tensor, full_len: int) -> Tensor | N
 # -- positions ------------------------------------------------------------------------------------
 
 
-def renumber_positions(positions: Tensor, index: Tensor, start: Tensor, span: int, k: int) -> Tensor:
+def renumber_positions(positions: Tensor, index: Tensor, start: Tensor, span: int | Tensor, k: int,
+                       pad: Tensor | None = None, real: Tensor | None = None) -> Tensor:
     """Contiguous positions [B, S'] after the edit: the span counts on from its first slot's position,
-    the slots after it shift down by span − K (``positions`` [B|1, S]; for M-RoPE apply per axis)."""
+    the slots after it shift down by span − K (``positions`` [B|1, S]; for M-RoPE apply per axis).
+
+    Rows of different span lengths (:func:`ragged_span_index`): ``span`` [B] and ``pad`` [B], each row's left
+    padding. A span whose last slots are padding (``real`` [B]: real tokens first, then masked slots) numbers
+    only its real tokens: the text after it shifts down by span − real. Either way a row's positions then all
+    move up by its padding (pad + K − real; RoPE sees the same distances), so that every row's next position is
+    the one width's, less min(spans) − K.
+    """
     kept = take(positions, index)
     j = torch.arange(index.shape[1], device=index.device)[None]
     s = start[:, None].to(index.device)
     first = take(positions, s)
+    shift, drop = 0, span - k
+    if pad is not None:
+        shift, drop = pad[:, None], span[:, None] - k
+        j = j - shift
+    if real is not None:
+        shift = shift + (k - real[:, None])
+        drop = drop + (k - real[:, None])
     inside = (j >= s) & (j < s + k)
-    return torch.where(inside, first + (j - s), torch.where(j >= s + k, kept - (span - k), kept))
+    return torch.where(inside, first + (j - s), torch.where(j >= s + k, kept - drop, kept)) + shift
 
 
 # -- attention signals without attention maps -----------------------------------------------------
@@ -260,5 +295,5 @@ def last_valid(valid: Tensor) -> Tensor:
 
 __all__ = ["allowed_keys", "attention_rows", "compose", "decode_columns", "decode_mask", "gather_seq",
            "image_spans", "last_valid", "left_aligned_gather", "mask_invalid", "prune_mask", "query_key",
-           "renumber_positions", "repeat_kv", "sort_by_rep", "span_index", "span_slots", "take", "take_mask",
-           "write_span"]
+           "ragged_span_index", "renumber_positions", "repeat_kv", "sort_by_rep", "span_index", "span_slots", "take",
+           "take_mask", "write_span"]

@@ -24,6 +24,7 @@ from torch import nn
 from tokencodec.adapters.base import NO, Adapter
 from tokencodec.adapters.efficientnet import EfficientNetTokenCompression
 from tokencodec.adapters.llava import LlavaTokenCompression
+from tokencodec.adapters.llava_next import LlavaNextTokenCompression
 from tokencodec.adapters.llava_onevision import LlavaOnevisionTokenCompression
 from tokencodec.adapters.qwen2_vl import Qwen2VLTokenCompression
 from tokencodec.adapters.qwen2_vl_llm import Qwen2VLLLMCompression
@@ -67,6 +68,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("SigLIP tower", ("SiglipVisionModel", "SiglipVisionTransformer"), TOWER_ADAPTERS, has_cls=False),
     Family("LLaVA-1.5", ("LlavaForConditionalGeneration", "LlavaModel"), (LlavaTokenCompression,),
            hf_classes={"llava": "LlavaForConditionalGeneration"}),
+    Family("LLaVA-NeXT", ("LlavaNextForConditionalGeneration", "LlavaNextModel"), (LlavaNextTokenCompression,),
+           hf_classes={"llava_next": "LlavaNextForConditionalGeneration"}),
     Family("Qwen2-VL / Qwen2.5-VL", ("Qwen2VLForConditionalGeneration", "Qwen2VLModel",
                                      "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel"),
            (Qwen2VLTokenCompression, Qwen2VLLLMCompression), has_cls=False,

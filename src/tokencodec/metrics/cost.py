@@ -152,8 +152,8 @@ class MLLMShape:
         """From a ``LlavaConfig``-like config, or a Qwen2-VL / Qwen2.5-VL one (whose encoder's patch count
         depends on the image, so its points need ``vision_patches``).
 
-        ``LlavaOnevisionConfig`` is LLaVA-like (SigLIP without CLS, the same two-layer projector, Qwen2): the
-        shape is one view's tower; an image's AnyRes views or a video's frames multiply it (``images=`` of
+        ``LlavaNextConfig`` and ``LlavaOnevisionConfig`` are LLaVA-like (OneVision: SigLIP without CLS and Qwen2):
+        the shape is one view's tower; an image's AnyRes views or a video's frames multiply it (``images=`` of
         :meth:`~tokencodec.metrics.rates.CostModel.point`, the adapter's ``extra["views"]``)."""
         if getattr(config, "model_type", "") in ("qwen2_vl", "qwen2_5_vl"):
             return cls._qwen_vl(config)

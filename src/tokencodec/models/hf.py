@@ -8,9 +8,9 @@ The one path every real-model entry point shares (the lmms-eval plugin, the ``hf
     outs = mllm.generate_batch([([im1], "Is there a dog?"), ([im2], "What colour?")], "visionzip", Budget(keep=64))
 
 Families are those of the adapter registry that can be loaded from a checkpoint
-(:func:`tokencodec.adapters.registry.hf_classes`: LLaVA, Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision), each prompted
-by its entry in :mod:`tokencodec.models.prompts` (the processor's chat template when it has one). The method runs
-through :func:`tokencodec.compress` (hooks, no fork), so every registered method a family supports works.
+(:func:`tokencodec.adapters.registry.hf_classes`: LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision), each
+prompted by its entry in :mod:`tokencodec.models.prompts` (the processor's chat template when it has one). The
+method runs through :func:`tokencodec.compress` (hooks, no fork), so every registered method a family supports works.
 
 Rates per call come from :class:`~tokencodec.metrics.rates.CostModel` (the one cost path): visual tokens
 entering the LLM and at its last layer, their average over layers, prefill FLOPs of the vision tower,
@@ -35,6 +35,8 @@ import numpy as np
 from tokencodec.models.prompts import PLACEHOLDERS, PROMPTS
 
 FLOPS_CONVENTION = "macs2 (2 FLOPs per multiply-add), prefill of the vision tower, projector and LLM"
+# families whose in-LLM stages need one image size per batch (one span length): prompts are grouped by size
+SAME_SIZE_IN_LLM = ("qwen2_vl", "qwen2_5_vl", "llava_next")
 
 
 def families() -> dict[str, str]:
@@ -226,7 +228,9 @@ class HFMLLM:
         batch is timed once: ``latency_s`` is the batch's wall time ÷ its size (the per-sample cost at this
         batch size), ``batch_latency_s`` the batch's wall time, ``batch_size`` its size; ``peak_bytes`` is
         the batch's. Qwen2-VL in-LLM methods need one image size per batch: prompts whose image sizes
-        differ run in sub-batches of equal sizes (each timed on its own)."""
+        differ run in sub-batches of equal sizes (each timed on its own), as do LLaVA-NeXT's in-LLM methods and
+        chains. LLaVA-NeXT's vision tower runs on each image's AnyRes views (base + crops): its FLOPs count them
+        (the record's ``extra["views"]``, or the image sizes without a method)."""
         if not items:
             raise ValueError("generate_batch: no prompts given")
         out: list[Generation | None] = [None] * len(items)
@@ -242,11 +246,12 @@ class HFMLLM:
         from tokencodec.tokens.compress import get_method
 
         stage = None
-        if method is not None and method != "none" and not isinstance(method, list | tuple):
-            stage = (get_method(method) if isinstance(method, str) else method).stage
+        if method is not None and method != "none":
+            last = method[-1][0] if isinstance(method, list | tuple) else method    # a chain: its last step
+            stage = (get_method(last) if isinstance(last, str) else last).stage
         # a family whose adapter needs one layout per batch (LLaVA-OneVision's AnyRes) groups under any method
         one_layout = getattr(self.format, "one_layout_per_batch", False) and method not in (None, "none")
-        if not (self.family.startswith("qwen") and stage == "llm" or one_layout):
+        if not (self.family in SAME_SIZE_IN_LLM and stage == "llm" or one_layout):
             return [list(range(len(items)))]
         groups: dict[tuple, list[int]] = {}
         for i, (images, _) in enumerate(items):
@@ -290,6 +295,8 @@ class HFMLLM:
             text = self.tokenizer.decode(out["ids"][i, padded_len:], skip_special_tokens=True).strip()
             per_layer = sample_tokens_per_layer(record, i, visual[i], layers)
             own = None if record is None else replace(record, tokens_per_layer=per_layer)
+            if own is not None and record.extra.get("projector_tokens") is not None:     # one count per row
+                own = replace(own, projector_tokens=record.extra["projector_tokens"][i])
             rates = {**cost.of_record(own, visual[i], real[i] - visual[i], vision_patches=patches[i],
                                       images=views[i]),
                      "latency_s": timing.median_s / b, "batch_latency_s": timing.median_s, "batch_size": float(b),
@@ -298,11 +305,17 @@ class HFMLLM:
         return gens
 
     def views_per_sample(self, record, items) -> list[float]:
-        """Images the vision tower ran on per sample (LLaVA-OneVision: an image's AnyRes views), which multiply
-        its cost: the adapter's ``extra["views"]`` when a method ran, else the family's prompt entry, else 1."""
+        """Images the vision tower ran on per sample (an image's AnyRes views on LLaVA-NeXT and LLaVA-OneVision),
+        which multiply its cost: the adapter's ``extra["views"]`` when a method ran (per image, or one count for
+        the batch's shared layout), else the family's prompt entry, else one per image."""
+        counts = [len(images) for images, _ in items]
+        views = None if record is None else record.extra.get("views")
+        if isinstance(views, list | tuple):                     # per image, images in sample order
+            bounds = np.cumsum([0, *counts])
+            return [float(sum(views[a:b])) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        if views is not None:                                   # one layout for the whole batch
+            return [float(views)] * len(items)
         counted = getattr(self.format, "views", None)
-        if record is not None and record.extra.get("views") is not None:
-            return [float(record.extra["views"])] * len(items)
         if counted is None:
             return [1.0] * len(items)
         images = [[np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im) for im in sample]

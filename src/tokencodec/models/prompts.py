@@ -112,8 +112,20 @@ class LlavaOnevisionFormat:
                 for sample in images]
 
 
-PROMPTS: dict[str, type] = {"llava": LlavaFormat, "qwen2_vl": QwenVLFormat, "qwen2_5_vl": QwenVLFormat,
-                            "llava_onevision": LlavaOnevisionFormat}
+class LlavaNextFormat(LlavaFormat):
+    """LLaVA-NeXT: LLaVA's format (its processor, LlavaNextProcessor, expands ``<image>`` to the image's AnyRes
+    count and returns ``image_sizes``; with the PIL image processor it needs no torchvision); chat templates
+    come with checkpoints. The tower runs on each image's views (base + crops)."""
+
+    @staticmethod
+    def views(mllm, images: list[list[np.ndarray]]) -> list[int]:
+        from tokencodec.adapters.anyres import layout_for
+
+        return [sum(layout_for(mllm.model.config, im.shape[:2]).views for im in sample) for sample in images]
+
+
+PROMPTS: dict[str, type] = {"llava": LlavaFormat, "llava_next": LlavaNextFormat, "qwen2_vl": QwenVLFormat,
+                            "qwen2_5_vl": QwenVLFormat, "llava_onevision": LlavaOnevisionFormat}
 # image placeholders a benchmark's prompt may already carry (LLaVA's, Qwen2-VL's)
 PLACEHOLDERS = (QWEN_IMAGE, "<|image_pad|>", IMAGE)
 

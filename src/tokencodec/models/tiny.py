@@ -1,4 +1,5 @@
-"""Tiny random-weight LLaVA, Qwen2-VL and LLaVA-OneVision checkpoints, saved like real ones (``save_pretrained``).
+"""Tiny random-weight LLaVA, LLaVA-NeXT, Qwen2-VL and LLaVA-OneVision checkpoints, saved like real ones
+(``save_pretrained``).
 
 No model hub is reachable where tokencodec is tested, so the real-model paths (``from_pretrained`` by
 folder, the processors, ``generate``, the lmms-eval plugin) are exercised on these: the real
@@ -6,7 +7,7 @@ architectures and processors at toy sizes, random weights (their answers are noi
 is that every method runs and is accounted for). A word-level tokenizer (the ``tokenizers``
 library; no vocabulary file to download) knows the special tokens each processor needs.
 
-    python -m tokencodec.models.tiny llava /tmp/tiny-llava      # or qwen2-vl, llava-onevision
+    python -m tokencodec.models.tiny llava /tmp/tiny-llava      # or llava-next, qwen2-vl, llava-onevision
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ LLAVA_SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|image_pad|>", "<|video_pad|>")
 OV_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
-FAMILIES = ("llava", "qwen2-vl", "llava-onevision")
+FAMILIES = ("llava", "llava-next", "qwen2-vl", "llava-onevision")
+# LLaVA-NeXT's AnyRes grids at toy size: 32 px views (LLaVA-NeXT's 336 px pinpoints scaled by 32/336)
+TINY_PINPOINTS = [[32, 64], [64, 32], [64, 64], [32, 96], [96, 32]]
 
 
 def word_tokenizer(special: tuple[str, ...], unk: str, **names):
@@ -58,6 +61,33 @@ def save_tiny_llava(folder: str | Path, seed: int = 0) -> Path:
         image_processor=transformers.CLIPImageProcessor(size={"shortest_edge": 32},
                                                         crop_size={"height": 32, "width": 32}),
         tokenizer=tok, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_llava_next(folder: str | Path, seed: int = 0) -> Path:
+    """A LLaVA-NeXT-shaped checkpoint: the tiny LLaVA's CLIP tower and Llama, AnyRes views of 32 px (16 patches),
+    up to 2×2 crops, an ``image_newline``; the PIL image processor (the default one needs torchvision)."""
+    import torch
+    import transformers
+
+    folder = Path(folder)
+    tok = word_tokenizer(LLAVA_SPECIAL, "<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    vc = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                       num_attention_heads=4, image_size=32, patch_size=8)
+    tc = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512,
+                                  pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                  eos_token_id=tok.eos_token_id)
+    cfg = transformers.LlavaNextConfig(vision_config=vc, text_config=tc, image_token_id=tok.convert_tokens_to_ids(
+        "<image>"), image_grid_pinpoints=TINY_PINPOINTS)
+    torch.manual_seed(seed)
+    model = transformers.LlavaNextForConditionalGeneration(cfg).eval()
+    images = transformers.LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                     image_grid_pinpoints=TINY_PINPOINTS)
+    processor = transformers.LlavaNextProcessor(image_processor=images, tokenizer=tok, patch_size=8,
+                                                vision_feature_select_strategy="default", num_additional_image_tokens=1)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
@@ -137,7 +167,8 @@ def save_tiny_llava_onevision(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
-SAVERS = {"llava": save_tiny_llava, "qwen2-vl": save_tiny_qwen2_vl, "llava-onevision": save_tiny_llava_onevision}
+SAVERS = {"llava": save_tiny_llava, "llava-next": save_tiny_llava_next, "qwen2-vl": save_tiny_qwen2_vl,
+          "llava-onevision": save_tiny_llava_onevision}
 
 
 def save_tiny(family: str, folder: str | Path, seed: int = 0) -> Path:

@@ -274,6 +274,9 @@ class TokenMethod:
                                                 # (False) runs on each frame alone at K/T (tokens/frames.py)
     rebuilds_frames: ClassVar[bool] = False     # video: context["temporal_reconstruction"] rebuilds every frame
     whole_frames: ClassVar[bool] = False        # video: sends some frames whole and nothing of the others
+    # pre-LLM on AnyRes images (LLaVA-NeXT: a base view and grid crops), as the method's official code does:
+    # "per-crop" (each view alone, at the budget per view) or "joint" (one pool over the image's packed span)
+    crops: ClassVar[str] = "per-crop"
 
     def __init__(self, seed: int = 0, **options):
         self.seed = seed
@@ -294,6 +297,13 @@ class TokenMethod:
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         raise NotImplementedError
+
+    def grid_tokens(self, budget: Budget, n: int, cls: bool) -> int | None:
+        """Pre-LLM on AnyRes crops (per crop, ``n`` patches per view; ``cls``: the view has a CLS): how many
+        leading tokens of each crop's output go back onto the stitched crop grid, in raster order over all
+        crops; the others follow every crop's grid tokens (and sent CLS), crop after crop, in the method's
+        order. None (default): all of them (CDPruner's and VisPruner's official LLaVA-NeXT layout)."""
+        return None
 
     # -- in-LLM methods: declarations an LLM adapter interprets (never a method's name) -----------
     @property

@@ -93,6 +93,7 @@ class DivPrune(TokenMethod):
     Options = DivPruneOptions
     positions = "renumber"      # official LLaVA: contiguous ids (the kept tokens are in raster order)
     features = "projected"      # official LAYER_INDEX=0: the projector's output embeddings
+    crops = "joint"             # official LLaVA-1.6: one pool over the packed span, newline tokens included
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         self.check_unpadded(batch)

@@ -199,6 +199,10 @@ class PruMerge(TokenMethod):
     positions = "renumber"      # official LLaVA: contiguous ids, the method's output order
     signal_layer = -1           # official: q/k of the last CLIP layer (features from layer −2)
 
+    def grid_tokens(self, budget: Budget, n: int, cls: bool) -> int:
+        # no official LLaVA-NeXT code: each crop keeps its LLaVA-1.5 layout (the method's order), crop after crop
+        return 0
+
     def __init__(self, seed: int = 0, **options):
         super().__init__(seed, **options)
         attention = {"single-head": Signal.CLS_ATTENTION_SINGLE_HEAD, "head-sum": Signal.CLS_ATTENTION}

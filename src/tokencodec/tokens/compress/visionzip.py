@@ -150,6 +150,13 @@ class VisionZip(TokenMethod):
     def sends_cls(self) -> bool:    # the adapter sends batch.cls (projected) first when there is one
         return self.options.count_cls
 
+    def grid_tokens(self, budget: Budget, n: int, cls: bool) -> int:
+        """Official LLaVA-NeXT (``restore_image_features_sorted``): a crop's dominant patches go back onto the
+        stitched grid; its CLS and contextual tokens are appended after every crop's dominant ones."""
+        cls_counted = self.options.count_cls and cls
+        return split_budget(budget.tokens(n, minimum=1 + int(cls_counted)), self.options.contextual_ratio,
+                            cls_counted)[0]
+
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         self.check_unpadded(batch)
         attention = guiding_attention(batch, "visionzip")
