@@ -479,7 +479,7 @@ def test_tome_takes_a_keep_budget_through_its_own_schedule(eager):
     ids, mask, pos = padded("left")
     with LlavaTokenCompression(eager, "tome", Budget(keep=6)) as tc:
         logits(eager, input_ids=ids, pixel_values=pixels(), attention_mask=mask, position_ids=pos)
-    assert tc._tome.r[:2] == [5, 5] and tc.record().tokens_per_layer == [6] * LAYERS
+    assert tc._tower.r[:2] == [5, 5] and tc.record().tokens_per_layer == [6] * LAYERS
     assert tc.record().vision_tokens_per_layer == [N + 1 - 5, N + 1 - 10, N + 1 - 10]   # CLS included
 
 
