@@ -182,6 +182,13 @@ def tiny_clip():
     return transformers.CLIPVisionModel(cfg).eval()
 
 
+def tiny_vit_classifier():
+    from tokencodec.models.fashion_vit import FashionViT
+
+    torch.manual_seed(0)
+    return FashionViT().eval()     # the Fashion-MNIST ViT's architecture (4 layers, 196 patches), random weights
+
+
 def tiny_efficientnet():
     from tokencodec.models.efficientnet_lite0 import EfficientNetLite0
 
@@ -193,6 +200,23 @@ def pre_llm_budget(name: str, n: int) -> Budget:
     return Budget(r=2) if name == "tome" else Budget(keep=max(4, n // 4))
 
 
+def text_options(name: str) -> dict:
+    """CDPruner's relevance space on the tiny CLIP towers (width 32): a projection and a question's embeddings
+    (the adapters take them as options: adapters/relevance.py); nothing for other methods."""
+    if name != "cdpruner":
+        return {}
+    g = torch.Generator().manual_seed(7)
+    proj = torch.nn.Linear(32, 16, bias=False)
+    torch.nn.init.normal_(proj.weight, generator=g)
+    return {"visual_projection": proj, "text_embedding": torch.randn(1, 2, 16, generator=g)}
+
+
+def llm_input_options(name: str) -> dict:
+    """The named deviation: CDPruner in the LLM's input-embedding space (question token ids, one padded)."""
+    return {"embedding_space": "llm-input", "question_ids": torch.tensor([[5, 6, 7], [8, 9, 0]]),
+            "question_mask": torch.tensor([[True, True, True], [True, True, False]])}
+
+
 # adapter → (model factory, inputs factory, which methods, budget and options per method)
 def _llava_pre(name):
     m = METHODS.get(name)
@@ -200,15 +224,17 @@ def _llava_pre(name):
 
 
 def _family(label: str, method_cls) -> bool:
-    """The family's adapters supply what the method reads (CDPruner's text embeddings, FlowCut's per-layer
-    signals: no adapter yet)."""
+    """The family's adapters supply what the method reads (CDPruner's text embeddings: CLIP towers and LLaVA;
+    FlowCut's per-layer signals: towers with a CLS)."""
     from tokencodec.adapters.registry import family_named
 
     return family_named(label).supports(method_cls) != "—"
 
 
 ADAPTERS = {
-    "llava-pre-llm": (tiny_llava, llava_inputs, _llava_pre, lambda name: (pre_llm_budget(name, N), {})),
+    "llava-pre-llm": (tiny_llava, llava_inputs, _llava_pre, lambda name: (pre_llm_budget(name, N), text_options(name))),
+    "llava-llm-input": (tiny_llava, llava_inputs, lambda name: name == "cdpruner",
+                        lambda name: (Budget(keep=4), llm_input_options(name))),
     "llava-video": (tiny_llava, lambda: llava_inputs(frames=2),
                     lambda name: METHODS.get(name).video and support_matrix()[name]["LLaVA-1.5"] == "video",
                     lambda name: (Budget(keep=24 if name == "temporal" else 16), {"frames": 2})),
@@ -228,7 +254,7 @@ ADAPTERS = {
                                                                     .manual_seed(4))),
                    lambda name: METHODS.get(name).stage in ("pre-llm", "vision-encoder")
                    and not METHODS.get(name).video and name != "coded" and _family("CLIP tower", METHODS.get(name)),
-                   lambda name: (pre_llm_budget(name, N), {"layer": -1} if name == "tome" else {})),
+                   lambda name: (pre_llm_budget(name, N), {"layer": -1} if name == "tome" else text_options(name))),
     "clip-tower-video": (tiny_clip, lambda: dict(pixel_values=torch.randn(4, 3, 32, 32, generator=torch.Generator()
                                                                           .manual_seed(6))),
                          lambda name: METHODS.get(name).rebuilds_frames, lambda name: (Budget(keep=24), {})),
@@ -241,6 +267,11 @@ ADAPTERS = {
     "ov-video-in-llm": (tiny_llava_onevision, lambda: ov_inputs(video=True),
                         lambda name: METHODS.get(name).stage == "llm",
                         lambda name: (Budget(ratio=0.5) if name == "pyramiddrop" else Budget(keep=8), LLM_OPTS[name])),
+    "vit-classifier": (tiny_vit_classifier,
+                       lambda: dict(pixel_values=torch.randn(2, 1, 56, 56, generator=torch.Generator().manual_seed(8))),
+                       lambda name: METHODS.get(name).stage == "vision-encoder" and _family("ViT classifier",
+                                                                                          METHODS.get(name)),
+                       lambda name: (pre_llm_budget(name, 196), {})),
     "efficientnet-lite0": (tiny_efficientnet, lambda: dict(x=torch.randn(2, 3, 96, 96, generator=torch.Generator()
                                                                          .manual_seed(5))),
                            lambda name: _efficientnet(name), lambda name: (Budget(keep=4), {})),
@@ -275,6 +306,7 @@ ADAPTER_SYNC_ALLOWANCE: dict[str, dict[str, int]] = {
     # LLaVA: none (the image-span layout check runs only with TOKENCODEC_CHECK_VALUES); DART's text pivots need
     # the widest text after a span, read once per prefill (adapters/llm_stages.py, Run.text_width)
     "llava-pre-llm": {"*": 0},
+    "llava-llm-input": {"*": 0},
     "llava-video": {"*": 0},
     "llava-in-llm": {"*": 0, "dart": 1},
     # LLaVA-NeXT: one read of the image sizes, which shape each image's span (adapters/llava_next.py,
@@ -295,6 +327,7 @@ ADAPTER_SYNC_ALLOWANCE: dict[str, dict[str, int]] = {
     "ov-video-in-llm": {"*": 0, "dart": 1},
     "clip-tower": {"*": 0},
     "clip-tower-video": {"*": 0},
+    "vit-classifier": {"*": 0},
     "efficientnet-lite0": {"*": 0},
 }
 # Qwen2-VL's pre-LLM adapter calls the method once per image (each its own batch): its budget counts per call

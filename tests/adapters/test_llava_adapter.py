@@ -191,7 +191,7 @@ def greedy_without_cache(model, ids, mask, px, steps: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("case", ["visionzip", "fixed-fastv", "fixed-pyramiddrop-renumber", "prumerge-adaptive",
-                                  "prumerge+", "divprune", "fixed-sparsevlm"])
+                                  "prumerge+", "divprune", "fixed-sparsevlm", "flowcut", "cdpruner-llm-input"])
 def test_generate_after_pruning_uses_pruned_cache(model, case):
     ids, mask, _ = padded("left")
     px = pixels(seed=6 if case == "prumerge-adaptive" else 3)    # seed 6: the two images keep 2 and 3 tokens
@@ -204,6 +204,9 @@ def test_generate_after_pruning_uses_pruned_cache(model, case):
         "divprune": ("divprune", {}, Budget(keep=5)),
         # renumbered, the recycled block right after the kept tokens (not sorted by representative)
         "fixed-sparsevlm": (FixedSparseVLM(), dict(layers=(1, 3)), Budget(keep=6)),
+        "flowcut": ("flowcut", {}, Budget(keep=6)),                  # pruned inside the tower, renumbered
+        "cdpruner-llm-input": ("cdpruner", dict(embedding_space="llm-input", question_ids=torch.tensor([[7, 8, 9]])),
+                               Budget(keep=6)),
     }[case]
     with LlavaTokenCompression(model, method, budget, **opts) as tc:
         with torch.no_grad():
@@ -414,7 +417,8 @@ def test_chain_at_full_budgets_equals_unpatched(model, chain):
     assert tc.tokens_per_layer == [N] * LAYERS and tc.stage.endswith("+llm")
 
 
-@pytest.mark.parametrize("case", ["visionzip+fastv", "tome+fixed-fastv", "divprune+fixed-sparsevlm"])
+@pytest.mark.parametrize("case", ["visionzip+fastv", "tome+fixed-fastv", "divprune+fixed-sparsevlm",
+                                  "flowcut+fixed-fastv"])
 def test_chain_counts_positions_and_cached_generate(model, case):
     ids, mask, _ = padded("left")
     px = pixels()
@@ -422,8 +426,10 @@ def test_chain_counts_positions_and_cached_generate(model, case):
         "visionzip+fastv": (("visionzip", Budget(keep=8)), ("fastv", Budget(keep=4))),
         "tome+fixed-fastv": (("tome", Budget(r=3)), (FixedFastV(), Budget(keep=4))),
         "divprune+fixed-sparsevlm": (("divprune", Budget(keep=10)), (FixedSparseVLM(), Budget(keep=4))),
+        "flowcut+fixed-fastv": (("flowcut", Budget(keep=8)), (FixedFastV(), Budget(keep=4))),
     }[case]
-    sent = {"visionzip+fastv": 8, "tome+fixed-fastv": N - 3 * 2, "divprune+fixed-sparsevlm": 10}[case]
+    sent = {"visionzip+fastv": 8, "tome+fixed-fastv": N - 3 * 2, "divprune+fixed-sparsevlm": 10,
+            "flowcut+fixed-fastv": 8}[case]
     layers = (1, 3) if "sparsevlm" in case else 2
     with LlavaTokenCompression(model, [first, second], layers=layers) as tc:
         with torch.no_grad():
@@ -479,7 +485,7 @@ def test_tome_takes_a_keep_budget_through_its_own_schedule(eager):
     ids, mask, pos = padded("left")
     with LlavaTokenCompression(eager, "tome", Budget(keep=6)) as tc:
         logits(eager, input_ids=ids, pixel_values=pixels(), attention_mask=mask, position_ids=pos)
-    assert tc._tome.r[:2] == [5, 5] and tc.record().tokens_per_layer == [6] * LAYERS
+    assert tc._tower.r[:2] == [5, 5] and tc.record().tokens_per_layer == [6] * LAYERS
     assert tc.record().vision_tokens_per_layer == [N + 1 - 5, N + 1 - 10, N + 1 - 10]   # CLS included
 
 

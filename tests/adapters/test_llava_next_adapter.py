@@ -343,11 +343,12 @@ SUPPORTED = [n for n in METHODS.names() if family_named("LLaVA-NeXT").supports(M
              and n != "coded"]
 
 
-def test_the_family_runs_what_llava_runs_but_video():
+def test_the_family_runs_what_llava_runs_but_video_and_the_unwired_two():
     llava = family_named("LLaVA-1.5")
     for name in METHODS.names():
         m = METHODS.get(name)
-        expected = "—" if m.video else llava.supports(m)
+        not_wired = name in ("cdpruner", "flowcut")      # per-image relevance over views; FlowCut's LLM-side cut
+        expected = "—" if m.video or not_wired else llava.supports(m)
         assert family_named("LLaVA-NeXT").supports(m) == expected, name
 
 

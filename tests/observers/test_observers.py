@@ -19,7 +19,7 @@ def diagnostic(tmp_path_factory):
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("tiny-diagnostic")
     tokenizer = build_tokenizer()
-    model = build_diagnostic_model(tokenizer, vision_hidden=32, vision_layers=2, vision_intermediate=64,
+    model = build_diagnostic_model(tokenizer, vision_hidden=32, vision_layers=3, vision_intermediate=64,
                                    text_hidden=32, text_layers=4, text_intermediate=64)
     DiagnosticMLLM(model, tokenizer).save_pretrained(folder)  # random weights: fidelity, not accuracy, is tested
     return DiagnosticObserver(weights=str(folder))
@@ -42,13 +42,14 @@ def test_every_method_the_mllm_takes_runs_through_the_llava_adapter(diagnostic, 
     assert len({s.payload.qtype for s in samples}) == 7
     # coded is a pipeline wrapper that needs a profile fitted to the model (tests/test_split.py runs it)
     names = [n for n in METHODS if DiagnosticObserver.method_support(METHODS.get(n)) is None and n != "coded"]
-    assert {"sparsevlm", "dart", "prumerge+", "pool-resize", "fastv"} <= set(names) and "tome" not in names
+    assert {"sparsevlm", "dart", "prumerge+", "pool-resize", "fastv", "tome", "flowcut", "vispruner"} <= set(names)
+    assert "cdpruner" not in names                     # no CLIP text tower (observer option embedding_space: below)
     curves = run_sweep(diagnostic, samples, [PipelineSpec(method=n, keep_ratios=(1.0, 0.25)) for n in names], tmp_path)
     assert {diagnostic.group(s.id) for s in samples} == {s.payload.qtype for s in samples}
     for name, curve in curves.items():
         small, full = curve.points                    # ascending rate
         assert full["object_recall"] == 1.0, name
-        if not name.startswith("prumerge"):  # PruMerge merges neighbours into kept tokens even at keep 100 %
+        if not name.startswith("prumerge") and name != "visionzip":  # they merge even at keep 100 % (their cards)
             assert full["agreement"] == 1.0, name  # all tokens: the same answers
         assert full["tokens"] == 64 and full["tokens_avg_layers"] == 64
         assert small["flops"] < full["flops"], name
@@ -91,10 +92,28 @@ def test_the_mllm_judges_decoded_pixels_of_every_codec(diagnostic, tmp_path):
     assert set(curves["jpeg"].measures) >= {"bpp", "bits", "bytes", "accuracy", "agreement", "flops"}
 
 
+def test_cdpruner_runs_on_the_diagnostic_mllm_only_under_its_named_deviation(diagnostic, tmp_path):
+    cdpruner = get_method("cdpruner")
+    assert "no CLIP text tower" in DiagnosticObserver.method_support(cdpruner)
+    assert DiagnosticObserver.method_support(cdpruner, {"embedding_space": "llm-input"}) is None
+    with pytest.raises(ValueError, match="embedding_space"):
+        DiagnosticObserver(embedding_space="clip")
+    diagnostic.runner.embedding_space = "llm-input"
+    try:
+        samples = diagnostic.samples(split="test", n=2)
+        curve = run_sweep(diagnostic, samples, [PipelineSpec(method="cdpruner", keep_ratios=(0.25, 1.0))],
+                          tmp_path)["cdpruner"]
+        assert diagnostic.runner.key().endswith("-text-llm-input")      # its own cache entries
+    finally:
+        diagnostic.runner.embedding_space = None
+    small, full = curve.points
+    assert small["tokens"] == 16 and full["tokens"] == 64 and full["agreement"] == 1.0
+
+
 def test_methods_an_observer_cannot_run_are_refused(diagnostic, tmp_path):
-    with pytest.raises(PipelineError, match="stage 'vision-encoder'"):
-        run_sweep(diagnostic, diagnostic.samples(split="test", n=1), [PipelineSpec(method="tome", keep_ratios=(0.5,))],
-                  tmp_path)
+    with pytest.raises(PipelineError, match="no CLIP text tower"):      # CDPruner's relevance space
+        run_sweep(diagnostic, diagnostic.samples(split="test", n=1),
+                  [PipelineSpec(method="cdpruner", keep_ratios=(0.5,))], tmp_path)
     human = observer_for(ObserverSpec("human"))
     with pytest.raises(PipelineError, match="no token methods"):
         run_sweep(human, human.samples(dataset="embedded", limit=1), [PipelineSpec(method="random",

@@ -30,10 +30,22 @@ the official LLaVA-1.5 code) gets the layer −2 CLS projected by the projector 
 the span, counted in K (``cls_sent``; ``kept`` then holds the K−1 patch tokens, the CLS in
 ``kept.cls``); on encoders without CLS nothing is sent.
 
-**ToMe** (stage "vision-encoder", ``Budget(r=...)``): :class:`~tokencodec.adapters.vision_tower.ToMeVisionPatch`
-merges r tokens in each tower layer up to ``vision_feature_layer`` (later layers do not merge), with
-proportional attention (``prop_attn``); the merged tokens (sizes, sources, each at its B token's
-patch) are projected and sent in patch order with their original positions.
+**Text-guided pre-LLM methods** (CDPruner: signal ``image_embedding``, context ``text_embedding``) get
+both from :class:`~tokencodec.adapters.relevance.RelevanceEmbeddings`, built from the adapter's options:
+``visual_projection=`` (CLIP's; HF LLaVA checkpoints lack it) with ``text_embedding=`` or
+``text_encoder=`` / ``text_tokenizer=`` / ``question=`` (CLIP's text tower on the raw question), or the
+deviation ``embedding_space="llm-input"`` with ``question_ids=`` (the projected tokens against the LLM's
+input embeddings of the question; for MLLMs without a CLIP text tower, never the default). Images only.
+
+**In-tower methods** (stage "vision-encoder"), each run by the tower patch whose signals it declares:
+ToMe (``Budget(r=...)`` or a keep budget turned into r per layer) by
+:class:`~tokencodec.adapters.vision_tower.ToMeVisionPatch`, which merges r tokens in each tower layer up to
+``vision_feature_layer`` (later layers do not merge), with proportional attention (``prop_attn``); the
+merged tokens (sizes, sources, each at its B token's patch) are projected and sent in patch order with
+their original positions. FlowCut (a keep budget) by
+:class:`~tokencodec.adapters.encoder_pruning.EncoderPruningPatch`, which prunes in the layers before
+``vision_feature_layer`` so that layer already runs on [CLS, K]; the K patches are projected and sent in
+raster order (positions as the method declares: renumbered for FlowCut).
 
 **In-LLM methods** (stage "llm": fastv, sparsevlm, pyramiddrop, dart):
 :class:`~tokencodec.adapters.llm_stages.LLMStages`, shared with the Qwen2-VL adapter, interprets each
@@ -92,14 +104,15 @@ import torch
 from torch import Tensor, nn
 
 from tokencodec.adapters import llm_pruning as lp
-from tokencodec.adapters.base import Adapter
+from tokencodec.adapters.base import NO, Adapter
+from tokencodec.adapters.encoder_pruning import LAYER_SIGNALS, EncoderPruningPatch
 from tokencodec.adapters.hf_compat import cache_from
 from tokencodec.adapters.llm_stages import LLM_SIGNALS, LLMStages, Run, Stage, StageRecord
+from tokencodec.adapters.relevance import EMBEDDING_SIGNALS, RelevanceEmbeddings, reads_embeddings
 from tokencodec.adapters.vision_tower import (
     TOWER_SIGNALS,
     SignalCapture,
     ToMeVisionPatch,
-    method_signals,
     resolve_tower,
 )
 from tokencodec.tokens.batch import TokenBatch
@@ -107,9 +120,11 @@ from tokencodec.tokens.compress.base import Budget, BudgetError, TokenMethod, ge
 from tokencodec.tokens.compress.pyramiddrop import pyramiddrop_keeps  # noqa: F401  (importable from here too)
 from tokencodec.tokens.compress.sparsevlm import sparsevlm_keeps  # noqa: F401
 from tokencodec.tokens.frames import compress_per_frame, stack_frames
+from tokencodec.tokens.signals import Signal, resolve_request
 
 SUPPORTED = ("LlavaForConditionalGeneration", "LlavaModel")
 FIRST = ("vision-encoder", "pre-llm")    # stages that may come first in a chain; "llm" comes last
+IN_TOWER = (ToMeVisionPatch, EncoderPruningPatch)   # "vision-encoder" methods: the first whose signals fit
 
 
 def chain_steps(method, budget) -> list[tuple[TokenMethod, Budget]]:
@@ -141,19 +156,24 @@ class LlavaTokenCompression(LLMStages, Adapter):
     (FastV "last" | "all"), ``stage_keep`` (explicit per-stage counts for multi-stage methods),
     ``features`` (pre-LLM "vision" | "projected"), ``signal_layer`` (pre-LLM, CLIP layer of q/k),
     ``prop_attn`` (ToMe's proportional attention), ``frames`` (T: each sample is a T-frame video) and
-    ``spatial`` (video: a spatial method runs "per-frame" at K/T, or "joint" over all frames).
+    ``spatial`` (video: a spatial method runs "per-frame" at K/T, or "joint" over all frames); for
+    text-guided methods the options of :mod:`tokencodec.adapters.relevance` (``visual_projection``,
+    ``text_embedding``, ``text_encoder``, ``text_tokenizer``, ``question``, ``embedding_space``,
+    ``question_ids``…).
     """
 
     method_stages = ("vision-encoder", "pre-llm", "llm")
-    supplies = {"vision-encoder": TOWER_SIGNALS, "pre-llm": TOWER_SIGNALS, "llm": LLM_SIGNALS}   # tower, then LLM
+    supplies = {"vision-encoder": TOWER_SIGNALS | LAYER_SIGNALS,     # in the tower (ToMe, FlowCut)
+                "pre-llm": TOWER_SIGNALS | EMBEDDING_SIGNALS,         # at the projector (CDPruner's embeddings)
+                "llm": LLM_SIGNALS}
     video, chains = True, True        # T-frame prompts; [(pre-LLM or ToMe, budget), (in-LLM, budget)]
     supported = SUPPORTED             # the model classes this adapter takes (a subclass names its own)
 
     def __init__(self, model: nn.Module, method, budget: Budget | int | float | None = None, *,
                  layers: int | Sequence[int] | None = None, positions: str | None = None,
                  query: str | None = None, stage_keep: Sequence[int] | None = None,
-                 features: str | None = None, signal_layer: int | None = None, prop_attn: bool = True,
-                 frames: int = 1, spatial: str = "per-frame"):
+                 features: str | None = None, signal_layer: int | None = None, prop_attn: bool | None = None,
+                 frames: int = 1, spatial: str = "per-frame", **embedding_options):
         name = type(model).__name__
         if name not in self.supported:
             raise TypeError(f"unsupported model {name}; {type(self).__name__} supports {', '.join(self.supported)} "
@@ -182,7 +202,9 @@ class LlavaTokenCompression(LLMStages, Adapter):
         self.llm_tokens = self.n
         if self.pre_method is not None:
             self.pre_positions = positions or getattr(self.pre_method, "positions", "original")
-            self._init_pre(cfg, tower, features, signal_layer, prop_attn)
+            self._init_pre(cfg, tower, features, signal_layer, prop_attn, embedding_options)
+        elif embedding_options:
+            self._refuse_embedding_options(embedding_options, self.method.name)
         if self.llm_method is not None:
             self.positions = positions or getattr(self.llm_method, "positions", "original")
             self._init_llm(layers, stage_keep, query)
@@ -204,7 +226,8 @@ class LlavaTokenCompression(LLMStages, Adapter):
     def _clear_state(self) -> None:
         """The patches, plans and per-forward records, before the first forward."""
         self._capture: SignalCapture | None = None
-        self._tome: ToMeVisionPatch | None = None
+        self._tower: ToMeVisionPatch | EncoderPruningPatch | None = None    # an in-tower method's patch
+        self._embeddings: RelevanceEmbeddings | None = None                  # a text-guided method's spaces
         self.stage_plan: tuple[Stage, ...] = ()
         self.stage_keep: tuple[int, ...] = ()
         self.stages: list[StageRecord] = []
@@ -218,40 +241,63 @@ class LlavaTokenCompression(LLMStages, Adapter):
         self._span = 0
         self.sequence_index: Tensor | None = None
 
-    def _init_pre(self, cfg, tower, features, signal_layer, prop_attn) -> None:
+    def _init_pre(self, cfg, tower, features, signal_layer, prop_attn, embedding_options) -> None:
         if not isinstance(cfg.vision_feature_layer, int) or cfg.vision_feature_layer == 0:
             raise ValueError(f"vision_feature_layer={cfg.vision_feature_layer!r}: one encoder layer is supported")
         v = cfg.vision_feature_layer
         layer = v if v < 0 else v - 1                      # hidden_states[v] is layer v−1's output
         m, budget = self.pre_method, self.pre_budget
-        if m.stage == "vision-encoder":                    # ToMe: merges inside the tower, up to `layer`
+        if m.stage == "vision-encoder":                    # ToMe, FlowCut: inside the tower, up to `layer`
             if features not in (None, "vision") or signal_layer is not None:
-                raise ValueError(f"{m.name} merges inside the vision tower: features= and signal_layer= do not apply")
+                raise ValueError(f"{m.name} acts inside the vision tower: features= and signal_layer= do not apply")
+            if embedding_options:
+                self._refuse_embedding_options(embedding_options, m.name)
             self.features = "vision"
             if self.frames > 1:
-                raise NotImplementedError(f"{m.name} merges inside the tower per image; video (frames > 1) "
+                raise NotImplementedError(f"{m.name} acts inside the tower per image; video (frames > 1) "
                                           "is not supported")
-            self._tome = ToMeVisionPatch.build(self.llava, m, budget, layer=layer, prop_attn=prop_attn)
-            merged = sum(self._tome.r)
-            if merged >= self.n:
-                raise BudgetError(f"{m.name} takes Budget(r=...) with r·layers < {self.n} patches "
-                                  f"({self._tome.layer + 1} merging layers); got {budget}")
-            self.llm_tokens = self.n - merged
+            patch_cls = next((a for a in IN_TOWER if a.supports(m, tower.class_token) != NO), None)
+            if patch_cls is None:
+                raise ValueError(f"method {m.name!r} needs signals {list(m.needs)} inside the tower, which no "
+                                 f"tower patch supplies ({', '.join(a.__name__ for a in IN_TOWER)})")
+            extra = {} if prop_attn is None else {"prop_attn": prop_attn}      # ToMe's option
+            self._tower = patch_cls.build(self.llava, m, budget, layer=layer, **extra)
+            out = self._tower.tokens_after(self.frame_tokens)
+            if out < 1:
+                raise BudgetError(f"{m.name} at {budget} leaves {out} of {self.n} patches at tower layer {layer}; "
+                                  f"allowed: a budget that leaves at least 1 (Budget(r=...): r·layers < {self.n})")
+            self.llm_tokens = out
             return
         self.features = features or getattr(m, "features", "vision")
         if self.features not in ("vision", "projected"):
             raise ValueError(f"features must be 'vision' or 'projected', not {self.features!r}")
         sl = signal_layer if signal_layer is not None else getattr(m, "signal_layer", None)
-        self._capture = SignalCapture(self.llava, layer=layer, signals=method_signals(m, tower), signal_layer=sl)
+        needs = resolve_request(m, self.supplies["pre-llm"], tower.class_token, type(self).__name__)
+        if reads_embeddings(needs):
+            if self.frames > 1:
+                raise NotImplementedError(f"{m.name} reads a question's embeddings; video (frames > 1) is not "
+                                          "supported")
+            self._embeddings = RelevanceEmbeddings.from_options(
+                type(self).__name__, tower_model=tower.model, model=self.llava,
+                input_embeddings=self.llava.get_input_embeddings(), **embedding_options)
+        elif embedding_options:
+            self._refuse_embedding_options(embedding_options, m.name)
+        self._capture = SignalCapture(self.llava, layer=layer, signals=[s for s in needs if s in TOWER_SIGNALS],
+                                      signal_layer=sl)
         k = budget.tokens(self.n)                           # BudgetError names the range
         self.stage_keep = (k,)
         self.llm_tokens = k     # VisionZip's K counts the CLS it sends
+
+    def _refuse_embedding_options(self, options: dict, name: str) -> None:
+        raise TypeError(f"{type(self).__name__}: unknown option(s) {sorted(options)} for method {name!r}; the "
+                        "options of text-guided methods (visual_projection, text_embedding, text_encoder, "
+                        "question, embedding_space, question_ids, …) apply to those reading 'text_embedding'")
 
     def _install(self) -> None:
         self.add_pre_hook(self.llava, self._on_llava, with_kwargs=True)
         self.add_pre_hook(self.lm, self._on_lm, with_kwargs=True)
         self.add_hook(self.lm, self._after_lm)
-        for patch in (self._capture, self._tome):
+        for patch in (self._capture, self._tower):
             if patch is not None:
                 patch.__enter__()
         if self.pre_method is not None:
@@ -263,7 +309,7 @@ class LlavaTokenCompression(LLMStages, Adapter):
         try:
             super().restore()
         finally:
-            for patch in (self._capture, self._tome):
+            for patch in (self._capture, self._tower):
                 if patch is not None and patch.active:
                     patch.restore()
             self._run = self._pending = self._pre = self._span_batch = None
@@ -300,8 +346,8 @@ class LlavaTokenCompression(LLMStages, Adapter):
 
     # -- pre-LLM: compress at the projector -----------------------------------------------------
     def _on_projector(self, module, args, output):
-        if self._tome is not None:
-            return self._on_projector_tome(module, args, output)
+        if self._tower is not None:
+            return self._on_projector_tower(module, args, output)
         captured = self._capture.captured()
         grid = self._capture.grid or self.grid
         hidden = captured.hidden
@@ -311,7 +357,11 @@ class LlavaTokenCompression(LLMStages, Adapter):
         if t > 1:                  # B·T frame images → B videos of T·N tokens, frame after frame
             batch = stack_frames(inputs, grid, t, captured.signals)
         else:
-            batch = TokenBatch.from_grid(inputs, grid, cls_token=cls, **captured.signals)
+            signals, context = captured.signals, {}
+            if self._embeddings is not None:           # a text-guided method: both sides of its relevance space
+                signals = {**signals, Signal.IMAGE_EMBEDDING: self._embeddings.image(args[0], output)}
+                context = self._embeddings.context(inputs.shape[0], inputs.device)
+            batch = TokenBatch.from_grid(inputs, grid, cls_token=cls, context=context, **signals)
         if t > 1 and self.spatial == "per-frame" and not method.video:
             out = compress_per_frame(method, batch, self.pre_budget)
         else:
@@ -341,11 +391,11 @@ class LlavaTokenCompression(LLMStages, Adapter):
         return None
 
 
-    def _on_projector_tome(self, module, args, output):
-        out = self._tome.token_batch()                    # merged at vision_feature_layer, CLS apart
+    def _on_projector_tower(self, module, args, output):
+        out = self._tower.token_batch()                   # what the tower left at vision_feature_layer, CLS apart
         if out.features.shape[1] != args[0].shape[1]:
-            raise RuntimeError(f"ToMe kept {out.features.shape[1]} patch tokens but the projector got "
-                               f"{args[0].shape[1]}: vision_feature_layer and the merge layer disagree")
+            raise RuntimeError(f"{self.pre_method.name} kept {out.features.shape[1]} patch tokens but the projector "
+                               f"got {args[0].shape[1]}: vision_feature_layer and the method's layer disagree")
         order = lp.sort_by_rep(out.positions)            # patch order: causal order agrees with positions
         out, projected = out.take(order), lp.take(output, order)
         self.cls_sent = False
@@ -455,8 +505,8 @@ class LlavaTokenCompression(LLMStages, Adapter):
 
     def record(self):
         rec = super().record()
-        if self._tome is not None:                          # ToMe merged inside the tower
-            rec.vision_tokens_per_layer = list(self._tome.token_counts)
+        if self._tower is not None:                         # ToMe merged / FlowCut pruned inside the tower
+            rec.vision_tokens_per_layer = self._tower.record().tokens_per_layer
         if self.pre_method is not None and self.features == "projected":   # ranked after projecting every token
             rec.projector_tokens = self.n
         rec.extra["cls_sent"] = self.cls_sent

@@ -55,8 +55,8 @@ widest row's).
 
 Supported: one image per sample; ``vision_feature_select_strategy`` "default" with CLIP ("full" with SigLIP);
 a Llama-style LM. Refused with a message: video (``frames``), several images in one sample, images encoded
-outside the patch (``mm_encoder_outputs`` passed in), FlowCut and CDPruner (no LLaVA adapter supplies their
-signals yet).
+outside the patch (``mm_encoder_outputs`` passed in), CDPruner (its per-image relevance space is not wired
+over views yet) and FlowCut (its official NeXT code cuts a second time after LLM layer 1, not wired yet).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ from torch import Tensor, nn
 from tokencodec.adapters import llm_pruning as lp
 from tokencodec.adapters.anyres import AnyResLayout, layout_for
 from tokencodec.adapters.llava import LlavaTokenCompression
-from tokencodec.adapters.vision_tower import method_signals
+from tokencodec.adapters.vision_tower import TOWER_SIGNALS, method_signals
 from tokencodec.metrics.host_sync import model_call
 from tokencodec.tokens import batch as batch_module
 from tokencodec.tokens.batch import TokenBatch
@@ -121,12 +121,15 @@ class LlavaNextTokenCompression(LlavaTokenCompression):
     """
 
     supported = ("LlavaNextForConditionalGeneration", "LlavaNextModel")
+    # not wired on NeXT yet: CDPruner's relevance space (per image, and an image is several views) and FlowCut,
+    # whose official NeXT code adds a second cut after LLM layer 1 (tower-only pruning would not be its default)
+    supplies = {**LlavaTokenCompression.supplies, "vision-encoder": TOWER_SIGNALS, "pre-llm": TOWER_SIGNALS}
     video = False
 
     def __init__(self, model: nn.Module, method, budget: Budget | int | float | None = None, *,
                  crops: str | None = None, layers: int | Sequence[int] | None = None, positions: str | None = None,
                  query: str | None = None, stage_keep: Sequence[int] | None = None, features: str | None = None,
-                 signal_layer: int | None = None, prop_attn: bool = True):
+                 signal_layer: int | None = None, prop_attn: bool | None = None):
         if crops not in (None, *CROPS):
             raise ValueError(f"crops must be 'per-crop' or 'joint', not {crops!r}")
         self._crops_option, self._positions_option = crops, positions
@@ -154,7 +157,7 @@ class LlavaNextTokenCompression(LlavaTokenCompression):
         self.llm_tokens = max(self.llm_tokens, (1 + crops) * (self.n + self.grid[0] + 1))
         super()._init_llm(layers, stage_keep, query)
 
-    def _init_pre(self, cfg, tower, features, signal_layer, prop_attn) -> None:
+    def _init_pre(self, cfg, tower, features, signal_layer, prop_attn, embedding_options) -> None:
         m = self.pre_method
         self.crops = self._crops_option or ("per-crop" if m.stage == "vision-encoder" else getattr(m, "crops",
                                                                                                    "per-crop"))
@@ -176,7 +179,7 @@ class LlavaNextTokenCompression(LlavaTokenCompression):
             raise ValueError("crops='per-crop' lays the kept tokens out in the spatial span (the official "
                              "LLaVA-NeXT code's), where no token has an original position: positions='renumber' "
                              "only (crops='joint' keeps the packed span's positions)")
-        super()._init_pre(cfg, tower, features, signal_layer, prop_attn)
+        super()._init_pre(cfg, tower, features, signal_layer, prop_attn, embedding_options)
         self.pre_positions = "renumber"
 
     def _install(self) -> None:
@@ -260,8 +263,8 @@ class LlavaNextTokenCompression(LlavaTokenCompression):
         if self.crops == "joint":
             self._pre = self._joint_span(output, layouts)
             return None
-        if self._tome is not None:
-            out = self._tome.token_batch()
+        if self._tower is not None:
+            out = self._tower.token_batch()
             order = lp.sort_by_rep(out.positions)
             out, projected = out.take(order), lp.take(output, order)
             self._pre = self._spatial_span(out, projected, None, None, layouts, grid=None, method_order=False)

@@ -23,12 +23,14 @@ from torch import nn
 
 from tokencodec.adapters.base import NO, Adapter
 from tokencodec.adapters.efficientnet import EfficientNetTokenCompression
+from tokencodec.adapters.encoder_pruning import EncoderPruningPatch
 from tokencodec.adapters.llava import LlavaTokenCompression
 from tokencodec.adapters.llava_next import LlavaNextTokenCompression
 from tokencodec.adapters.llava_onevision import LlavaOnevisionTokenCompression
 from tokencodec.adapters.qwen2_vl import Qwen2VLTokenCompression
 from tokencodec.adapters.qwen2_vl_llm import Qwen2VLLLMCompression
 from tokencodec.adapters.vision_tower import (
+    CLIPTowerCompressor,
     ToMeVisionPatch,
     TowerTokenPruning,
     TowerVideoCoding,
@@ -62,9 +64,11 @@ class Family:
         return frozenset().union(*(s for a in self.adapters for s in a.supplies.values()))
 
 
-TOWER_ADAPTERS = (VisionTokenCompressor, ToMeVisionPatch, TowerVideoCoding)
+TOWER_ADAPTERS = (VisionTokenCompressor, ToMeVisionPatch, EncoderPruningPatch, TowerVideoCoding)
 FAMILIES: tuple[Family, ...] = (
-    Family("CLIP tower", ("CLIPVisionModel", "CLIPVisionTransformer"), TOWER_ADAPTERS),
+    # a CLIP tower also supplies CLIP's joint image–text space (CDPruner), given its projection and the text
+    Family("CLIP tower", ("CLIPVisionModel", "CLIPVisionTransformer", "CLIPVisionModelWithProjection"),
+           TOWER_ADAPTERS + (CLIPTowerCompressor,)),
     Family("SigLIP tower", ("SiglipVisionModel", "SiglipVisionTransformer"), TOWER_ADAPTERS, has_cls=False),
     Family("LLaVA-1.5", ("LlavaForConditionalGeneration", "LlavaModel"), (LlavaTokenCompression,),
            hf_classes={"llava": "LlavaForConditionalGeneration"}),
@@ -79,7 +83,8 @@ FAMILIES: tuple[Family, ...] = (
            (LlavaOnevisionTokenCompression,), has_cls=False,
            hf_classes={"llava_onevision": "LlavaOnevisionForConditionalGeneration"}),
     # a ViT classifier (a CLIP tower and a head on the CLS): methods prune between layers, ToMe merges in them
-    Family("ViT classifier", ("FashionViT",), (TowerTokenPruning, ToMeVisionPatch, TowerVideoCoding)),
+    Family("ViT classifier", ("FashionViT",), (TowerTokenPruning, ToMeVisionPatch, EncoderPruningPatch,
+                                               TowerVideoCoding)),
     Family("EfficientNet-Lite0", ("EfficientNetLite0",), (EfficientNetTokenCompression,), has_cls=False),
 )
 

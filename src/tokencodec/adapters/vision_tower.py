@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from tokencodec.adapters.base import Adapter, CompressionRecord
 from tokencodec.adapters.hooks import PatchError
+from tokencodec.adapters.relevance import EMBEDDING_SIGNALS, RelevanceEmbeddings, reads_embeddings
 from tokencodec.tokens.batch import TokenBatch
 from tokencodec.tokens.compress.base import Budget, TokenMethod, get_method
 from tokencodec.tokens.signals import CLS_SIGNALS, NO_CLS_FALLBACK, Signal, resolve_request
@@ -266,12 +267,21 @@ class VisionTokenCompressor(SignalCapture):
     method_stages = ("pre-llm",)
 
     def __init__(self, model: nn.Module, method: str | TokenMethod, budget: Budget | int | float,
-                 layer: int = -2, signal_layer: int | None = None):
+                 layer: int = -2, signal_layer: int | None = None, **embedding_options):
         method = get_method(method) if isinstance(method, str) else method
         if method.stage != "pre-llm":
             raise ValueError(f"method {method.name!r} acts at stage {method.stage!r}; VisionTokenCompressor "
                              "runs 'pre-llm' methods (ToMeVisionPatch for ToMe, an LLM adapter for 'llm')")
-        super().__init__(model, layer, method_signals(method, resolve_tower(model)), signal_layer)
+        tower = resolve_tower(model)
+        needs = resolve_request(method, self.supplies["pre-llm"], tower.class_token, type(self).__name__)
+        super().__init__(model, layer, tuple(s for s in needs if s in TOWER_SIGNALS), signal_layer)
+        self.embeddings = None       # the relevance space of a text-guided method (CDPruner), CLIP towers only
+        if reads_embeddings(needs):
+            self.embeddings = RelevanceEmbeddings.from_options(type(self).__name__, tower_model=tower.model,
+                                                              model=model, **embedding_options)
+        elif embedding_options:
+            raise TypeError(f"{type(self).__name__}: options {sorted(embedding_options)} apply to text-guided "
+                            f"methods (those reading 'text_embedding'); {method.name!r} reads {list(needs)}")
         self.method = method
         self.budget = Budget.coerce(budget)
         self.last_batch: TokenBatch | None = None
@@ -286,7 +296,11 @@ class VisionTokenCompressor(SignalCapture):
         hidden, signals = self.captured()
         p = self.tower.prefix
         cls = hidden[:, 0] if p else None
-        return TokenBatch.from_grid(hidden[:, p:], self.grid, cls_token=cls, **signals)
+        context = {}
+        if self.embeddings is not None:
+            signals = {**signals, Signal.IMAGE_EMBEDDING: self.embeddings.image(hidden[:, p:])}
+            context = self.embeddings.context(hidden.shape[0], hidden.device)
+        return TokenBatch.from_grid(hidden[:, p:], self.grid, cls_token=cls, context=context, **signals)
 
     def _finish(self) -> None:
         self.last_batch = self.method(self.token_batch(), self.budget)
@@ -298,6 +312,17 @@ class VisionTokenCompressor(SignalCapture):
 
     def record(self) -> CompressionRecord:
         return CompressionRecord(kept=self.last_batch, tokens_per_layer=self.tokens_per_layer)
+
+
+class CLIPTowerCompressor(VisionTokenCompressor):
+    """:class:`VisionTokenCompressor` on a CLIP tower, which also supplies CLIP's joint image–text space to
+    text-guided methods (CDPruner): signal ``image_embedding`` (the patches of ``layer`` through
+    ``post_layernorm`` and ``visual_projection``: the model's own, a ``CLIPVisionModelWithProjection``, or
+    the ``visual_projection=`` option) and context ``text_embedding`` (``text_embedding=``, or
+    ``text_encoder=`` / ``text_tokenizer=`` / ``question=``): :mod:`tokencodec.adapters.relevance`. A bare
+    tower has no projector, so a method declaring ``features="projected"`` gets the layer's patch states."""
+
+    supplies = {"pre-llm": TOWER_SIGNALS | EMBEDDING_SIGNALS}
 
 
 class TowerTokenPruning(VisionTokenCompressor):
@@ -507,6 +532,10 @@ class ToMeVisionPatch(_TowerPatch):
 
         return forward
 
+    def tokens_after(self, patches: int) -> int:
+        """Patch tokens left at ``layer`` of a forward on ``patches`` patches (known before it runs)."""
+        return patches - sum(self.r)
+
     def token_batch(self) -> TokenBatch:
         """The tokens of ``layer`` after the last forward: CLS apart, sizes, source, positions."""
         if self.last_hidden is None:
@@ -524,6 +553,7 @@ class ToMeVisionPatch(_TowerPatch):
         return CompressionRecord(kept=kept, tokens_per_layer=list(self.token_counts) or None)
 
 
-__all__ = ["SIGNALS", "TOWER_SIGNALS", "Captured", "PatchError", "SignalCapture", "ToMeVisionPatch", "Tower",
+__all__ = ["SIGNALS", "TOWER_SIGNALS", "CLIPTowerCompressor", "Captured", "PatchError", "SignalCapture",
+           "ToMeVisionPatch", "Tower",
            "TowerTokenPruning", "TowerVideoCoding", "VisionTokenCompressor", "capture_signals", "compute_signals",
            "resolve_tower"]

@@ -145,7 +145,7 @@ def check_study(study: Study, source: str = "<study>") -> type:
         except PipelineError as err:
             raise StudyError(f"{source}: pipelines[{i}]: {err}") from None
         # an instance with the pipeline's options: options can change what a method reads (FastVID's saliency)
-        why = cls.method_support(get_method(p.method, **p.options)) if p.method else None
+        why = cls.method_support(get_method(p.method, **p.options), study.observer.options) if p.method else None
         if why:
             raise StudyError(f"{source}: pipelines[{i}]: method {p.method!r} cannot run on this observer: {why}")
     labels = [p.label for p in study.pipelines]

@@ -140,9 +140,16 @@ class Observer:
     split: ClassVar[type[SplitInference] | None] = None   # split inference with token bitstreams, if it has one
 
     @classmethod
-    def method_support(cls, method_cls) -> str | None:
-        """None when the method can run on this observer, else why not (checked without a model)."""
-        return video_support(cls.video, method_cls) or cls.method_fits(method_cls)
+    def method_support(cls, method_cls, options: dict[str, Any] | None = None) -> str | None:
+        """None when the method can run on this observer (built with ``options``), else why not (checked
+        without a model)."""
+        return (video_support(cls.video, method_cls) or cls.method_fits(method_cls)
+                or cls.options_fit(method_cls, options or {}))
+
+    @classmethod
+    def options_fit(cls, method_cls, options: dict[str, Any]) -> str | None:
+        """The observer's conditions that depend on its options (the diagnostic MLLM's text side); None: none."""
+        return None
 
     @classmethod
     def method_fits(cls, method_cls) -> str | None:

@@ -1,9 +1,13 @@
 """The diagnostic MLLM as a machine observer: procedural VQA (64×64 scenes, one-word answers)
 answered by a LLaVA-layout model trained here (see its MODEL_CARD.md).
 
-Every token method runs through the real LLaVA adapter, so in-LLM methods work too; their layers,
-given for LLaVA-1.5's 32-layer LLM, are mapped to this LLM's depth at the same relative depth
-(each method's ``layers_for(depth)``). When a pixel codec ran first, the model sees the decoded 64×64 image.
+Every token method runs through the real LLaVA adapter, so in-tower (ToMe, FlowCut) and in-LLM methods
+work too; in-LLM layers, given for LLaVA-1.5's 32-layer LLM, are mapped to this LLM's depth at the same
+relative depth (each method's ``layers_for(depth)``). Text-guided methods (CDPruner) need CLIP's text tower
+and ``visual_projection``, which this model does not have: they are refused unless the observer option
+``embedding_space="llm-input"`` runs the named deviation (the LLM's input embeddings of the question against
+the projected tokens; :mod:`tokencodec.adapters.relevance`). When a pixel codec ran first, the model sees
+the decoded 64×64 image.
 Distortions: ``accuracy`` (ground truth), ``agreement`` (same answer as the uncompressed model on
 the original image), ``object_recall`` / ``relevant_recall`` (share of the patches holding any
 object / the objects the answer depends on that some kept token stands for). Rates: visual tokens
@@ -23,6 +27,11 @@ import torch
 from tokencodec.metrics.machine import recall
 from tokencodec.observers.base import Observer, Prepared, Runner, Sample, SplitInference, Task, content_digest
 from tokencodec.observers.registry import register_observer
+from tokencodec.tokens.signals import Signal
+
+NO_TEXT_TOWER = ("the diagnostic MLLM has no CLIP text tower or visual_projection, the relevance space CDPruner's "
+                 "official code uses; observer option embedding_space: llm-input runs a named deviation (the LLM's "
+                 "input embeddings of the question against the projected tokens)")
 
 
 @dataclass
@@ -64,10 +73,11 @@ class VQATask(Task):
 
 
 class DiagnosticRunner(Runner):
-    stages = ("pre-llm", "llm")
+    stages = ("vision-encoder", "pre-llm", "llm")
 
     def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa", spatial: str = "per-frame",
-                 positions: str | None = None, latency_device: str | None = None):
+                 positions: str | None = None, latency_device: str | None = None,
+                 embedding_space: str | None = None):
         from tokencodec.metrics.cost import MLLMShape
         from tokencodec.metrics.rates import CostModel
         from tokencodec.models.diagnostic import WEIGHTS_DIR, DiagnosticMLLM
@@ -75,6 +85,7 @@ class DiagnosticRunner(Runner):
         self.mllm = DiagnosticMLLM.from_pretrained(weights, attn_implementation=attn_implementation)
         self.spatial = spatial      # video: spatial methods per frame or over all frames (LlavaTokenCompression)
         self.positions = positions  # None: each method's official layout; "original" | "renumber" for all
+        self.embedding_space = embedding_space   # text-guided methods: None (refused) or "llm-input" (a deviation)
         self.cost = CostModel(MLLMShape.from_config(self.mllm.model.config), device=latency_device)
         self.depth = self.mllm.model.config.text_config.num_hidden_layers
         folder = WEIGHTS_DIR if weights is None else weights
@@ -83,7 +94,8 @@ class DiagnosticRunner(Runner):
 
     def key(self) -> str:
         return (f"diagnostic-mllm-{self.weights_id}" + ("" if self.spatial == "per-frame" else f"-{self.spatial}")
-                + ("" if self.positions is None else f"-positions-{self.positions}"))
+                + ("" if self.positions is None else f"-positions-{self.positions}")
+                + ("" if self.embedding_space is None else f"-text-{self.embedding_space}"))
 
     @torch.inference_mode()
     def prepare(self, sample: Sample) -> Prepared:
@@ -95,12 +107,24 @@ class DiagnosticRunner(Runner):
         """1 for an image (H×W×3), T for a video (T×H×W×3)."""
         return image.shape[0] if image.ndim == 4 else 1
 
-    def _adapter_options(self, method) -> dict[str, Any]:
+    def _adapter_options(self, method, question: str = "") -> dict[str, Any]:
         layout = {} if self.positions is None else {"positions": self.positions}
+        if Signal.TEXT_EMBEDDING in method.needs:          # a text-guided method: the question's embeddings
+            return {**layout, **self._text_options(method, question)}
         if method.stage != "llm":
             return layout
         # the published layers, at the same relative depth
         return {"layers": list(method.layers_for(self.depth)), **layout}
+
+    def supports(self, method_cls) -> str | None:
+        return super().supports(method_cls) or DiagnosticObserver.options_fit(
+            method_cls, {"embedding_space": self.embedding_space})
+
+    def _text_options(self, method, question: str) -> dict[str, Any]:
+        if self.embedding_space != "llm-input":
+            raise ValueError(f"method {method.name!r}: {NO_TEXT_TOWER}")
+        ids = self.mllm.tokenizer.encode(question, add_special_tokens=False).ids   # the raw question, no prompt
+        return {"embedding_space": "llm-input", "question_ids": torch.tensor([ids], device=self.mllm.device)}
 
     @torch.inference_mode()
     def run(self, sample, image, method, budget, prepared, pixels_changed):
@@ -117,7 +141,7 @@ class DiagnosticRunner(Runner):
             answer, covered = logits[0, last, self.mllm.answer_ids].float(), None
         else:
             video = {"frames": frames, "spatial": self.spatial} if frames > 1 else {}
-            options = {**video, **self._adapter_options(method)}
+            options = {**video, **self._adapter_options(method, s.question)}
             with tokencodec.compress(self.mllm.model, method, budget, **options) as patch:
                 logits = self.mllm.model(**kw).logits
             record = patch.record()
@@ -191,12 +215,37 @@ class DiagnosticObserver(Observer):
 
     split = DiagnosticSplit
     task_class = VQATask
-    runner_stages = ("pre-llm", "llm")
+    runner_stages = ("vision-encoder", "pre-llm", "llm")
     runner_rates = ("tokens_in", "tokens", "tokens_avg_layers", "flops", "kv_bytes", "latency_pred_s")
 
+    @classmethod
+    def method_fits(cls, method_cls) -> str | None:
+        """Any method the LLaVA adapter supplies signals for (in the tower, at the projector, in the LLM)."""
+        if method_cls.stage not in cls.runner_stages:
+            return super().method_fits(method_cls)
+        from tokencodec.adapters.llava import LlavaTokenCompression
+        from tokencodec.tokens.signals import resolve_request
+
+        try:
+            resolve_request(method_cls, LlavaTokenCompression.supplies[method_cls.stage], True, "the LLaVA adapter")
+        except ValueError as err:
+            return str(err)
+        return None
+
+    @classmethod
+    def options_fit(cls, method_cls, options) -> str | None:
+        if Signal.TEXT_EMBEDDING in method_cls.needs and options.get("embedding_space") != "llm-input":
+            return NO_TEXT_TOWER
+        return None
+
     def __init__(self, weights: str | None = None, attn_implementation: str = "sdpa",
-                 latency_device: str | None = None):
+                 latency_device: str | None = None, embedding_space: str | None = None):
         """``latency_device``: a roofline device profile (h200, h100-sxm, a100-80gb, l40s, cpu): every point
-        then also reports ``latency_pred_s``."""
-        runner = DiagnosticRunner(weights, attn_implementation, latency_device=latency_device)
+        then also reports ``latency_pred_s``. ``embedding_space``: None (text-guided methods are refused: no
+        CLIP text tower) or ``"llm-input"`` (CDPruner's relevance from the LLM's input embeddings of the
+        question against the projected tokens: a deviation from the official method, named in results)."""
+        if embedding_space not in (None, "llm-input"):
+            raise ValueError(f"embedding_space={embedding_space!r}; allowed: None or 'llm-input'")
+        runner = DiagnosticRunner(weights, attn_implementation, latency_device=latency_device,
+                                  embedding_space=embedding_space)
         super().__init__(VQATask(runner.mllm.answers), runner)

@@ -57,4 +57,5 @@ class DiagnosticVideoObserver(Observer):
         folder = str(VIDEO_WEIGHTS_DIR) if weights is None else weights
         runner = DiagnosticRunner(folder, attn_implementation, spatial, positions, latency_device)
         runner.video = True
+        runner.stages = self.runner_stages      # in-tower methods act per image: not on the frames of a clip
         super().__init__(VideoVQATask(runner.mllm.answers), runner)

@@ -5,7 +5,9 @@ Tokens are the 196 patch tokens of a 4-layer CLIP-architecture ViT trained here
 encoder layer ``prune_layer`` (default 1: the last two layers and the CLS head see the kept set,
 :class:`~tokencodec.adapters.vision_tower.TowerTokenPruning`); ToMe merges inside every layer
 (:class:`~tokencodec.adapters.vision_tower.ToMeVisionPatch`), its keep ratio turned into a per-layer
-``r`` schedule that ends at the budget (as even as ToMe's r ≤ n/2 rule allows). Distortions:
+``r`` schedule that ends at the budget (as even as ToMe's r ≤ n/2 rule allows); a layer-wise pruner with a
+keep budget (FlowCut, :class:`~tokencodec.adapters.encoder_pruning.EncoderPruningPatch`) scores in layers
+0 … ``prune_layer`` and makes its last cut after ``prune_layer``, so the same layers see the kept set. Distortions:
 ``accuracy`` (the true label), ``top1_agreement`` / ``top5_agreement`` / ``kl`` against the
 uncompressed model on the original image. Rates: patch tokens at the last layer, patch tokens
 averaged over layers, analytic encoder FLOPs (``macs2``, CLS included). Pixel codecs code the
@@ -104,8 +106,13 @@ class FashionViTRunner(Runner):
         x = self._pixels(image)
         if method is None:
             logits, per_layer = self.model(x), [self.shape.num_tokens] * self.depth
-        else:      # ToMe merges in every layer (its keep schedule); other methods prune after prune_layer
-            options = {} if method.stage == "vision-encoder" else {"layer": self.prune_layer}
+        else:
+            if method.stage != "vision-encoder":
+                options = {"layer": self.prune_layer}              # pruned after prune_layer
+            elif method.knob == "keep":                            # FlowCut: its last cut is before its `layer`
+                options = {"layer": self.prune_layer + 1}
+            else:
+                options = {}                                       # ToMe merges in every layer (its keep schedule)
             with tokencodec.compress(self.model, method, budget, **options) as patch:
                 logits = self.model(x)
             per_layer = patch.record().tokens_per_layer
@@ -169,13 +176,13 @@ class FashionViTObserver(Observer):
 
     @classmethod
     def method_fits(cls, method_cls) -> str | None:
-        from tokencodec.adapters.vision_tower import TOWER_SIGNALS
+        from tokencodec.adapters.registry import family_named
         from tokencodec.tokens.signals import resolve_request
 
         if method_cls.stage not in cls.runner_stages:
             return f"it acts at stage {method_cls.stage!r}; a ViT classifier has no LLM"
-        try:
-            resolve_request(method_cls, TOWER_SIGNALS, True, "the ViT")
+        try:        # what the ViT-classifier family's adapters supply (tower signals, FlowCut's per-layer ones)
+            resolve_request(method_cls, family_named("ViT classifier").supplies, True, "the ViT")
         except ValueError as err:
             return str(err)
         return None

@@ -251,7 +251,8 @@ class FlowCutRun:
 class FlowCut(TokenMethod):
     """Information-flow pruning across the ViT's layers (Tong et al., NeurIPS 2025, arXiv 2505.19536).
 
-    An adapter runs the per-layer schedule with :class:`FlowCutRun`; called on a :class:`TokenBatch`,
+    An adapter runs the per-layer schedule with :meth:`encoder_run` (a :class:`FlowCutRun` per forward:
+    :class:`~tokencodec.adapters.encoder_pruning.EncoderPruningPatch`); called on a :class:`TokenBatch`,
     the method applies one cut from that layer's signals (``cls_attention``, ``cls_value_attention``,
     ``values``): the top K patches by the FlowCut score, in raster order.
     """
@@ -265,6 +266,11 @@ class FlowCut(TokenMethod):
     paper = "FlowCut (Tong et al., NeurIPS 2025), arXiv 2505.19536"
     positions = "renumber"      # official LLaVA: the K patches of layer 22, contiguous ids, raster order
     features = "vision"
+
+    def encoder_run(self, budget: Budget, patches: int, feature_layer: int, group: Tensor | None = None) -> FlowCutRun:
+        """The state one encoder forward carries, layer by layer: K = ``budget`` of ``patches`` per view, the
+        last cut before ``feature_layer`` (0-based: the layer whose output is read)."""
+        return FlowCutRun(budget.tokens(patches), feature_layer, group)
 
     def __call__(self, batch: TokenBatch, budget: Budget) -> TokenBatch:
         self.check_unpadded(batch)
