@@ -11,23 +11,15 @@ transformers = pytest.importorskip("transformers")
 from tokencodec.adapters.llava import LlavaTokenCompression  # noqa: E402
 from tokencodec.tokens.compress import Budget, get_method  # noqa: E402
 
-IMG = 99
-N = 16            # (32 / 8)² patches per frame
+from .test_llava_adapter import IMG, LAYERS, N, make  # noqa: E402   (N: patches per frame)
+
 T = 3
-LAYERS = 5
 PV = [1, 5] + [IMG] * (T * N) + [7, 8]
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    vc = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                       num_attention_heads=4, image_size=32, patch_size=8)
-    tc = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
-                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
-                                  max_position_embeddings=256, pad_token_id=0)
-    cfg = transformers.LlavaConfig(vision_config=vc, text_config=tc, image_token_id=IMG, image_seq_length=N)
-    return transformers.LlavaForConditionalGeneration(cfg).eval()
+    return make("sdpa")
 
 
 def clip(static: bool = False, b: int = 1) -> dict:

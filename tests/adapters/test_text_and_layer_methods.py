@@ -22,22 +22,13 @@ from tokencodec.tokens.compress.base import Budget  # noqa: E402
 from tokencodec.tokens.compress.cdpruner import cdpruner_select  # noqa: E402
 
 from ..tokens.test_flowcut import reference_flowcut  # noqa: E402
+from .test_llava_adapter import IMG, LAYERS, N, make  # noqa: E402
 
-IMG, N, LAYERS = 99, 16, 5
 WORDS = ["what", "colour", "is", "the", "red", "square", "circle", "?", "left", "of"]
 
 
 def tiny_llava(attn: str = "sdpa", seed: int = 0):
-    torch.manual_seed(seed)
-    vc = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                       num_attention_heads=4, image_size=32, patch_size=8)
-    tc = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
-                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
-                                  max_position_embeddings=256, pad_token_id=0)
-    cfg = transformers.LlavaConfig(vision_config=vc, text_config=tc, image_token_id=IMG, image_seq_length=N)
-    model = transformers.LlavaForConditionalGeneration(cfg)
-    model.set_attn_implementation(attn)
-    return model.eval()
+    return make(attn, seed)
 
 
 def llava_inputs(batch: int = 2, seed: int = 3) -> dict:
