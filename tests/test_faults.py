@@ -231,3 +231,22 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, images):
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["answer", "x.tcb"], ["answer: Missing argument 'question'", "answer --help"]),
+    (["tokens", "--method", "fastv"], ["tokens: No such option: --method", "tokens --help"]),
+])
+def test_a_usage_error_is_one_line_from_the_installed_command(args, needles):
+    """click's own usage errors (missing argument, unknown option) as the command runs them: `main`, not the
+    app CliRunner calls, turns them into one line."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "tokencodec", *args], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and run.stdout == "", (run.returncode, run.stdout, run.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])

@@ -614,5 +614,29 @@ def version() -> None:
             console.print(f"  {lib} {v} ({name})", highlight=False)
 
 
-def main() -> None:  # python -m tokencodec
-    app()
+def main() -> None:
+    """The installed command and ``python -m tokencodec``: click's usage errors (a missing argument, an
+    unknown option) become one line on stderr with exit code 2, as every other user fault."""
+    import sys
+
+    try:  # typer 0.2x parses with its own copy of click, whose exceptions are not click's
+        from typer._click import exceptions as click
+    except ImportError:
+        from click import exceptions as click
+
+    try:
+        code = app(standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:  # bare `tokencodec`: the help, as before
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "tokencodec"
+        error(f"{command}: {exc.format_message().rstrip('.')} (see '{command} --help')")
+        sys.exit(EXIT_USER)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        error("aborted")
+        sys.exit(EXIT_FAILED)
+    sys.exit(code if isinstance(code, int) else 0)

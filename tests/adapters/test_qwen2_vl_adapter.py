@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
+from tokencodec.adapters.hf_compat import CACHE_NAMES, cache_of  # noqa: E402
 from tokencodec.adapters.qwen2_vl import (  # noqa: E402
     Qwen2VLTokenCompression,
     left_aligned_gather,
@@ -231,7 +233,8 @@ def test_manual_decode_without_mask_matches_generate(model):
         first = out.logits[:, -1].argmax(-1, keepdim=True)
         rec = LLMInputs(model)
         try:
-            step = model(input_ids=first, past_key_values=out.past_key_values, use_cache=True)
+            cache_arg = next(n for n in CACHE_NAMES if n in inspect.signature(model.forward).parameters)
+            step = model(input_ids=first, use_cache=True, **{cache_arg: cache_of(out)})
         finally:
             rec.remove()
     n = inputs["input_ids"].shape[1]
