@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -617,8 +618,6 @@ def version() -> None:
 def main() -> None:
     """The installed command and ``python -m tokencodec``: click's usage errors (a missing argument, an
     unknown option) become one line on stderr with exit code 2, as every other user fault."""
-    import sys
-
     try:  # typer 0.2x parses with its own copy of click, whose exceptions are not click's
         from typer._click import exceptions as click
     except ImportError:
